@@ -1,0 +1,404 @@
+"""Typed, validated run configuration.
+
+The schema below is the ONE place defaults live; YAML files in configs/ only
+state what differs. A config is a tree of frozen dataclasses whose shape the
+YAML mirrors. ``key=value`` overrides address any field by its dotted path.
+Unknown keys and wrong types raise ConfigError naming the key and the closest
+valid one.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from pretrax.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RunSection:
+    dir: str = "runs/tiny"  # where config.yaml, metrics, TensorBoard and checkpoints go
+    seed: int = 0  # one seed for parameters, data order and sampling
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    kind: Literal["decoder"] = "decoder"
+    vocab_size: int = 0  # 0: the tokenizer's size rounded up to a multiple of 128
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 0  # 0: same as n_heads (multi-head); fewer gives grouped-query attention
+    head_dim: int = 0  # 0: d_model // n_heads
+    d_ff: int = 1024
+    max_seq_len: int = 0  # size of the learned position table; 0: data.seq_len
+    positions: Literal["rope", "learned", "none"] = "rope"
+    rope_theta: float = 10000.0
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    norm_position: Literal["pre", "post"] = "pre"
+    norm_eps: float = 1e-6
+    final_norm: bool = True  # a norm before the output layer (pre-norm models need it)
+    activation: Literal["swiglu", "geglu", "gelu", "relu"] = "swiglu"
+    use_bias: bool = False
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype
+    scan_layers: bool = False  # one compiled layer body scanned L times (fast compiles for deep models)
+    remat: Literal["none", "full", "dots"] = "none"  # rematerialise each layer in the backward pass
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+
+@dataclass(frozen=True)
+class DataSection:
+    source: Literal["stdlib"] = "stdlib"  # the embedded default corpus
+    tokenizer: str = "bytes"
+    seq_len: int = 256
+    objective: Literal["causal_lm"] = "causal_lm"
+    heldout_percent: float = 2.0  # share of documents held out for eval, chosen by a hash of their name
+    shuffle: bool = True
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    steps: int = 500
+    batch_size: int = 16  # global batch, in sequences, per optimizer step
+    grad_accum: int = 1  # micro-batches per step; batch_size must divide evenly
+    log_every: int = 10
+    eval_every: int = 100  # 0: only at the end
+    eval_batches: int = 8
+    sample_tokens: int = 200  # length of the sample printed at the end; 0: none
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # not applied to norms, biases and position tables
+    clip_norm: float = 1.0  # global-norm clipping; 0: off
+
+
+@dataclass(frozen=True)
+class CheckpointSection:
+    every: int = 100
+    keep: int = 3
+    async_save: bool = True
+
+
+DEFAULT_RULES: dict[str, Any] = {
+    # logical axis -> mesh axis (or list of mesh axes, or null for replicated)
+    "batch": ["data", "fsdp"],
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "length": None,
+    "layers": None,
+    "norm": None,
+}
+
+
+@dataclass(frozen=True)
+class MeshSection:
+    data: int = -1  # -1: all devices left over by the other axes
+    fsdp: int = 1
+    tensor: int = 1
+    rules: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RULES))
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    mesh: MeshSection = field(default_factory=MeshSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """A copy with dotted-path overrides applied: cfg.replace(**{"model.d_model": 64})."""
+        return from_dict(self.to_dict(), [f"{k}={_dump_value(v)}" for k, v in overrides.items()])
+
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the defaults when path is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} does not exist (see configs/ for examples)")
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"config file {path!r} is not valid YAML: {first}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path!r} must hold a mapping of sections, got {type(raw).__name__}")
+    return from_dict(raw, overrides)
+
+
+def from_dict(raw: Mapping[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    raw = _deep_copy(raw)
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(raw, key, value)
+    cfg = _build(Config, raw, prefix="")
+    validate(cfg)
+    return cfg
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value, e.g. model.d_model=256")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    cls: Any = Config
+    for i, part in enumerate(parts):
+        fields = _fields_of(cls)
+        if fields is not None and part not in fields:
+            _unknown_key(".".join(parts[: i + 1]), [".".join(parts[:i] + [f]) for f in fields])
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+        cls = fields[part] if fields is not None else None  # below a free-form mapping (mesh.rules)
+
+
+def _fields_of(cls: Any) -> dict[str, Any] | None:
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return None
+
+
+def _unknown_key(key: str, valid: list[str]) -> None:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys here: {', '.join(sorted(valid))}"
+    raise ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _build(cls: Any, raw: Any, prefix: str) -> Any:
+    fields = _fields_of(cls)
+    assert fields is not None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {raw!r}")
+    for key in raw:
+        if key not in fields:
+            _unknown_key(prefix + str(key), [prefix + f for f in fields])
+    kwargs = {}
+    for name, typ in fields.items():
+        if name not in raw:
+            continue
+        path = prefix + name
+        if _fields_of(typ) is not None:
+            kwargs[name] = _build(typ, raw[name] if raw[name] is not None else {}, path + ".")
+        elif typing.get_origin(typ) is collections.abc.Mapping and isinstance(raw[name], Mapping):
+            # mappings (mesh.rules) are merged onto the schema's default, so YAML states only changes
+            default = {f.name: f for f in dataclasses.fields(cls)}[name].default_factory()
+            kwargs[name] = {**default, **raw[name]}
+        else:
+            kwargs[name] = _coerce(path, typ, raw[name])
+    return cls(**kwargs)
+
+
+def _coerce(path: str, typ: Any, value: Any) -> Any:
+    origin = typing.get_origin(typ)
+    if origin is Literal:
+        choices = typing.get_args(typ)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.4)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"config key {path!r} must be one of {', '.join(map(repr, choices))}, got {value!r}{hint}"
+            )
+        return value
+    if origin in (collections.abc.Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key {path!r} expects a mapping, got {value!r}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        typ = next(a for a in args if a is not type(None))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"config key {path!r} expects {typ.__name__}, got {value!r} ({type(value).__name__})")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate(cfg: Config) -> None:
+    """Checks that need more than one field's type. Raise ConfigError on the first problem."""
+    positive = {
+        "train.steps": cfg.train.steps,
+        "train.batch_size": cfg.train.batch_size,
+        "train.grad_accum": cfg.train.grad_accum,
+        "train.log_every": cfg.train.log_every,
+        "train.eval_batches": cfg.train.eval_batches,
+        "data.seq_len": cfg.data.seq_len,
+        "checkpoint.every": cfg.checkpoint.every,
+        "checkpoint.keep": cfg.checkpoint.keep,
+        "model.d_model": cfg.model.d_model,
+        "model.n_layers": cfg.model.n_layers,
+        "model.n_heads": cfg.model.n_heads,
+        "model.d_ff": cfg.model.d_ff,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key {key!r} must be a positive integer, got {value}")
+    non_negative = {
+        "train.eval_every": cfg.train.eval_every,
+        "train.sample_tokens": cfg.train.sample_tokens,
+        "optim.warmup_steps": cfg.optim.warmup_steps,
+        "model.vocab_size": cfg.model.vocab_size,
+        "model.n_kv_heads": cfg.model.n_kv_heads,
+        "model.head_dim": cfg.model.head_dim,
+        "model.max_seq_len": cfg.model.max_seq_len,
+        "optim.weight_decay": cfg.optim.weight_decay,
+        "optim.clip_norm": cfg.optim.clip_norm,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"config key {key!r} must be >= 0, got {value}")
+    if not cfg.optim.lr > 0:
+        raise ConfigError(f"config key 'optim.lr' must be > 0, got {cfg.optim.lr}")
+    if not 0 <= cfg.optim.min_lr_ratio <= 1:
+        raise ConfigError(f"config key 'optim.min_lr_ratio' must be in [0, 1], got {cfg.optim.min_lr_ratio}")
+    if not 0 <= cfg.data.heldout_percent < 100:
+        raise ConfigError(f"config key 'data.heldout_percent' must be in [0, 100), got {cfg.data.heldout_percent}")
+    m = cfg.model
+    if m.head_dim == 0 and m.d_model % m.n_heads:
+        raise ConfigError(
+            f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads}), or set model.head_dim"
+        )
+    if m.n_heads % m.kv_heads:
+        raise ConfigError(f"model.n_heads ({m.n_heads}) must be a multiple of model.n_kv_heads ({m.kv_heads})")
+    if m.positions == "rope" and m.head_size % 2:
+        raise ConfigError(f"rotary positions need an even head size, got {m.head_size}")
+    if m.positions == "learned" and m.max_seq_len and m.max_seq_len < cfg.data.seq_len:
+        raise ConfigError(
+            f"model.max_seq_len ({m.max_seq_len}) is shorter than data.seq_len ({cfg.data.seq_len})"
+        )
+    if cfg.train.batch_size % cfg.train.grad_accum:
+        raise ConfigError(
+            f"train.batch_size ({cfg.train.batch_size}) must be divisible by train.grad_accum ({cfg.train.grad_accum})"
+        )
+    for axis in MESH_AXES:
+        size = getattr(cfg.mesh, axis)
+        if size == 0 or size < -1:
+            raise ConfigError(f"config key 'mesh.{axis}' must be a positive integer or -1, got {size}")
+    if sum(getattr(cfg.mesh, a) == -1 for a in MESH_AXES) > 1:
+        raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    for logical, target in cfg.mesh.rules.items():
+        targets = target if isinstance(target, (list, tuple)) else [target]
+        for t in targets:
+            if t is not None and t not in MESH_AXES:
+                raise ConfigError(
+                    f"mesh.rules.{logical} maps to unknown mesh axis {t!r}; valid: {', '.join(MESH_AXES)} or null"
+                )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _deep_copy(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {k: _deep_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deep_copy(v) for v in obj]
+    return obj
+
+
+def _dump_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain config dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            keys += diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
