@@ -94,7 +94,7 @@ class OptimSection:
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
-    weight_decay: float = 0.1  # not applied to norms, biases and position tables
+    weight_decay: float = 0.1  # decoupled (AdamW); matrices only, never norms or biases
     clip_norm: float = 1.0  # global-norm clipping; 0: off
 
 

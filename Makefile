@@ -1,0 +1,26 @@
+# The two commands: `make train` (tiny decoder on this machine's CPU) and `make test`.
+# Both create .venv and install pretrax into it when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: train test install clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# Extra overrides: make train ARGS="train.steps=100 run.dir=runs/try"
+train: $(STAMP)
+	$(BIN)/pretrax train configs/tiny.yaml $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,30 @@
+"""pretrax: pretrain decoder-only and encoder-decoder LMs with JAX/Flax NNX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="pretrax",
+    version="0.1.0",
+    description="JAX/Flax NNX pretraining stack: UL2, muP, sharded training, Orbax checkpoints, exact resume",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",  # 0.10.x on Python 3.11; 0.11+ on 3.12
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "numpy",
+        "pyyaml",
+        "tensorboardX",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis", "pytest-xdist"],
+    },
+    entry_points={"console_scripts": ["pretrax=pretrax.cli:main"]},
+)

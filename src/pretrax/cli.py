@@ -1,0 +1,108 @@
+"""Command line: `pretrax train | info | generate`. Thin: parse, call one function, print.
+
+Errors the user can fix (PretraxError) are printed as one line on stderr with
+exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pretrax.errors import PretraxError
+
+    try:
+        return args.func(args) or 0
+    except PretraxError as e:
+        print(f"pretrax: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pretrax: interrupted; the newest complete checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pretrax", description="Pretrain language models with JAX/Flax.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train, or resume the run in run.dir from its newest checkpoint")
+    p.add_argument("config", help="YAML config file (configs/tiny.yaml for the CPU default)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.d_model=256")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="stop after STEP (saving a checkpoint) as if preempted; the schedule still targets train.steps")
+    p.add_argument("--no-sample", action="store_true", help="do not print a sample at the end")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("info", help="print the derived numbers of a config (parameters, FLOPs, ...)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("generate", help="sample a continuation from a run's newest checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0: off")
+    p.add_argument("--top-p", type=float, default=0.95, help="1.0: off")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def cmd_train(args) -> int:
+    from pretrax import config as config_lib
+
+    cfg = config_lib.load(args.config, args.overrides)
+    if args.stop_at is not None and args.stop_at < 1:
+        from pretrax.errors import ConfigError
+
+        raise ConfigError(f"--stop-at must be a positive step, got {args.stop_at}")
+    from pretrax.generate import sample
+    from pretrax.train.loop import train
+
+    result = train(cfg, stop_at=args.stop_at)
+    if "eval" in result:
+        print(f"held-out loss: {result['eval']['eval_loss']:.4f} nats/token")
+        print(f"held-out bits per byte: {result['eval']['eval_bits_per_byte']:.4f}")
+    else:
+        print(f"stopped at step {result['final_step']} of {cfg.train.steps}; run the same command to resume")
+    if cfg.train.sample_tokens and not args.no_sample and "eval" in result:
+        text = sample(result["setup"], result["params"], result["tokenizer"], "def ",
+                      max_new_tokens=cfg.train.sample_tokens, seed=cfg.run.seed)
+        print("sample:\n" + "def " + text)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from pretrax import config as config_lib
+    from pretrax.info import describe
+
+    print(describe(config_lib.load(args.config, args.overrides)))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from pretrax.errors import ConfigError
+    from pretrax.generate import load_run, sample
+
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.temperature < 0 or args.top_k < 0:
+        raise ConfigError("--temperature and --top-k must be >= 0")
+    cfg, setup, tokenizer, params, step = load_run(args.run_dir)
+    text = sample(setup, params, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    print(args.prompt + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

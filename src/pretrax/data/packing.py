@@ -1,0 +1,106 @@
+"""Packing: a stream of variable-length documents -> rows of exactly seq_len tokens.
+
+Concatenate-then-split, written out here instead of using grain's
+ConcatThenSplitIterDataset because its state is a nested dict with a replay
+count (restoring replays packed rows) and tuple slices that do not survive a
+JSON round trip. This packer's whole state is two integers:
+
+    doc     index of the next document in its stream (grain MapDataset index)
+    offset  tokens of that document already emitted
+
+so restoring is O(1) and exact: read document ``doc`` again, skip ``offset``
+tokens, carry on. Nothing is ever truncated away: a document longer than what
+is left of a row fills the row and continues at the start of the next row.
+Each piece of a document is its own segment, and positions restart at 0 for
+every segment, continuation pieces included: attention never crosses a row,
+so positions count from the first token the model can see, and never exceed
+seq_len - 1 (what a learned position table of seq_len entries can hold).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from pretrax.errors import DataError
+
+SEGMENT_FEATURES = {"segment_ids": np.int32, "positions": np.int32}  # added by the packer
+MAX_EMPTY_RUN = 10_000  # consecutive empty documents before we call the source broken
+
+
+class RowPacker:
+    """Packs one stream of per-document feature dicts into rows of seq_len.
+
+    ``docs[k]`` is a dict of equal-length 1-D arrays (the objective's features,
+    e.g. inputs/targets/loss_mask/bidirectional). A row holds as many documents
+    as fit, back to back, then padding (all features 0, segment id 0) only if
+    the stream ends. ``finite=False`` streams (a repeated dataset) never end.
+    """
+
+    def __init__(self, docs: Sequence[Mapping[str, np.ndarray]], seq_len: int,
+                 features: Mapping[str, Any], *, finite: bool):
+        self._docs = docs
+        self.seq_len = seq_len
+        self._declared = sorted(features)
+        self.dtypes = {**{k: np.dtype(v) for k, v in features.items()}, **{k: np.dtype(v) for k, v in SEGMENT_FEATURES.items()}}
+        self._end = len(docs) if finite else None
+        self._arange = np.arange(seq_len, dtype=np.int32)
+        self.doc = 0
+        self.offset = 0
+        self._cached: tuple[int, Mapping[str, np.ndarray], int] | None = None  # (doc, features, length)
+
+    # ---- state: two integers
+
+    def get_state(self) -> tuple[int, int]:
+        return self.doc, self.offset
+
+    def set_state(self, doc: int, offset: int) -> None:
+        self.doc, self.offset = int(doc), int(offset)
+
+    # ---- rows
+
+    def new_row(self) -> dict[str, np.ndarray]:
+        return {k: np.zeros(self.seq_len, dt) for k, dt in self.dtypes.items()}
+
+    def next_row(self) -> dict[str, np.ndarray]:
+        row = self.new_row()
+        self.fill(row)
+        return row
+
+    def fill(self, row: Mapping[str, np.ndarray]) -> None:
+        """Write the next row into ``row`` (zero-initialised arrays of seq_len, e.g. views into a batch)."""
+        pos, segment, empty_run = 0, 0, 0
+        while pos < self.seq_len:
+            if self._end is not None and self.doc >= self._end:
+                return  # stream exhausted: the rest of the row stays padding
+            features, length = self._features(self.doc)
+            if self.offset >= length:
+                empty_run += 1
+                if empty_run > MAX_EMPTY_RUN:
+                    raise DataError(f"{MAX_EMPTY_RUN} documents in a row were empty or unreadable; check the data source")
+                self.doc, self.offset = self.doc + 1, 0
+                continue
+            empty_run = 0
+            take = min(self.seq_len - pos, length - self.offset)
+            segment += 1
+            for key, value in features.items():
+                row[key][pos : pos + take] = value[self.offset : self.offset + take]
+            row["segment_ids"][pos : pos + take] = segment
+            row["positions"][pos : pos + take] = self._arange[:take]
+            pos += take
+            self.offset += take
+            if self.offset == length:
+                self.doc, self.offset = self.doc + 1, 0
+
+    def _features(self, k: int) -> tuple[Mapping[str, np.ndarray], int]:
+        # a long document spans many rows: keep it instead of re-reading and re-tokenizing it per row
+        if self._cached is None or self._cached[0] != k:
+            features = self._docs[k]
+            if sorted(features) != self._declared:
+                raise DataError(f"document features {sorted(features)} differ from the declared {self._declared}")
+            lengths = {len(v) for v in features.values()}
+            if len(lengths) != 1:
+                raise DataError(f"document features have different lengths {sorted(lengths)}; they must be equal to pack")
+            self._cached = (k, features, lengths.pop())
+        return self._cached[1], self._cached[2]

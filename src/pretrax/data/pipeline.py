@@ -1,0 +1,224 @@
+"""The input pipeline: corpus -> tokenize -> objective -> pack -> batch -> host rows.
+
+Documents flow through a grain ``MapDataset`` (random access, lazy)::
+
+    source(corpus) -> shuffle(seed; reshuffled every epoch) -> repeat()
+        -> map(tokenize: bos + tokens + eos) -> random_map(objective, rng from (seed, index))
+
+Element ``g`` of that dataset is the g-th document drawn over all epochs; its
+randomness (epoch order, and the objective's rng) depends only on (seed, g).
+
+Rows: the global batch has B rows, and row r of every batch is packed from its
+own stream of documents, ``docs[r::B]`` (row streams). So
+
+* a host owns a contiguous block of rows and reads only those rows' documents:
+  hosts read disjoint shards, and host batches stacked in order are exactly the
+  one-host batch, whatever the number of hosts;
+* the iterator state is two integers per row (next document, offset in it),
+  restored in O(1); states of all hosts merge into one global state
+  (``merge_states``) that any host layout can resume from;
+* a long document fills consecutive rows of one stream, one row per batch,
+  instead of filling a whole batch with pieces of itself.
+
+Objectives are the seam for prefix-LM / span corruption / UL2: a function
+(tokens, rng) -> dict of equal-length arrays with the ``FEATURES`` keys. They
+run per document, before packing.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+import grain
+import numpy as np
+
+from pretrax.config import Config
+from pretrax.data.corpus import Corpus, load_corpus, split
+from pretrax.data.packing import RowPacker
+from pretrax.data.tokenizer import ByteTokenizer, load_tokenizer
+from pretrax.errors import ConfigError, DataError
+
+STATE_VERSION = 1
+
+# What every objective emits per document (and the batch carries, with segment_ids and positions).
+FEATURES = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32, "bidirectional": np.int32}
+
+
+# ---------------------------------------------------------------- objectives
+
+
+def causal_lm(tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Next-token prediction over the whole document (tokens are bos ... eos)."""
+    del rng  # deterministic; the argument is the seam for random objectives
+    n = len(tokens) - 1
+    return {
+        "inputs": tokens[:-1],
+        "targets": tokens[1:],
+        "loss_mask": np.ones(n, np.float32),
+        "bidirectional": np.zeros(n, np.int32),
+    }
+
+
+OBJECTIVES: dict[str, Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]] = {
+    "causal_lm": causal_lm,
+}
+
+
+# ---------------------------------------------------------------- document datasets
+
+
+def _seeds(seed: int) -> tuple[int, int]:
+    """(shuffle seed, objective seed), both uint32, derived from the run seed.
+
+    grain reshuffles epoch e with shuffle_seed + e; hashing the run seed first
+    keeps run seed s+1 from replaying run seed s's epoch orders shifted by one.
+    """
+    a, b = np.random.SeedSequence(seed & (2**64 - 1)).generate_state(2)
+    return int(a), int(b)
+
+
+def _tokenize(tokenizer: ByteTokenizer, text: str) -> np.ndarray:
+    """bos + text + eos: bos lets the model predict a document's first token (and start a sample)."""
+    tokens = np.asarray(tokenizer.encode(text), np.int32)
+    return np.concatenate([[tokenizer.bos_id], tokens, [tokenizer.eos_id]]).astype(np.int32)
+
+
+def document_dataset(corpus: Corpus, tokenizer: ByteTokenizer, objective: str, *, seed: int,
+                     shuffle: bool, repeat: bool) -> grain.MapDataset:
+    """Per-document feature dicts, lazily, by index (endless when repeat)."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown data.objective {objective!r}; valid choices: {', '.join(sorted(OBJECTIVES))}")
+    shuffle_seed, objective_seed = _seeds(seed)
+    ds = grain.MapDataset.source(corpus)
+    if shuffle:
+        ds = ds.shuffle(seed=shuffle_seed)  # index g in epoch g // N uses seed shuffle_seed + epoch
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.map(functools.partial(_tokenize, tokenizer))
+    return ds.random_map(OBJECTIVES[objective], seed=objective_seed)  # rng from (objective_seed, g)
+
+
+# ---------------------------------------------------------------- batches
+
+
+class BatchIterator:
+    """This host's rows of every global batch: one RowPacker per row.
+
+    State (JSON-serialisable; all integers but the objective name)::
+
+        {"version": 1, "seed": 0, "corpus": <crc32 of the document names>,
+         "objective": "causal_lm", "global_batch": B, "first_row": r0,
+         "doc": [k, ...], "offset": [o, ...]}   # one entry per row r0, r0+1, ...
+
+    ``set_state`` accepts any state whose rows cover this iterator's rows: its
+    own, or a merged global one (``merge_states``) when the host count changed.
+    """
+
+    def __init__(self, packers: list[RowPacker], *, first_row: int, meta: Mapping[str, Any]):
+        if not packers:
+            raise ConfigError("a batch needs at least one row")
+        self._packers = packers
+        self._first_row = first_row
+        self._meta = dict(meta)
+        self._dtypes = packers[0].dtypes
+        self._seq_len = packers[0].seq_len
+
+    def __iter__(self) -> "BatchIterator":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = {k: np.zeros((len(self._packers), self._seq_len), dt) for k, dt in self._dtypes.items()}  # (B, T)
+        for i, packer in enumerate(self._packers):
+            packer.fill({k: v[i] for k, v in batch.items()})
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        doc, offset = zip(*(p.get_state() for p in self._packers))
+        return {"version": STATE_VERSION, **self._meta, "first_row": self._first_row,
+                "doc": list(doc), "offset": list(offset)}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        _check_meta(state, self._meta)
+        lo = self._first_row - int(state["first_row"])
+        if lo < 0 or lo + len(self._packers) > len(state["doc"]) or len(state["doc"]) != len(state["offset"]):
+            raise DataError(
+                f"iterator state covers rows {state['first_row']}..{state['first_row'] + len(state['doc']) - 1}, "
+                f"this host needs rows {self._first_row}..{self._first_row + len(self._packers) - 1}; "
+                "merge all hosts' states with pretrax.data.merge_states"
+            )
+        for i, packer in enumerate(self._packers):
+            packer.set_state(state["doc"][lo + i], state["offset"][lo + i])
+
+
+def _check_meta(state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
+        raise DataError(f"data iterator state has version {state.get('version') if isinstance(state, Mapping) else state!r}, "
+                        f"expected {STATE_VERSION}")
+    for key, value in meta.items():
+        if state.get(key) != value:
+            raise DataError(
+                f"data iterator state was saved with {key}={state.get(key)!r} but this run has {key}={value!r}; "
+                "resuming would not give the same batches (same corpus, seed, objective and train.batch_size needed)"
+            )
+
+
+def merge_states(states: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """One global state from every host's state (any order): resumable on any host count."""
+    if not states:
+        raise DataError("no iterator states to merge")
+    states = sorted(states, key=lambda s: int(s["first_row"]))
+    meta = {k: v for k, v in states[0].items() if k not in ("first_row", "doc", "offset", "version")}
+    merged = {"version": STATE_VERSION, **meta, "first_row": int(states[0]["first_row"]), "doc": [], "offset": []}
+    for s in states:
+        _check_meta(s, meta)
+        if int(s["first_row"]) != merged["first_row"] + len(merged["doc"]):
+            raise DataError(f"iterator states do not cover contiguous rows (gap before row {s['first_row']})")
+        merged["doc"] += list(s["doc"])
+        merged["offset"] += list(s["offset"])
+    return merged
+
+
+def _split(cfg: Config) -> tuple[Corpus, Corpus]:
+    return split(load_corpus(cfg.data.source), cfg.data.heldout_percent)
+
+
+def make_train_iterator(cfg: Config, *, process_index: int = 0, process_count: int = 1) -> BatchIterator:
+    """Endless training batches: this host's train.batch_size // process_count rows of each global batch."""
+    batch = cfg.train.batch_size
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ConfigError(f"process_index {process_index} must be in [0, process_count={process_count})")
+    if batch % process_count:
+        raise ConfigError(f"train.batch_size ({batch}) must be divisible by the number of hosts ({process_count})")
+    train, _ = _split(cfg)
+    if len(train) == 0:
+        raise DataError(f"no training documents left after holding out {cfg.data.heldout_percent}%")
+    docs = document_dataset(train, load_tokenizer(cfg.data.tokenizer), cfg.data.objective,
+                            seed=cfg.run.seed, shuffle=cfg.data.shuffle, repeat=True)
+    rows = batch // process_count
+    first_row = process_index * rows
+    packers = [RowPacker(docs[r::batch], cfg.data.seq_len, FEATURES, finite=False)
+               for r in range(first_row, first_row + rows)]
+    meta = {"seed": cfg.run.seed, "corpus": train.fingerprint, "objective": cfg.data.objective,
+            "global_batch": batch}
+    return BatchIterator(packers, first_row=first_row, meta=meta)
+
+
+def eval_batches(cfg: Config, num_batches: int, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Batches from the held-out documents only, in corpus order; the same list on every call.
+
+    Each held-out document is read once at most (no repeat): rows whose stream
+    has run out are padding (loss_mask 0), so a small held-out set never gets
+    counted twice.
+    """
+    _, heldout = _split(cfg)
+    if len(heldout) == 0:
+        raise DataError(
+            f"no held-out documents (data.heldout_percent={cfg.data.heldout_percent}); "
+            "raise data.heldout_percent to evaluate"
+        )
+    docs = document_dataset(heldout, load_tokenizer(cfg.data.tokenizer), cfg.data.objective,
+                            seed=cfg.run.seed, shuffle=False, repeat=False)
+    packers = [RowPacker(docs[r::batch_size], cfg.data.seq_len, FEATURES, finite=True) for r in range(batch_size)]
+    it = BatchIterator(packers, first_row=0, meta={})
+    return [next(it) for _ in range(num_batches)]

@@ -1,0 +1,96 @@
+"""Sampling from a trained run: temperature, top-k and top-p (nucleus).
+
+Kept apart from the model (no KV cache yet): each new token runs the model
+over a fixed-size window, so the function compiles once and the model code
+has no serving branch. Fine for the small models this is used with; a cached
+decoding path belongs with the speed work.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pretrax import config as config_lib
+from pretrax.errors import CheckpointError, ConfigError
+from pretrax.train import checkpoint as ckpt
+from pretrax.train.state import make_setup, max_positions, model_vocab_size
+
+
+def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+    """Scale by temperature, keep the top_k largest and the smallest set with mass >= top_p."""
+    logits = logits / max(temperature, 1e-6)
+    if top_k > 0:
+        kth = jnp.sort(logits)[-min(top_k, logits.shape[-1])]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        order = jnp.argsort(-logits)
+        probs = jax.nn.softmax(logits[order])
+        before = jnp.cumsum(probs) - probs  # mass of strictly more likely tokens
+        keep_sorted = before < top_p
+        keep = jnp.zeros_like(keep_sorted).at[order].set(keep_sorted)
+        logits = jnp.where(keep, logits, -jnp.inf)
+    return logits
+
+
+def sample(
+    setup,
+    params: Any,
+    tokenizer,
+    prompt: str,
+    *,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 0.95,
+    seed: int = 0,
+) -> str:
+    """The continuation of prompt (text only, without the prompt)."""
+    window = max_positions(setup.cfg)
+    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    greedy = temperature == 0
+
+    @jax.jit
+    def next_token(params, tokens, length, key):
+        model = nnx.merge(setup.graphdef, params)
+        logits = model(tokens[None])[0, length - 1].astype(jnp.float32)  # (V,)
+        if greedy:
+            return jnp.argmax(logits)
+        return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p))
+
+    key = jax.random.key(seed)
+    new: list[int] = []
+    for i in range(max_new_tokens):
+        context = (ids + new)[-window:]
+        buf = np.full((window,), tokenizer.pad_id, np.int32)
+        buf[: len(context)] = context
+        token = int(next_token(params, jnp.asarray(buf), len(context), jax.random.fold_in(key, i)))
+        if token == tokenizer.eos_id:
+            break
+        new.append(token)
+    return tokenizer.decode(new)
+
+
+def load_run(run_dir: str):
+    """Config, setup and params of a run's newest checkpoint, on a mesh over the local devices."""
+    from pretrax.data.tokenizer import load_tokenizer
+    from pretrax.parallel.mesh import make_mesh
+
+    if not os.path.isdir(run_dir):
+        raise ConfigError(f"run dir {run_dir!r} does not exist; give the run.dir of a training run")
+    step = ckpt.latest_step(run_dir)
+    if step is None:
+        raise CheckpointError(f"run dir {run_dir!r} holds no complete checkpoint; train it first")
+    with ckpt.open_manager(run_dir, config_lib.CheckpointSection(), read_only=True) as reader:
+        saved = ckpt.read_config(reader, step)
+        cfg = config_lib.from_dict(saved, ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"])
+        tokenizer = load_tokenizer(cfg.data.tokenizer)
+        setup = make_setup(cfg, make_mesh(cfg.mesh), model_vocab_size(cfg, tokenizer.vocab_size))
+        abstract = setup.abstract_state()
+        state, _ = ckpt.restore(reader, step, abstract)
+    return cfg, setup, tokenizer, state["params"], step

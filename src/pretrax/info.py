@@ -1,0 +1,31 @@
+"""`pretrax info`: the derived numbers of a config, computed without allocating the model."""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from pretrax.config import Config
+from pretrax.data.tokenizer import load_tokenizer
+from pretrax.flops import flops_per_token, matmul_params
+from pretrax.train.state import build_model, max_positions, model_vocab_size, param_count
+
+
+def describe(cfg: Config) -> str:
+    vocab = model_vocab_size(cfg, load_tokenizer(cfg.data.tokenizer).vocab_size)
+    abstract = nnx.eval_shape(lambda: build_model(cfg, vocab, 0))
+    n = param_count(nnx.state(abstract, nnx.Param))
+    m = cfg.model
+    tokens = cfg.train.batch_size * cfg.data.seq_len
+    fpt = flops_per_token(n, m, vocab, cfg.data.seq_len, max_positions(cfg))
+    lines = [
+        f"parameters: {n}",
+        f"matmul parameters: {matmul_params(n, m, vocab, max_positions(cfg))}",
+        f"model: {m.kind}, {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads x {m.head_size}"
+        f" ({m.kv_heads} kv), d_ff {m.d_ff}, vocab {vocab}, {m.positions} positions, {m.norm_position}-{m.norm}, "
+        f"{m.activation}",
+        f"tokens per step: {tokens} ({cfg.train.batch_size} x {cfg.data.seq_len})",
+        f"FLOPs per token: {fpt:.4g}",
+        f"FLOPs per step: {fpt * tokens:.4g}",
+        f"training FLOPs: {fpt * tokens * cfg.train.steps:.4g} ({cfg.train.steps} steps)",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Device mesh and the logical-to-mesh sharding rules."""

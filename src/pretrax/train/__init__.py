@@ -1,0 +1,1 @@
+"""Optimizer, train state, the jitted step, the loop, checkpoints and metrics."""

@@ -1,0 +1,179 @@
+"""The train loop: batch -> step -> metrics -> checkpoint -> eval, with exact resume.
+
+Running train() again on a run dir that holds checkpoints continues from the
+newest complete one: parameters, optimizer state, step and the data
+iterator's position all come back, so the resumed run prints the same losses
+the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from pretrax.config import Config
+from pretrax.data.pipeline import eval_batches, make_train_iterator
+from pretrax.data.tokenizer import load_tokenizer
+from pretrax.errors import ConfigError
+from pretrax.flops import flops_per_token
+from pretrax.parallel.mesh import batch_parallelism, make_mesh
+from pretrax.train import checkpoint as ckpt
+from pretrax.train.metrics import MetricsWriter
+from pretrax.train.optimizer import decay_mask
+from pretrax.train.state import init_state, make_setup, max_positions, model_vocab_size, param_count
+from pretrax.train.step import make_eval_step, make_train_step, to_global
+
+
+def check_run_dir(run_dir: str) -> str:
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(f"run.dir {run_dir!r} is a file; give a directory (new or holding an earlier run)")
+    return run_dir
+
+
+def check_batch(cfg: Config, mesh) -> None:
+    ways = batch_parallelism(mesh, dict(cfg.mesh.rules))
+    micro = cfg.train.batch_size // cfg.train.grad_accum
+    if micro % ways:
+        raise ConfigError(
+            f"train.batch_size / train.grad_accum = {micro} sequences per micro-batch is not divisible by the "
+            f"data-parallel size {ways} (mesh.data * mesh.fsdp); use a multiple of {ways}"
+        )
+    if cfg.train.batch_size % jax.process_count():
+        raise ConfigError(
+            f"train.batch_size ({cfg.train.batch_size}) must be divisible by the number of hosts ({jax.process_count()})"
+        )
+
+
+def write_config(cfg: Config, run_dir: str) -> None:
+    """RUN_DIR/config.yaml, replaced atomically so a crash never leaves half a file."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(run_dir, "config.yaml")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(cfg.to_yaml())
+    os.replace(tmp, path)
+
+
+def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Train (or resume) the run described by cfg; returns the final numbers."""
+    run_dir = check_run_dir(cfg.run.dir)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    vocab_size = model_vocab_size(cfg, tokenizer.vocab_size)
+    if vocab_size < tokenizer.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size ({vocab_size}) is smaller than the tokenizer's {tokenizer.vocab_size} ids; "
+            "use 0 (automatic) or a larger value"
+        )
+    mesh = make_mesh(cfg.mesh)
+    check_batch(cfg, mesh)
+    setup = make_setup(cfg, mesh, vocab_size)
+
+    # Everything is checked before anything is written.
+    start = ckpt.latest_step(run_dir)
+    if start is not None:
+        with ckpt.open_manager(run_dir, cfg.checkpoint, read_only=True) as reader:
+            ckpt.check_compatible(ckpt.read_config(reader, start), cfg, start)
+    os.makedirs(run_dir, exist_ok=True)
+    write_config(cfg, run_dir)
+
+    manager = ckpt.open_manager(run_dir, cfg.checkpoint)
+    data = make_train_iterator(cfg, process_index=jax.process_index(), process_count=jax.process_count())
+    if start is not None:
+        state, data_state = ckpt.restore(manager, start, setup.abstract_state())
+        data.set_state(data_state)
+    else:
+        start = 0
+        state = init_state(setup, cfg.run.seed)
+
+    total = cfg.train.steps
+    end = min(total, stop_at) if stop_at else total
+    out = MetricsWriter(run_dir, total, start, progress=progress)
+    n_params = param_count(setup.abstract_params)
+    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+    fpt = flops_per_token(n_params, cfg.model, vocab_size, cfg.data.seq_len, max_positions(cfg))
+    out.print(startup_summary(cfg, setup, n_params, tokens_per_step, fpt, start))
+
+    train_step = make_train_step(setup)
+    evaluate = make_evaluator(cfg, setup, tokenizer)
+    result: dict[str, Any] = {"start_step": start, "losses": {}}
+    last_time, last_step = time.perf_counter(), start
+    pending: list[tuple[int, Any]] = []  # metrics stay on device until a log step (no sync every step)
+    try:
+        for step in range(start + 1, end + 1):
+            state, metrics = train_step(state, to_global(setup, next(data)))
+            pending.append((step, metrics))
+            out.advance()
+            eval_due = step == total or (cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0)
+            if step % cfg.train.log_every == 0 or step == end or eval_due:
+                fetched = jax.device_get([m for _, m in pending])
+                now = time.perf_counter()
+                for (s, _), m in zip(pending, fetched):
+                    result["losses"][s] = float(m["loss"])
+                row = {k: float(fetched[-1][k]) for k in ("loss", "lr", "grad_norm")}
+                row["tokens_per_s"] = tokens_per_step * (step - last_step) / max(now - last_time, 1e-9)
+                row["model_flops_per_s"] = row["tokens_per_s"] * fpt
+                if eval_due:
+                    result["eval"] = evaluate(state["params"])
+                    row.update(result["eval"])
+                out.write(step, row)
+                pending, last_step = [], step
+                last_time = time.perf_counter()  # eval time is not training time
+            if step % cfg.checkpoint.every == 0 or step == end:
+                ckpt.save(manager, step, state, data.get_state(), cfg)
+        ckpt.wait(manager)
+    finally:
+        manager.close()
+        out.close()
+    if end == total and "eval" not in result:  # resumed a finished run: nothing trained, still report
+        result["eval"] = evaluate(state["params"])
+    result.update(final_step=end, params=state["params"], setup=setup, tokenizer=tokenizer)
+    return result
+
+
+def make_evaluator(cfg: Config, setup, tokenizer):
+    """Held-out loss and bits per byte over a fixed set of batches."""
+    eval_step = make_eval_step(setup, jax.numpy.asarray(tokenizer.token_bytes, dtype=jax.numpy.float32))
+    batches = None
+
+    def evaluate(params) -> dict[str, float]:
+        nonlocal batches
+        if batches is None:
+            host = eval_batches(cfg, cfg.train.eval_batches, cfg.train.batch_size // jax.process_count())
+            batches = [to_global(setup, b) for b in host]
+        sums = jax.device_get([eval_step(params, b) for b in batches])
+        loss = sum(float(s["loss_sum"]) for s in sums)
+        tokens = sum(float(s["tokens"]) for s in sums)
+        nbytes = sum(float(s["bytes"]) for s in sums)
+        return {
+            "eval_loss": loss / max(tokens, 1.0),
+            "eval_bits_per_byte": loss / math.log(2) / max(nbytes, 1.0),
+        }
+
+    return evaluate
+
+
+def startup_summary(cfg: Config, setup, n_params: int, tokens_per_step: int, fpt: float, start: int) -> str:
+    mesh = setup.mesh
+    ways = batch_parallelism(mesh, dict(cfg.mesh.rules))
+    per_device = cfg.train.batch_size / cfg.train.grad_accum / ways
+    decayed = sum(
+        int(np.prod(x.shape))
+        for x, m in zip(jax.tree.leaves(setup.abstract_params), jax.tree.leaves(decay_mask(setup.logical_specs)))
+        if m
+    )
+    lines = [
+        f"run dir: {os.path.abspath(cfg.run.dir)}" + (f" (resuming from step {start})" if start else ""),
+        f"parameters: {n_params:,} ({decayed:,} with weight decay)",
+        f"mesh: {dict(mesh.shape)} on {mesh.devices.size} {jax.devices()[0].platform} device(s), "
+        f"{jax.process_count()} process(es)",
+        f"tokens per step: {tokens_per_step:,} ({cfg.train.batch_size} x {cfg.data.seq_len}); "
+        f"{per_device:g} sequences per device per micro-batch",
+        f"FLOPs per token: {fpt:.3g}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""The train state, created already sharded.
+
+The state is a plain dict {step, params, opt_state, rng}. Its shapes and
+logical axes come from an abstract model (nnx.eval_shape, no memory used);
+the logical names go through the config's rules table to NamedShardings; then
+the model and optimizer are initialised inside one jax.jit whose
+out_shardings place every array where it belongs, so no full copy of the
+model ever exists on one device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pretrax.config import Config
+from pretrax.models.decoder import Decoder
+from pretrax.parallel.rules import tree_shardings
+from pretrax.train.optimizer import make_optimizer
+
+
+def model_vocab_size(cfg: Config, tokenizer_vocab: int) -> int:
+    """The embedding table's size: model.vocab_size, or the tokenizer's rounded up to 128 (for fast matmuls)."""
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size
+    return -(-tokenizer_vocab // 128) * 128
+
+
+def max_positions(cfg: Config) -> int:
+    return cfg.model.max_seq_len or cfg.data.seq_len
+
+
+def build_model(cfg: Config, vocab_size: int, seed: int) -> Decoder:
+    return Decoder(cfg.model, vocab_size=vocab_size, max_seq_len=max_positions(cfg), rngs=nnx.Rngs(params=seed))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+    """Everything static about a run's state: structure, shardings, optimizer."""
+
+    cfg: Config
+    mesh: Mesh
+    vocab_size: int
+    graphdef: Any
+    abstract_params: Any
+    logical_specs: Any
+    tx: optax.GradientTransformation
+    state_shardings: dict
+
+    def abstract_state(self) -> dict:
+        """ShapeDtypeStructs of the whole state, with their target shardings (used to restore)."""
+        shapes = jax.eval_shape(lambda: _init(self, 0))
+        return jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, self.state_shardings
+        )
+
+
+def make_setup(cfg: Config, mesh: Mesh, vocab_size: int) -> TrainSetup:
+    abstract_model = nnx.eval_shape(lambda: build_model(cfg, vocab_size, 0))
+    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+    logical_specs = nnx.get_partition_spec(abstract_params)
+    tx = make_optimizer(cfg.optim, cfg.train.steps, logical_specs)
+    rules = dict(cfg.mesh.rules)
+    param_shardings = tree_shardings(abstract_params, logical_specs, mesh, rules)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    # optimizer moments mirror their parameter's sharding; counters etc. are replicated
+    opt_shardings = optax.tree_map_params(
+        tx,
+        lambda _, sharding: sharding,
+        abstract_opt,
+        param_shardings,
+        transform_non_params=lambda _: NamedSharding(mesh, P()),
+    )
+    replicated = NamedSharding(mesh, P())
+    state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings, "rng": replicated}
+    return TrainSetup(cfg, mesh, vocab_size, graphdef, abstract_params, logical_specs, tx, state_shardings)
+
+
+def _init(setup: TrainSetup, seed: int) -> dict:
+    model = build_model(setup.cfg, setup.vocab_size, seed)
+    params = nnx.state(model, nnx.Param)
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": setup.tx.init(params),
+        "rng": jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)),
+    }
+
+
+def init_state(setup: TrainSetup, seed: int) -> dict:
+    """A fresh state, every array created directly in its sharded place."""
+    return jax.jit(lambda: _init(setup, seed), out_shardings=setup.state_shardings)()
+
+
+def param_count(abstract_params: Any) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(abstract_params))

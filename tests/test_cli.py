@@ -1,0 +1,90 @@
+"""The command line as a user meets it: one-line errors with exit 2, nothing written damaged."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY
+
+
+def run_cli(*args, timeout=300):
+    proc = subprocess.run([sys.executable, "-m", "pretrax.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    proc = run_cli("train", "configs/tiny.yaml", *TINY, f"run.dir={run_dir}", "train.sample_tokens=20",
+                   "train.steps=4", "checkpoint.every=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc.stdout
+
+
+def test_train_prints_bits_per_byte_and_a_sample(trained_run):
+    run_dir, stdout = trained_run
+    assert "held-out bits per byte:" in stdout
+    assert "sample:" in stdout
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "metrics.jsonl").is_file()
+
+
+def snapshot(root):
+    return {os.path.join(d, f): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(root) for f in files}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.d_modl=64"], "unknown config key 'model.d_modl'; did you mean 'model.d_model'?"),
+        (["train.steps=ten"], "config key 'train.steps' expects int"),
+        (["train.steps=-3"], "config key 'train.steps' must be a positive integer"),
+        (["mesh.data=3", "mesh.fsdp=1"], "has 3 devices but 8 are available"),
+        (["train.batch_size=4", "mesh.data=8"], "not divisible by the data-parallel size 8"),
+        (["model.d_model=48"], "different model: model.d_model (checkpoint 32, now 48)"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_touches_nothing(trained_run, overrides, message):
+    run_dir, _ = trained_run
+    before = snapshot(run_dir)
+    proc = run_cli("train", "configs/tiny.yaml", *TINY, f"run.dir={run_dir}", *overrides)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.startswith("pretrax: error")]) == 1
+    assert snapshot(run_dir) == before
+
+
+def test_run_dir_that_is_a_file(tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("keep me")
+    proc = run_cli("train", "configs/tiny.yaml", *TINY, f"run.dir={target}")
+    assert proc.returncode == 2 and "is a file" in proc.stderr and "Traceback" not in proc.stderr
+    assert target.read_text() == "keep me"
+
+
+def test_missing_config_file(tmp_path):
+    proc = run_cli("train", str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_info_gpt1_parameter_count():
+    proc = run_cli("info", "configs/gpt1.yaml")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "parameters: 116534784" in proc.stdout.splitlines()
+
+
+def test_generate_from_a_run(trained_run):
+    run_dir, _ = trained_run
+    proc = run_cli("generate", str(run_dir), "--prompt", "import ", "--max-new-tokens", "16", "--top-k", "5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("import ")
+    assert len(proc.stdout) > len("import ")
+
+
+def test_generate_without_checkpoint(tmp_path):
+    proc = run_cli("generate", str(tmp_path))
+    assert proc.returncode == 2 and "no complete checkpoint" in proc.stderr and "Traceback" not in proc.stderr
