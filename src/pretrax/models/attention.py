@@ -1,0 +1,71 @@
+"""Multi-head (and grouped-query) self-attention with packed-sequence masks.
+
+Besides the axis legend (pretrax/__init__.py) this file uses G = N // K, the
+number of query heads that share one key/value head in grouped-query attention
+(Ainslie et al., 2023); with K == N it is ordinary multi-head attention.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pretrax.config import ModelSection
+from pretrax.models.layers import Einsum, residual_std
+from pretrax.models.positions import apply_rope
+
+
+def attention_mask(segment_ids: jax.Array, bidirectional: jax.Array | None = None) -> jax.Array:
+    """(B, T, S) bool: may query t attend to key s?
+
+    Only within one document (same segment id), and only to earlier-or-same
+    positions, except that the prefix of a prefix-LM document (bidirectional == 1)
+    sees all of itself. Every query may attend to itself, so no row is empty and
+    softmax never divides by zero, padding (segment 0) included.
+    """
+    T = segment_ids.shape[1]
+    same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, S)
+    allowed = jnp.tril(jnp.ones((T, T), dtype=bool))[None]  # (1, T, S): causal
+    if bidirectional is not None:
+        prefix = bidirectional.astype(bool)
+        allowed = allowed | (prefix[:, :, None] & prefix[:, None, :])  # (B, T, S)
+    return same_doc & allowed
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(H)) v over the allowed (query, key) pairs.
+
+    q: (B, T, N, H); k, v: (B, S, K, H); mask: (B, T, S) bool. Returns (B, T, N, H).
+    Query head n reads kv head n // G. Scores and softmax are float32.
+    """
+    B, T, N, H = q.shape
+    K = k.shape[2]
+    q = q.reshape(B, T, K, N // K, H)  # (B, T, K, G, H): group query heads by their kv head
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+    scores = scores * H**-0.5
+    # a finite minimum instead of -inf: a fully masked row would then give a
+    # uniform average rather than NaN (attention_mask never builds one, but be safe)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+    return out.reshape(B, T, N, H)  # (B, T, N, H)
+
+
+class Attention(nnx.Module):
+    """Project to queries, keys and values, rotate them (RoPE), attend, project back."""
+
+    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs):
+        D, N, K, H = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size
+        kw = dict(use_bias=cfg.use_bias, param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype),
+                  rngs=rngs)
+        self.query = Einsum("BTD,DNH->BTNH", (D, N, H), ("embed", "heads", "head_dim"), std=cfg.init_std, **kw)
+        self.key = Einsum("BSD,DKH->BSKH", (D, K, H), ("embed", "kv_heads", "head_dim"), std=cfg.init_std, **kw)
+        self.value = Einsum("BSD,DKH->BSKH", (D, K, H), ("embed", "kv_heads", "head_dim"), std=cfg.init_std, **kw)
+        self.out = Einsum("BTNH,NHD->BTD", (N, H, D), ("heads", "head_dim", "embed"), std=residual_std(cfg), **kw)
+
+    def __call__(self, x: jax.Array, mask: jax.Array, rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, N, H), (B, S, K, H), (B, S, K, H)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.out(dot_product_attention(q, k, v, mask))  # (B, T, D)

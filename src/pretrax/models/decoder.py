@@ -1,0 +1,130 @@
+"""A decoder-only transformer LM covering both families through ModelSection:
+
+  GPT-1 (Radford et al., 2018): learned positions, post-LayerNorm, GELU, biases,
+      tied embeddings, no final norm.
+  modern (LLaMA-like): pre-RMSNorm, RoPE, SwiGLU, no biases, a final norm.
+
+tokens -> embedding (+ learned positions) -> n_layers x Block -> (final norm) -> logits.
+A row may pack several documents: segment ids keep attention inside each one and
+positions restart at each one, so a document's logits do not depend on its neighbours.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pretrax.config import ModelSection
+from pretrax.errors import ConfigError
+from pretrax.models.attention import Attention, attention_mask
+from pretrax.models.layers import MLP, Embed, Unembed, make_norm
+from pretrax.models.positions import LearnedPositions, rope_angles
+
+
+class Block(nnx.Module):
+    """One transformer layer: attention then MLP, each added to the residual stream."""
+
+    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs):
+        self.pre_norm = cfg.norm_position == "pre"
+        self.attn_norm = make_norm(cfg, rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = make_norm(cfg, rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array, rope=None) -> jax.Array:
+        if self.pre_norm:  # GPT-2 onwards: the residual stream itself is never normalised
+            x = x + self.attn(self.attn_norm(x), mask, rope)
+            x = x + self.mlp(self.mlp_norm(x))
+        else:  # GPT-1 / original transformer: normalise after each residual add
+            x = self.attn_norm(x + self.attn(x, mask, rope))
+            x = self.mlp_norm(x + self.mlp(x))
+        return x
+
+
+# What the backward pass may keep from each layer's forward pass instead of recomputing it.
+REMAT_POLICIES = {
+    # keep only the layer's input; recompute the whole layer (least memory)
+    "full": None,
+    # keep the weight matmuls' outputs (O(T*D) per token); recompute the attention
+    # scores and probabilities (batched matmuls, O(T^2)) and elementwise ops
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _run_block(block: Block, x: jax.Array, mask: jax.Array, rope) -> jax.Array:
+    return block(x, mask, rope)
+
+
+class Decoder(nnx.Module):
+    """The LM. vocab_size and max_seq_len are the resolved sizes (ModelSection allows 0 for "derive it")."""
+
+    def __init__(self, cfg: ModelSection, *, vocab_size: int, max_seq_len: int, rngs: nnx.Rngs):
+        if vocab_size < 1:
+            raise ConfigError(f"the decoder needs a vocabulary size >= 1, got {vocab_size} (model.vocab_size)")
+        if cfg.positions == "learned" and max_seq_len < 1:
+            raise ConfigError(f"learned positions need a table size >= 1, got {max_seq_len} (model.max_seq_len)")
+        self.cfg = cfg
+        param_dtype, dtype = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.dtype)
+        self.embed = Embed(vocab_size, cfg.d_model, std=cfg.init_std, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.positions = (LearnedPositions(max_seq_len, cfg.d_model, std=cfg.init_std, param_dtype=param_dtype,
+                                           dtype=dtype, rngs=rngs)
+                          if cfg.positions == "learned" else None)
+        if cfg.scan_layers:
+            self.blocks = _stacked_blocks(cfg, rngs)  # one Block whose weights have a leading (L,) axis
+        else:
+            self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.final_norm = make_norm(cfg, rngs) if cfg.final_norm else None
+        self.unembed = (None if cfg.tie_embeddings else
+                        Unembed(cfg.d_model, vocab_size, std=cfg.init_std, param_dtype=param_dtype, dtype=dtype,
+                                rngs=rngs))
+
+    def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None, bidirectional: jax.Array | None = None) -> jax.Array:
+        """tokens, positions, segment_ids, bidirectional: int (B, T). Returns float32 logits (B, T, V).
+
+        positions default to 0..T-1, segment_ids to all ones (one document per row;
+        0 marks padding), bidirectional to none (purely causal).
+        """
+        B, T = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        if segment_ids is None:
+            segment_ids = jnp.ones((B, T), jnp.int32)
+        mask = attention_mask(segment_ids, bidirectional)  # (B, T, S)
+
+        x = self.embed(tokens)  # (B, T, D)
+        if self.positions is not None:
+            x = x + self.positions(positions)
+        rope = None
+        if self.cfg.positions == "rope":  # (sin, cos), computed once and shared by every layer
+            rope = rope_angles(positions, self.cfg.head_size, self.cfg.rope_theta)
+        x = self._run_blocks(x, mask, rope)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return self.embed.attend(x) if self.unembed is None else self.unembed(x)  # (B, T, V) float32
+
+    def _run_blocks(self, x: jax.Array, mask: jax.Array, rope) -> jax.Array:
+        run = _run_block
+        if self.cfg.remat != "none":
+            # inside scan, CSE across iterations cannot happen, so its prevention only costs speed
+            run = nnx.remat(run, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=not self.cfg.scan_layers)
+        if self.cfg.scan_layers:
+            # one compiled layer body, applied L times; weights are sliced along axis 0 ('layers')
+            run = nnx.scan(run, in_axes=(0, nnx.Carry, None, None), out_axes=nnx.Carry,
+                           transform_metadata={nnx.PARTITION_NAME: "layers"})
+            return run(self.blocks, x, mask, rope)
+        for block in self.blocks:
+            x = run(block, x, mask, rope)
+        return x
+
+
+def _stacked_blocks(cfg: ModelSection, rngs: nnx.Rngs) -> Block:
+    """n_layers Blocks built at once: every weight gets a leading (L,) axis named 'layers'."""
+
+    @nnx.split_rngs(splits=cfg.n_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def create(rngs: nnx.Rngs) -> Block:
+        return Block(cfg, rngs=rngs)
+
+    return create(rngs)

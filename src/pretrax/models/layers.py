@@ -1,0 +1,163 @@
+"""Generic layers: named weights, dense (einsum) layers, norms, embedding, MLP.
+
+Every weight is made by `param`, which records its logical axis names (legend in
+pretrax/__init__.py) where it is created. The names live in the Param's
+``out_sharding`` metadata; ``nnx.get_partition_spec(nnx.state(model))`` reads them
+back, and the rules table in the config maps them to mesh axes.
+
+Precision: weights are stored in ``param_dtype`` and cast to the compute
+``dtype`` where they are used; norms compute their statistics in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pretrax.config import ModelSection
+
+
+def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
+    """A weight of `shape` with one logical axis name per dimension.
+
+    eager_sharding=False: the model can be built anywhere (on one CPU in tests,
+    under nnx.eval_shape to count parameters); where each weight lives is decided
+    by the trainer, which maps these names to mesh axes and passes the result as
+    the out_shardings of the jitted initialiser.
+    """
+    assert len(shape) == len(axes), f"shape {shape} needs {len(shape)} axis names, got {axes}"
+    init = nnx.with_partitioning(init, axes, eager_sharding=False)
+    return nnx.Param(init(rngs.params(), shape, dtype))
+
+
+def residual_std(cfg: ModelSection) -> float:
+    """Init std of the projections that write into the residual stream.
+
+    Each block adds two such outputs (attention, MLP) to the residual stream, so at
+    init its variance grows with 2 * n_layers; scaling these weights by
+    1/sqrt(2 * n_layers), as GPT-2 does, keeps the stream's scale independent of depth.
+    """
+    return cfg.init_std / math.sqrt(2 * cfg.n_layers)
+
+
+class Einsum(nnx.Module):
+    """A dense layer over named axes: y = einsum(spec, x, w) (+ b).
+
+    The bias covers the kernel axes that survive into the output (the trailing
+    output axes), so 'BTD,DNH->BTNH' has a bias of shape (N, H).
+    """
+
+    def __init__(self, spec: str, shape, axes, *, std: float, use_bias: bool, param_dtype, dtype,
+                 rngs: nnx.Rngs):
+        self.spec, self.dtype = spec, dtype
+        self.kernel = param(rngs, nnx.initializers.normal(std), tuple(shape), tuple(axes), param_dtype)
+        inputs, out = spec.split("->")
+        w = inputs.split(",")[1]  # the kernel's letters, e.g. 'DNH'
+        keep = [i for i, c in enumerate(w) if c in out]  # kernel axes that reach the output, e.g. N, H
+        assert out.endswith("".join(w[i] for i in keep)), f"bias axes must trail the output in {spec!r}"
+        self.bias = (param(rngs, nnx.initializers.zeros_init(), tuple(shape[i] for i in keep),
+                           tuple(axes[i] for i in keep), param_dtype)
+                     if use_bias else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.einsum(self.spec, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * scale (Zhang & Sennrich, 2019); no mean subtraction, no bias."""
+
+    def __init__(self, dim: int, *, eps: float, param_dtype, dtype, rngs: nnx.Rngs):
+        self.eps, self.dtype = eps, dtype
+        # ('norm',): norm vectors are tiny and read by every token, so they stay replicated
+        self.scale = param(rngs, nnx.initializers.ones_init(), (dim,), ("norm",), param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)  # statistics in float32: bf16 sums of squares lose precision
+        x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+        return (x * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """(x - mean) / std * scale + bias (Ba et al., 2016); the bias follows use_bias, as in nanoGPT."""
+
+    def __init__(self, dim: int, *, eps: float, use_bias: bool, param_dtype, dtype, rngs: nnx.Rngs):
+        self.eps, self.dtype = eps, dtype
+        self.scale = param(rngs, nnx.initializers.ones_init(), (dim,), ("norm",), param_dtype)
+        self.bias = param(rngs, nnx.initializers.zeros_init(), (dim,), ("norm",), param_dtype) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        x = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(jnp.float32)
+        if self.bias is not None:
+            x = x + self.bias[...].astype(jnp.float32)
+        return x.astype(self.dtype)
+
+
+def make_norm(cfg: ModelSection, rngs: nnx.Rngs) -> RMSNorm | LayerNorm:
+    kw = dict(eps=cfg.norm_eps, param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.d_model, **kw)
+    return LayerNorm(cfg.d_model, use_bias=cfg.use_bias, **kw)
+
+
+class Embed(nnx.Module):
+    """Token embedding (V, D); `attend` reuses it as the output layer when embeddings are tied."""
+
+    def __init__(self, vocab_size: int, dim: int, *, std: float, param_dtype, dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.table = param(rngs, nnx.initializers.normal(std), (vocab_size, dim), ("vocab", "embed"), param_dtype)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.table[...], tokens, axis=0).astype(self.dtype)  # (B, T, D)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """float32 logits (B, T, V): accumulating over D in bf16 would round the softmax's inputs."""
+        w = self.table[...].astype(self.dtype)
+        return jnp.einsum("BTD,VD->BTV", x.astype(self.dtype), w, preferred_element_type=jnp.float32)
+
+
+class Unembed(nnx.Module):
+    """Untied output layer (D, V), used when tie_embeddings is false."""
+
+    def __init__(self, dim: int, vocab_size: int, *, std: float, param_dtype, dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.kernel = param(rngs, nnx.initializers.normal(std), (dim, vocab_size), ("embed", "vocab"), param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w = self.kernel[...].astype(self.dtype)
+        return jnp.einsum("BTD,DV->BTV", x.astype(self.dtype), w, preferred_element_type=jnp.float32)
+
+
+# GELU in its tanh form, as GPT-1/GPT-2 used it; GeGLU uses the same.
+ACTIVATIONS = {"swiglu": jax.nn.silu, "geglu": jax.nn.gelu, "gelu": jax.nn.gelu, "relu": jax.nn.relu}
+
+
+class MLP(nnx.Module):
+    """Position-wise feed-forward: out(act(x W_in)), or with a gate (GLU variants,
+    Shazeer 2020): out(act(x W_gate) * x W_in)."""
+
+    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs):
+        D, F = cfg.d_model, cfg.d_ff
+        kw = dict(use_bias=cfg.use_bias, param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype),
+                  rngs=rngs)
+        self.activation = cfg.activation
+        gated = cfg.activation in ("swiglu", "geglu")
+        self.gate = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), std=cfg.init_std, **kw) if gated else None
+        self.up = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), std=cfg.init_std, **kw)
+        self.down = Einsum("BTF,FD->BTD", (F, D), ("mlp", "embed"), std=residual_std(cfg), **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        if self.gate is None:
+            h = act(self.up(x))  # (B, T, F)
+        else:
+            h = act(self.gate(x)) * self.up(x)  # (B, T, F)
+        return self.down(h)
