@@ -45,6 +45,7 @@ def snapshot(root):
         (["mesh.data=3", "mesh.fsdp=1"], "has 3 devices but 8 are available"),
         (["train.batch_size=4", "mesh.data=8"], "not divisible by the data-parallel size 8"),
         (["model.d_model=48"], "different model: model.d_model (checkpoint 32, now 48)"),
+        (["train.batch_size=16"], "saved with global_batch=8 but this run has global_batch=16"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_touches_nothing(trained_run, overrides, message):

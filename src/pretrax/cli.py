@@ -14,6 +14,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_library_logs()
     from pretrax.errors import PretraxError
 
     try:
@@ -24,6 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pretrax: interrupted; the newest complete checkpoint is kept", file=sys.stderr)
         return 130
+
+
+def _quiet_library_logs() -> None:
+    """Orbax and absl log routine notices as warnings; a user should see only pretrax's own lines."""
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's C++ notices
 
 
 def build_parser() -> argparse.ArgumentParser:

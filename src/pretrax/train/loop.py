@@ -74,22 +74,20 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
     check_batch(cfg, mesh)
     setup = make_setup(cfg, mesh, vocab_size)
 
-    # Everything is checked before anything is written.
+    # Everything is checked, and the checkpoint read, before anything is written.
+    data = make_train_iterator(cfg, process_index=jax.process_index(), process_count=jax.process_count())
     start = ckpt.latest_step(run_dir)
     if start is not None:
         with ckpt.open_manager(run_dir, cfg.checkpoint, read_only=True) as reader:
             ckpt.check_compatible(ckpt.read_config(reader, start), cfg, start)
-    os.makedirs(run_dir, exist_ok=True)
-    write_config(cfg, run_dir)
-
-    manager = ckpt.open_manager(run_dir, cfg.checkpoint)
-    data = make_train_iterator(cfg, process_index=jax.process_index(), process_count=jax.process_count())
-    if start is not None:
-        state, data_state = ckpt.restore(manager, start, setup.abstract_state())
+            state, data_state = ckpt.restore(reader, start, setup.abstract_state())
         data.set_state(data_state)
     else:
         start = 0
         state = init_state(setup, cfg.run.seed)
+    os.makedirs(run_dir, exist_ok=True)
+    write_config(cfg, run_dir)
+    manager = ckpt.open_manager(run_dir, cfg.checkpoint)
 
     total = cfg.train.steps
     end = min(total, stop_at) if stop_at else total
