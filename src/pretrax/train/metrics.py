@@ -44,7 +44,8 @@ class MetricsWriter:
             if key != "step" and isinstance(value, (int, float)):
                 self._tb.add_scalar(key, value, global_step=int(step))
         if self._bar is not None:
-            shown = {k: f"{row[k]:.4g}" for k in ("loss", "tokens_per_s", "eval_bits_per_byte") if k in row}
+            formats = {"loss": "{:.4f}", "tokens_per_s": "{:,.0f}", "eval_bits_per_byte": "{:.3f}"}
+            shown = {k: f.format(row[k]) for k, f in formats.items() if k in row}
             self._bar.set_postfix(shown, refresh=False)
 
     def advance(self, steps: int = 1) -> None:
