@@ -18,6 +18,9 @@ setup(
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12.8",
         "grain>=0.2.18",
+        "sentencepiece>=0.2",
+        "tensorflow-datasets>=4.9.9",  # ArrayRecord build and read; TensorFlow itself is not needed
+        "importlib_resources",  # tfds needs it when TensorFlow is absent
         "numpy",
         "pyyaml",
         "tensorboardX",

@@ -65,13 +65,37 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
-class DataSection:
-    source: Literal["stdlib"] = "stdlib"  # the embedded default corpus
-    tokenizer: str = "bytes"
+class SourceSection:
+    """One corpus: the embedded stdlib, local text or JSON-lines files, or a tfds dataset."""
+
+    source: Literal["stdlib", "text", "jsonl", "tfds"] = "stdlib"  # stdlib: the interpreter's own source and docs
+    paths: tuple[str, ...] = ()  # text and jsonl: file paths or globs
+    text_field: str = "text"  # jsonl and tfds: the field that holds a document's text
+    text_split: Literal["file", "blank_lines"] = "file"  # text: one document per file, or per blank-line block
+    tfds_name: str = ""  # tfds: name[:version], e.g. c4/en:3.0.1
+    tfds_split: str = "train"
+    tfds_eval_split: str = ""  # tfds: split for held-out eval; "": hold out data.heldout_percent of tfds_split
+    data_dir: str = ""  # tfds: the data_dir holding the prepared dataset (local path or gs://)
+    weight: float = 1.0  # share of documents drawn from this source in a mixture
+
+
+@dataclass(frozen=True)
+class DataSection(SourceSection):
+    """The input pipeline: one source (the fields above) or a weighted `mixture` of sources."""
+
+    mixture: tuple[SourceSection, ...] = ()  # when given, these sources replace the single one above
+    tokenizer: str = "bytes"  # bytes, or the path of a SentencePiece .model file
     seq_len: int = 256
     objective: Literal["causal_lm"] = "causal_lm"
     heldout_percent: float = 2.0  # share of documents held out for eval, chosen by a hash of their name
     shuffle: bool = True
+    num_workers: int = 0  # worker processes for tokenize + objective; 0: in the training process
+    prefetch: int = 2  # batches prepared ahead of the train step
+
+    @property
+    def sources(self) -> tuple[SourceSection, ...]:
+        """The sources to read: the mixture, or this section itself as the one source."""
+        return self.mixture or (self,)
 
 
 @dataclass(frozen=True)
@@ -240,6 +264,11 @@ def _build(cls: Any, raw: Any, prefix: str) -> Any:
         path = prefix + name
         if _fields_of(typ) is not None:
             kwargs[name] = _build(typ, raw[name] if raw[name] is not None else {}, path + ".")
+        elif typing.get_origin(typ) is tuple and _fields_of(typing.get_args(typ)[0]) is not None:
+            items = raw[name] if isinstance(raw[name], (list, tuple)) else [raw[name]]
+            kwargs[name] = tuple(
+                _build(typing.get_args(typ)[0], item, f"{path}[{i}].") for i, item in enumerate(items)
+            )
         elif typing.get_origin(typ) is collections.abc.Mapping and isinstance(raw[name], Mapping):
             # mappings (mesh.rules) are merged onto the schema's default, so YAML states only changes
             default = {f.name: f for f in dataclasses.fields(cls)}[name].default_factory()
@@ -264,6 +293,9 @@ def _coerce(path: str, typ: Any, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"config key {path!r} expects a mapping, got {value!r}")
         return dict(value)
+    if origin is tuple:  # tuple[X, ...]; a single value counts as a one-item list
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(f"{path}[{i}]", typing.get_args(typ)[0], v) for i, v in enumerate(items))
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(typ)
         if value is None and type(None) in args:
@@ -289,7 +321,7 @@ def _coerce(path: str, typ: Any, value: Any) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     else:
-        return value
+        raise TypeError(f"config schema type {typ!r} of {path!r} is not supported")
     raise ConfigError(f"config key {path!r} expects {typ.__name__}, got {value!r} ({type(value).__name__})")
 
 
@@ -335,6 +367,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'optim.min_lr_ratio' must be in [0, 1], got {cfg.optim.min_lr_ratio}")
     if not 0 <= cfg.data.heldout_percent < 100:
         raise ConfigError(f"config key 'data.heldout_percent' must be in [0, 100), got {cfg.data.heldout_percent}")
+    for i, src in enumerate(cfg.data.mixture):
+        if not src.weight > 0:
+            raise ConfigError(f"config key 'data.mixture[{i}].weight' must be > 0, got {src.weight}")
+    if cfg.data.num_workers < 0 or cfg.data.prefetch < 0:
+        raise ConfigError("config keys 'data.num_workers' and 'data.prefetch' must be >= 0")
     m = cfg.model
     if m.head_dim == 0 and m.d_model % m.n_heads:
         raise ConfigError(
