@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pretrax import config
 from pretrax.data import corpus as corpus_mod
 from pretrax.data import pipeline
+from pretrax.data import sources as sources_mod
 from pretrax.data import (
     FEATURES,
     ByteTokenizer,
@@ -281,10 +282,10 @@ class _Spy:
         self.read = []
         real = corpus_mod.stdlib_corpus()
 
-        def load(source):
+        def load():
             return corpus_mod.Corpus(real.names, lambda name: (self.read.append(name), real._read(name))[1])
 
-        monkeypatch.setattr(pipeline, "load_corpus", load)
+        monkeypatch.setattr(sources_mod, "stdlib_corpus", load)
 
 
 def test_hosts_read_disjoint_documents_and_stack_to_the_one_host_batch(monkeypatch):

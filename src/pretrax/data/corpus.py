@@ -44,10 +44,20 @@ class Corpus:
     def subset(self, names: Sequence[str]) -> "Corpus":
         return Corpus(names, self._read)
 
+    def take(self, indices: Sequence[int]) -> "Corpus":
+        """The documents at these positions, in the order given (subclasses keep their own kind)."""
+        return self.subset([self.names[i] for i in indices])
+
     @property
     def fingerprint(self) -> int:
-        """A stable hash of the document list: a saved iterator state only fits the corpus it came from."""
-        return zlib.crc32("\n".join(self.names).encode("utf-8"))
+        """A stable hash of the document list: a saved iterator state only fits the corpus it came from.
+
+        Equal to crc32("\\n".join(names)), computed piece by piece so a large corpus needs no joined copy.
+        """
+        crc = 0
+        for i, name in enumerate(self.names):
+            crc = zlib.crc32((name if i == 0 else "\n" + name).encode("utf-8"), crc)
+        return crc
 
 
 # ---------------------------------------------------------------- the stdlib corpus
@@ -128,6 +138,7 @@ def is_heldout(name: str, heldout_percent: float) -> bool:
 
 def split(corpus: Corpus, heldout_percent: float) -> tuple[Corpus, Corpus]:
     """(train, held-out): disjoint, together the whole corpus, each in corpus order."""
-    train = [n for n in corpus.names if not is_heldout(n, heldout_percent)]
-    heldout = [n for n in corpus.names if is_heldout(n, heldout_percent)]
-    return corpus.subset(train), corpus.subset(heldout)
+    held = [is_heldout(n, heldout_percent) for n in corpus.names]
+    train = [i for i, h in enumerate(held) if not h]
+    heldout = [i for i, h in enumerate(held) if h]
+    return corpus.take(train), corpus.take(heldout)

@@ -28,15 +28,17 @@ run per document, before packing.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+import zlib
+from typing import Any, Callable, Mapping, Sequence
 
 import grain
 import numpy as np
 
 from pretrax.config import Config
-from pretrax.data.corpus import Corpus, load_corpus, split
+from pretrax.data.corpus import Corpus
 from pretrax.data.packing import RowPacker
-from pretrax.data.tokenizer import ByteTokenizer, load_tokenizer
+from pretrax.data.tokenizer import load_tokenizer
+from pretrax.data.workers import ParallelDocuments, Strided
 from pretrax.errors import ConfigError, DataError
 
 STATE_VERSION = 1
@@ -78,23 +80,36 @@ def _seeds(seed: int) -> tuple[int, int]:
     return int(a), int(b)
 
 
-def _tokenize(tokenizer: ByteTokenizer, text: str) -> np.ndarray:
+def _tokenize(tokenizer, text: str) -> np.ndarray:
     """bos + text + eos: bos lets the model predict a document's first token (and start a sample)."""
     tokens = np.asarray(tokenizer.encode(text), np.int32)
     return np.concatenate([[tokenizer.bos_id], tokens, [tokenizer.eos_id]]).astype(np.int32)
 
 
-def document_dataset(corpus: Corpus, tokenizer: ByteTokenizer, objective: str, *, seed: int,
-                     shuffle: bool, repeat: bool) -> grain.MapDataset:
-    """Per-document feature dicts, lazily, by index (endless when repeat)."""
+def document_dataset(corpus: Corpus | Sequence[Corpus], tokenizer, objective: str, *, seed: int,
+                     shuffle: bool, repeat: bool, weights: Sequence[float] | None = None) -> grain.MapDataset:
+    """Per-document feature dicts, lazily, by index (endless when repeat).
+
+    Several corpora are mixed by weight (grain's deterministic mix of endless,
+    separately shuffled streams) when repeating, or read one after another
+    (held-out eval) when not.
+    """
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown data.objective {objective!r}; valid choices: {', '.join(sorted(OBJECTIVES))}")
+    corpora = [corpus] if isinstance(corpus, Corpus) else list(corpus)
     shuffle_seed, objective_seed = _seeds(seed)
-    ds = grain.MapDataset.source(corpus)
-    if shuffle:
-        ds = ds.shuffle(seed=shuffle_seed)  # index g in epoch g // N uses seed shuffle_seed + epoch
-    if repeat:
-        ds = ds.repeat()
+    parts = []
+    for i, c in enumerate(corpora):
+        ds = grain.MapDataset.source(c)
+        if shuffle:  # index g in epoch g // N uses seed + epoch; each source its own seed
+            ds = ds.shuffle(seed=(shuffle_seed + 7919 * i) % 2**32)
+        parts.append(ds.repeat() if repeat else ds)
+    if len(parts) == 1:
+        ds = parts[0]
+    elif repeat:
+        ds = grain.MapDataset.mix(parts, list(weights) if weights is not None else None)
+    else:
+        ds = grain.MapDataset.concatenate(parts)
     ds = ds.map(functools.partial(_tokenize, tokenizer))
     return ds.random_map(OBJECTIVES[objective], seed=objective_seed)  # rng from (objective_seed, g)
 
@@ -179,8 +194,19 @@ def merge_states(states: list[Mapping[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _split(cfg: Config) -> tuple[Corpus, Corpus]:
-    return split(load_corpus(cfg.data.source), cfg.data.heldout_percent)
+def _split(cfg: Config) -> tuple[list[Corpus], list[Corpus]]:
+    """(train corpora, held-out corpora), one of each per source."""
+    from pretrax.data.sources import load_source
+
+    pairs = [load_source(src, cfg.data.heldout_percent) for src in cfg.data.sources]
+    return [t for t, _ in pairs], [h for _, h in pairs]
+
+
+def _fingerprint(corpora: Sequence[Corpus], weights: Sequence[float]) -> int:
+    if len(corpora) == 1:
+        return corpora[0].fingerprint
+    text = ";".join(f"{c.fingerprint}:{w:g}" for c, w in zip(corpora, weights))
+    return zlib.crc32(text.encode())
 
 
 def make_train_iterator(cfg: Config, *, process_index: int = 0, process_count: int = 1) -> BatchIterator:
@@ -190,35 +216,60 @@ def make_train_iterator(cfg: Config, *, process_index: int = 0, process_count: i
         raise ConfigError(f"process_index {process_index} must be in [0, process_count={process_count})")
     if batch % process_count:
         raise ConfigError(f"train.batch_size ({batch}) must be divisible by the number of hosts ({process_count})")
-    train, _ = _split(cfg)
-    if len(train) == 0:
-        raise DataError(f"no training documents left after holding out {cfg.data.heldout_percent}%")
-    docs = document_dataset(train, load_tokenizer(cfg.data.tokenizer), cfg.data.objective,
-                            seed=cfg.run.seed, shuffle=cfg.data.shuffle, repeat=True)
+    docs, fingerprint = train_documents(cfg)
+    if cfg.data.num_workers > 0:
+        docs = ParallelDocuments(cfg, docs, num_workers=cfg.data.num_workers, stride=batch)
     rows = batch // process_count
     first_row = process_index * rows
-    packers = [RowPacker(docs[r::batch], cfg.data.seq_len, FEATURES, finite=False)
+    packers = [RowPacker(Strided(docs, r, batch), cfg.data.seq_len, FEATURES, finite=False)
                for r in range(first_row, first_row + rows)]
-    meta = {"seed": cfg.run.seed, "corpus": train.fingerprint, "objective": cfg.data.objective,
-            "global_batch": batch}
+    meta = {"seed": cfg.run.seed, "corpus": fingerprint, "objective": cfg.data.objective, "global_batch": batch}
     return BatchIterator(packers, first_row=first_row, meta=meta)
 
 
-def eval_batches(cfg: Config, num_batches: int, batch_size: int) -> list[dict[str, np.ndarray]]:
-    """Batches from the held-out documents only, in corpus order; the same list on every call.
+def train_documents(cfg: Config) -> tuple[grain.MapDataset, int]:
+    """The endless, shuffled, mixed training documents (features by global index) and their fingerprint."""
+    train, _ = _split(cfg)
+    weights = [src.weight for src in cfg.data.sources]
+    for src, corpus in zip(cfg.data.sources, train):
+        if len(corpus) == 0:
+            raise DataError(f"no training documents in data source {_describe(src)} "
+                            f"after holding out {cfg.data.heldout_percent}%")
+    docs = document_dataset(train, load_tokenizer(cfg.data.tokenizer), cfg.data.objective,
+                            seed=cfg.run.seed, shuffle=cfg.data.shuffle, repeat=True, weights=weights)
+    return docs, _fingerprint(train, weights)
 
-    Each held-out document is read once at most (no repeat): rows whose stream
-    has run out are padding (loss_mask 0), so a small held-out set never gets
-    counted twice.
+
+def eval_batches(cfg: Config, num_batches: int, batch_size: int, *, process_index: int = 0,
+                 process_count: int = 1) -> list[dict[str, np.ndarray]]:
+    """This host's rows of global held-out batches; the same list on every call.
+
+    batch_size is the GLOBAL batch; rows are split across hosts as in training,
+    so every held-out row is evaluated exactly once over all hosts. Held-out
+    documents come from every source, one source after another, in corpus
+    order. Each is read once at most (no repeat): rows whose stream has run
+    out are padding (loss_mask 0), so a small held-out set never counts twice.
     """
     _, heldout = _split(cfg)
-    if len(heldout) == 0:
+    if sum(len(h) for h in heldout) == 0:
         raise DataError(
             f"no held-out documents (data.heldout_percent={cfg.data.heldout_percent}); "
-            "raise data.heldout_percent to evaluate"
+            "raise data.heldout_percent (or set data.tfds_eval_split) to evaluate"
         )
+    heldout = [h for h in heldout if len(h)]
     docs = document_dataset(heldout, load_tokenizer(cfg.data.tokenizer), cfg.data.objective,
                             seed=cfg.run.seed, shuffle=False, repeat=False)
-    packers = [RowPacker(docs[r::batch_size], cfg.data.seq_len, FEATURES, finite=True) for r in range(batch_size)]
-    it = BatchIterator(packers, first_row=0, meta={})
+    rows = batch_size // process_count
+    first = process_index * rows
+    packers = [RowPacker(docs[r::batch_size], cfg.data.seq_len, FEATURES, finite=True)
+               for r in range(first, first + rows)]
+    it = BatchIterator(packers, first_row=first, meta={})
     return [next(it) for _ in range(num_batches)]
+
+
+def _describe(src) -> str:
+    if src.source == "tfds":
+        return f"tfds:{src.tfds_name}"
+    if src.source in ("text", "jsonl"):
+        return f"{src.source}:{','.join(src.paths)}"
+    return src.source

@@ -60,6 +60,29 @@ def save(manager: ocp.CheckpointManager, step: int, state: dict, data_state: dic
     )
 
 
+def gather_data_state(data) -> dict:
+    """The data iterator state of ALL hosts, merged: saved once, resumable on any host count.
+
+    Each host's state covers only its own batch rows (two integers per row);
+    they are all-gathered as one small int array, so every host holds the same
+    merged state and process 0's JSON write is complete.
+    """
+    state = data.get_state()
+    if jax.process_count() == 1:
+        return state
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from pretrax.data.pipeline import merge_states
+
+    mine = np.asarray([[state["first_row"], d, o] for d, o in zip(state["doc"], state["offset"])], np.int64)
+    everyone = np.asarray(multihost_utils.process_allgather(mine))  # (hosts, rows, 3)
+    hosts = []
+    for rows in everyone:
+        hosts.append({**state, "first_row": int(rows[0, 0]), "doc": rows[:, 1].tolist(), "offset": rows[:, 2].tolist()})
+    return merge_states(hosts)
+
+
 def read_config(manager: ocp.CheckpointManager, step: int) -> dict:
     restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return restored["config"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from pretrax.config import Config
 from pretrax.data.pipeline import eval_batches, make_train_iterator
+from pretrax.data.prefetch import Prefetcher
 from pretrax.data.tokenizer import load_tokenizer
 from pretrax.errors import ConfigError
 from pretrax.flops import flops_per_token
@@ -76,6 +77,8 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
 
     # Everything is checked, and the checkpoint read, before anything is written.
     data = make_train_iterator(cfg, process_index=jax.process_index(), process_count=jax.process_count())
+    if cfg.data.prefetch:
+        data = Prefetcher(data, cfg.data.prefetch)
     start = ckpt.latest_step(run_dir)
     if start is not None:
         with ckpt.open_manager(run_dir, cfg.checkpoint, read_only=True) as reader:
@@ -123,9 +126,11 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
                 pending, last_step = [], step
                 last_time = time.perf_counter()  # eval time is not training time
             if step % cfg.checkpoint.every == 0 or step == end:
-                ckpt.save(manager, step, state, data.get_state(), cfg)
+                ckpt.save(manager, step, state, ckpt.gather_data_state(data), cfg)
         ckpt.wait(manager)
     finally:
+        if isinstance(data, Prefetcher):
+            data.close()
         manager.close()
         out.close()
     if end == total and "eval" not in result:  # resumed a finished run: nothing trained, still report
@@ -142,7 +147,8 @@ def make_evaluator(cfg: Config, setup, tokenizer):
     def evaluate(params) -> dict[str, float]:
         nonlocal batches
         if batches is None:
-            host = eval_batches(cfg, cfg.train.eval_batches, cfg.train.batch_size // jax.process_count())
+            host = eval_batches(cfg, cfg.train.eval_batches, cfg.train.batch_size,
+                                process_index=jax.process_index(), process_count=jax.process_count())
             batches = [to_global(setup, b) for b in host]
         sums = jax.device_get([eval_step(params, b) for b in batches])
         loss = sum(float(s["loss_sum"]) for s in sums)

@@ -1,0 +1,187 @@
+"""Build a tfds dataset (ArrayRecord) from local text or JSON-lines files.
+
+``prepare(inputs, name=..., data_dir=...)`` writes ``DATA_DIR/NAME/VERSION/``
+with the usual tfds files (dataset_info.json, features.json and
+``NAME-train.array_record-NNNNN-of-NNNNN`` shards), one feature
+``{"text": Text()}``, split ``train`` and, when ``eval_percent > 0``,
+``validation``.
+
+Reading it back needs no code from here: ``tfds.builder(NAME, data_dir=DIR)``
+finds no registered builder class by that name, so tfds falls back to
+``builder_from_files``, which reads ``DIR/NAME/<latest version>/dataset_info.json``
+and features.json. That is the same call ``load_source`` makes for ``c4/en``,
+so ``SourceSection(source="tfds", tfds_name=NAME, data_dir=DIR)`` works in any
+fresh process. The builder class is created per call and never registered, so
+this process reads the dataset exactly as a fresh one does.
+
+Documents are indexed with the same code as the ``text`` / ``jsonl`` sources
+(bad records skipped, counted and logged), in the same order, and written in
+that order (no tfds shuffling); the validation documents are the ones the
+``text`` / ``jsonl`` source would hold out at ``heldout_percent=eval_percent``.
+
+The dataset is generated into a hidden staging directory inside data_dir and
+moved into place with one rename once complete: an interrupted run leaves no
+half-written NAME/VERSION, and an existing one is never touched unless
+``overwrite=True`` (then it is replaced only after the new one is complete).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from typing import Any, Literal, Sequence
+
+from pretrax.data.corpus import Corpus, is_heldout
+from pretrax.data.sources import FileCorpus, expand_paths, is_jsonl_path
+from pretrax.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _builder_class(name: str, version: str, splits: dict[str, Corpus], description: str):
+    """A GeneratorBasedBuilder subclass named ``name`` yielding these corpora's documents (not registered)."""
+    import tensorflow_datasets as tfds
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=description,
+            features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
+            disable_shuffling=True,  # keep the input order: the same order the text/jsonl source reads
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {split_name: self._generate_examples(split_name) for split_name in splits}
+
+    def _generate_examples(self, split_name):
+        corpus = splits[split_name]
+        for i in range(len(corpus)):
+            yield i, {"text": corpus[i]}
+
+    attrs = {
+        "name": name,
+        "VERSION": tfds.core.Version(version),
+        "RELEASE_NOTES": {version: "Prepared from local files by pretrax."},
+        "__module__": __name__,
+        "_info": _info,
+        "_split_generators": _split_generators,
+        "_generate_examples": _generate_examples,
+    }
+    class_name = "".join(part.capitalize() for part in name.split("_")) or "Dataset"
+    return type(class_name, (tfds.core.GeneratorBasedBuilder,), attrs, skip_registration=True)
+
+
+def prepare(
+    inputs: Sequence[str],
+    *,
+    name: str,
+    data_dir: str,
+    input_format: Literal["text", "jsonl", "auto"] = "auto",
+    text_field: str = "text",
+    text_split: Literal["file", "blank_lines"] = "file",
+    version: str = "1.0.0",
+    eval_percent: float = 0.0,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Build tfds dataset ``name:version`` in ``data_dir`` from local files; returns a summary.
+
+    inputs: files or globs (sorted, deduplicated). input_format "auto" reads
+    ``.jsonl`` / ``.json`` / ``.ndjson`` files as JSON lines and everything
+    else as text. eval_percent: share of documents (by a hash of their name)
+    written to a ``validation`` split; 0 writes ``train`` only.
+
+    Summary: {"name", "version", "path", "splits": {split: count},
+    "skipped": {reason: count}, "invalid_utf8": count}.
+    """
+    import tensorflow_datasets as tfds
+
+    if not _NAME.match(name or ""):
+        raise DataError(f"dataset name {name!r} is not valid: use lower_snake_case letters, digits and _ "
+                        "(starting with a letter), e.g. 'my_corpus'")
+    try:
+        tfds.core.Version(version)
+    except (ValueError, TypeError):
+        raise DataError(f"dataset version {version!r} is not valid: use MAJOR.MINOR.PATCH, e.g. '1.0.0'") from None
+    if name in tfds.list_builders(with_community_datasets=False):
+        raise DataError(f"dataset name {name!r} is a tfds catalog dataset; reading it by name would use tfds's own "
+                        "builder, so choose another name")
+    if input_format not in ("text", "jsonl", "auto"):
+        raise DataError(f"input format {input_format!r} is not valid; valid choices: text, jsonl, auto")
+    if not 0 <= eval_percent < 100:
+        raise DataError(f"eval_percent must be in [0, 100), got {eval_percent}")
+    if not data_dir:
+        raise DataError("prepare needs a data_dir to write the dataset into")
+    if "://" in data_dir:
+        raise DataError(f"prepare writes to a local data_dir, not {data_dir!r}; prepare locally, then copy the "
+                        "directory (e.g. `gsutil -m cp -r DIR/NAME gs://BUCKET/DIR/`)")
+
+    files = expand_paths(inputs, input_format if input_format != "auto" else "input")
+    jsonl = [input_format == "jsonl" or (input_format == "auto" and is_jsonl_path(f)) for f in files]
+    corpus = FileCorpus.scan(files, jsonl, text_split=text_split, text_field=text_field)
+    if len(corpus) == 0:
+        s = corpus.stats
+        raise DataError(f"no documents in {len(files)} input file(s) {list(inputs)} ({s.skipped} skipped: "
+                        f"{s.empty} empty, {s.malformed} malformed, {s.missing_field + s.not_string} without a "
+                        f"string {text_field!r} field)")
+
+    held = [is_heldout(corpus.name(i), eval_percent) for i in range(len(corpus))]
+    splits: dict[str, Corpus] = {"train": corpus.take([i for i, h in enumerate(held) if not h])}
+    if eval_percent > 0:
+        splits["validation"] = corpus.take([i for i, h in enumerate(held) if h])
+        if len(splits["validation"]) == 0:
+            log.warning("prepare: eval_percent=%s held out no documents; the validation split is empty", eval_percent)
+    if len(splits["train"]) == 0:
+        raise DataError(f"no training documents left after holding out eval_percent={eval_percent}% "
+                        f"of {len(corpus)}; lower eval_percent")
+
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    final = os.path.join(data_dir, name, version)
+    if os.path.exists(final) and not overwrite:
+        raise DataError(f"tfds dataset {name}:{version} already exists at {final!r}; pass overwrite=True "
+                        "(--overwrite) to replace it, or choose another name or version")
+    os.makedirs(data_dir, exist_ok=True)
+
+    description = f"Prepared by pretrax from {len(files)} local file(s): {', '.join(files[:5])}" + (
+        " ..." if len(files) > 5 else "")
+    cls = _builder_class(name, version, splits, description)
+    staging = tempfile.mkdtemp(prefix=f".prepare-{name}-", dir=data_dir)
+    try:
+        builder = cls(data_dir=staging, file_format="array_record")
+        builder.download_and_prepare(download_dir=os.path.join(staging, "downloads"),
+                                     download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        built = os.path.join(staging, name, version)
+        if not os.path.isfile(os.path.join(built, "dataset_info.json")):
+            raise DataError(f"tfds did not write {name}:{version} (no dataset_info.json in {built!r})")
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        if os.path.exists(final):  # overwrite: move the old one aside only now that the new one is complete
+            old = tempfile.mkdtemp(prefix=f".old-{version}-", dir=os.path.dirname(final))
+            os.rename(final, os.path.join(old, version))
+            os.rename(built, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(built, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    s = corpus.stats
+    summary = {
+        "name": name,
+        "version": version,
+        "path": final,
+        "splits": {k: len(v) for k, v in splits.items()},
+        "skipped": {"empty": s.empty, "malformed": s.malformed, "missing_field": s.missing_field,
+                    "not_string": s.not_string},
+        "invalid_utf8": s.invalid_utf8,
+    }
+    log.info("prepared tfds dataset %s:%s at %s: %s", name, version, final,
+             ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
+    return summary
+
+
+__all__ = ["prepare"]
