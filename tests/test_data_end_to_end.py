@@ -109,3 +109,26 @@ def test_bad_sources_exit_2_with_one_line(tmp_path, overrides, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "r" / "checkpoints")
+
+
+@pytest.fixture(scope="module")
+def spm_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("spm") / "code.model"
+    proc = cli("tokenizer", "train", "stdlib", "--vocab-size", "600", "--model-type", "bpe", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_train_with_a_trained_sentencepiece_model(spm_model, tmp_path):
+    cfg = config_lib.load(None, TINY + [f"data.tokenizer={spm_model}", "train.steps=2", "train.eval_every=2",
+                                        f"run.dir={tmp_path / 'run'}"])
+    result = train(cfg, progress=False)
+    assert result["setup"].vocab_size == 640  # 600 ids rounded up to a multiple of 128
+    assert 0 < result["eval"]["eval_bits_per_byte"] < 12
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_is_refused(spm_model, tmp_path):
+    proc = cli("train", "configs/tiny.yaml", *TINY, f"data.tokenizer={spm_model}", "model.vocab_size=512",
+               f"run.dir={tmp_path / 'r'}")
+    assert proc.returncode == 2 and "smaller than the tokenizer's 600 ids" in proc.stderr
+    assert not os.path.exists(tmp_path / "r")

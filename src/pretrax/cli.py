@@ -1,4 +1,4 @@
-"""Command line: `pretrax train | info | generate`. Thin: parse, call one function, print.
+"""Command line: `pretrax train | info | generate | tokenizer train | data prepare | data inspect`. Thin: parse, call one function, print.
 
 Errors the user can fix (PretraxError) are printed as one line on stderr with
 exit code 2 and no traceback.
@@ -51,6 +51,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("tokenizer", help="SentencePiece tokenizers")
+    tok = p.add_subparsers(dest="tokenizer_command", required=True)
+    t = tok.add_parser("train", help="train a SentencePiece model with pretrax's special tokens")
+    t.add_argument("inputs", nargs="+", help="text files or globs, or 'stdlib' for the embedded corpus")
+    t.add_argument("--vocab-size", type=int, required=True, help="total ids, the 100 sentinels included")
+    t.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
+    t.add_argument("--out", required=True, help="PATH.model to write")
+    t.set_defaults(func=cmd_tokenizer_train)
+
+    p = sub.add_parser("data", help="prepare and inspect training data")
+    data = p.add_subparsers(dest="data_command", required=True)
+    d = data.add_parser("prepare", help="build a tfds dataset (ArrayRecord) from local text or jsonl files")
+    d.add_argument("inputs", nargs="+", help="text or .jsonl files or globs")
+    d.add_argument("--name", required=True, help="dataset name, then used as data.tfds_name")
+    d.add_argument("--data-dir", required=True, help="tfds data_dir to write into (then data.data_dir)")
+    d.add_argument("--format", choices=("auto", "text", "jsonl"), default="auto")
+    d.add_argument("--text-field", default="text", help="jsonl: the field holding the text")
+    d.add_argument("--text-split", choices=("file", "blank_lines"), default="file", help="text: document boundaries")
+    d.add_argument("--eval-percent", type=float, default=1.0, help="share of documents put in a validation split")
+    d.set_defaults(func=cmd_data_prepare)
+    d = data.add_parser("inspect", help="print training examples decoded, as the model sees them")
+    d.add_argument("config")
+    d.add_argument("overrides", nargs="*")
+    d.add_argument("--examples", type=int, default=4)
+    d.set_defaults(func=cmd_data_inspect)
 
     p = sub.add_parser("generate", help="sample a continuation from a run's newest checkpoint")
     p.add_argument("run_dir")
@@ -110,6 +136,35 @@ def cmd_generate(args) -> int:
     text = sample(setup, params, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     print(args.prompt + text)
+    return 0
+
+
+def cmd_tokenizer_train(args) -> int:
+    from pretrax.data.spm_train import train_sentencepiece
+
+    path = train_sentencepiece(args.inputs, vocab_size=args.vocab_size, model_type=args.model_type, out=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from pretrax.data.tfds_prepare import prepare
+
+    result = prepare(args.inputs, name=args.name, data_dir=args.data_dir, input_format=args.format,
+                     text_field=args.text_field, text_split=args.text_split, eval_percent=args.eval_percent)
+    print(f"prepared tfds dataset {args.name!r} in {args.data_dir}: {result}")
+    print(f"train from it with: data.source=tfds data.tfds_name={args.name} data.data_dir={args.data_dir}")
+    return 0
+
+
+def cmd_data_inspect(args) -> int:
+    from pretrax import config as config_lib
+    from pretrax.data.inspect import describe_examples
+    from pretrax.errors import ConfigError
+
+    if args.examples < 1:
+        raise ConfigError(f"--examples must be >= 1, got {args.examples}")
+    print(describe_examples(config_lib.load(args.config, args.overrides), args.examples))
     return 0
 
 

@@ -1,19 +1,83 @@
-"""Tokenizers: text <-> token ids. Only the byte-level tokenizer for now.
+"""Tokenizers: text <-> token ids. Byte-level, or SentencePiece.
 
 Every tokenizer shares one id layout for its special tokens, so objectives
 (UL2 mode tokens, span-corruption sentinels) and the trainer never need to know
-which tokenizer produced the ids.
+which tokenizer produced the ids. All of them offer the same interface:
+``vocab_size``, ``pad_id``, ``eos_id``, ``bos_id``, ``encode(text)``,
+``decode(ids)``, ``token_bytes``, ``sentinel_id(k)``, ``mode_token_id(name)``.
+
+``data.tokenizer`` names one: ``bytes`` (:class:`ByteTokenizer`), or the path
+of any SentencePiece ``.model`` file (:class:`SentencePieceTokenizer`).
+
+SentencePiece id layout
+-----------------------
+The ``.model`` file holds the base pieces; the tokenizer always adds
+``NUM_SENTINELS`` (100) sentinels *above* them, as T5 does (its 32000-piece
+model + 100 extra ids = 32100), so ``vocab_size == sp.get_piece_size() + 100``.
+For a model trained by ``pretrax tokenizer train`` (see spm_train.py)::
+
+    0                 pad   "<pad>"
+    1                 eos   "</s>"
+    2                 bos   "<s>"
+    3                 unk   "<unk>"  (never produced: byte fallback covers every input)
+    4, 5, 6           mode tokens "[NLU]", "[NLG]", "[S2S]" (user-defined pieces)
+    7 .. 262          the 256 byte-fallback pieces "<0x00>" .. "<0xFF>"
+    263 .. P-1        learned pieces (P = vocab_size - 100 = sp.get_piece_size())
+    P .. V-1          sentinels "<extra_id_k>", counting DOWN from the top:
+                      sentinel_id(0) == V-1, sentinel_id(k) == V-1-k
+
+For an external model (e.g. T5's ``spiece.model``) the sentinels are the same
+top 100 ids; pad/eos/bos are the model's own ids. A model without a pad id
+uses its unk id as pad (pad is only filler, never a training target); one
+without a bos id uses its pad id as bos (T5 starts its decoder with pad); one
+without an eos id is refused. ``mode_token_id`` finds ``[NLU]`` etc. only if
+the model has them as pieces, else raises ConfigError.
+
+Decoding: base ids go through SentencePiece (control pieces pad/eos/bos decode
+to nothing), a sentinel id decodes to its text ``<extra_id_k>`` (so printed
+span-corruption examples stay readable), ids at or past ``vocab_size`` (a
+padded model vocabulary) are skipped. Encoding never produces a sentinel: the
+text ``<extra_id_0>`` encodes as ordinary pieces. Mode tokens are real pieces,
+so the text ``[NLU]`` encodes to the mode token (as UL2 prepends them as text)
+and decodes back to it; their ``token_bytes`` is therefore their length, 5.
+SentencePiece writes spaces as U+2581 inside pieces; a literal U+2581 in the
+text is encoded as its three byte-fallback pieces, so it survives the round
+trip. (An external model without byte fallback, or with a normalizer or dummy
+prefix, as T5's has, does not round-trip every text exactly.)
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import functools
+import os
+from typing import Iterable, Protocol
 
 import numpy as np
 
 from pretrax.errors import ConfigError
 
 MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")  # UL2 paradigm prefixes, in this order
+NUM_SENTINELS = 100  # sentinels SentencePieceTokenizer adds above the model's pieces
+SENTINEL_TEXT = "<extra_id_{}>"
+_META = "\u2581"  # SentencePiece's whitespace marker
+
+
+class Tokenizer(Protocol):
+    """What the pipeline, objectives and trainer use from a tokenizer."""
+
+    vocab_size: int
+    pad_id: int
+    eos_id: int
+    bos_id: int
+    token_bytes: np.ndarray  # int32 [vocab_size]: UTF-8 bytes each id stands for, 0 for specials
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def sentinel_id(self, k: int) -> int: ...
+
+    def mode_token_id(self, name: str) -> int: ...
 
 
 class ByteTokenizer:
@@ -71,11 +135,136 @@ class ByteTokenizer:
         return self._first_mode + MODE_TOKENS.index(name)
 
 
+def _flat_ids(ids: Iterable[int]) -> list[int]:
+    return np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), np.int64).reshape(-1).tolist()
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece model plus ``num_sentinels`` sentinel ids above its pieces (layout: module docstring).
+
+    Built from the model's serialized bytes; ``source`` (a path) only names it
+    in messages. Pickles as those bytes, so grain worker processes can use it.
+    """
+
+    def __init__(self, model_proto: bytes, *, source: str = "<model bytes>", num_sentinels: int = NUM_SENTINELS):
+        import sentencepiece as spm
+
+        if num_sentinels < 0:
+            raise ConfigError(f"num_sentinels must be >= 0, got {num_sentinels}")
+        sp = spm.SentencePieceProcessor()
+        try:
+            sp.LoadFromSerializedProto(model_proto)
+        except Exception as e:  # noqa: BLE001 - sentencepiece raises RuntimeError (or worse) on bad bytes
+            detail = " ".join(str(e).split())
+            raise ConfigError(
+                f"data.tokenizer {source!r} is not a SentencePiece model ({detail}); "
+                "valid: 'bytes' or the path of a SentencePiece .model file") from None
+        self._proto = bytes(model_proto)
+        self.source = source
+        self.num_sentinels = num_sentinels
+        self.sp = sp
+        self.base_vocab_size = n = sp.get_piece_size()
+        self.vocab_size = n + num_sentinels
+        self.unk_id = sp.unk_id()
+        if sp.eos_id() < 0:
+            raise ConfigError(f"SentencePiece model {source!r} has no eos id; pretrax ends every document with eos")
+        self.eos_id = sp.eos_id()
+        self.pad_id = sp.pad_id() if sp.pad_id() >= 0 else self.unk_id  # documented fallbacks
+        self.bos_id = sp.bos_id() if sp.bos_id() >= 0 else self.pad_id
+        token_bytes = np.zeros(self.vocab_size, np.int32)
+        for i in range(n):
+            if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+                continue
+            if sp.is_byte(i):
+                token_bytes[i] = 1
+            else:
+                token_bytes[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+        token_bytes.flags.writeable = False
+        self.token_bytes = token_bytes  # sentinels (and specials) stand for no bytes
+        # SentencePiece writes spaces as U+2581 inside pieces, so a literal U+2581 in the text would decode
+        # as a space; with byte fallback it is encoded as its three UTF-8 byte pieces instead.
+        meta_bytes = [sp.piece_to_id(f"<0x{b:02X}>") for b in _META.encode("utf-8")]
+        self._meta_ids = meta_bytes if all(sp.is_byte(i) for i in meta_bytes) else None
+
+    @classmethod
+    def from_file(cls, path: str, *, num_sentinels: int = NUM_SENTINELS) -> "SentencePieceTokenizer":
+        if not os.path.isfile(path):
+            raise ConfigError(f"data.tokenizer {path!r} is neither 'bytes' nor an existing SentencePiece .model file")
+        try:
+            with open(path, "rb") as f:
+                proto = f.read()
+        except OSError as e:
+            raise ConfigError(f"data.tokenizer {path!r} cannot be read ({e.strerror}); "
+                              "valid: 'bytes' or the path of a SentencePiece .model file") from None
+        return cls(proto, source=path, num_sentinels=num_sentinels)
+
+    def __getstate__(self):
+        return {"model_proto": self._proto, "source": self.source, "num_sentinels": self.num_sentinels}
+
+    def __setstate__(self, state):
+        self.__init__(state["model_proto"], source=state["source"], num_sentinels=state["num_sentinels"])
+
+    def encode(self, text: str) -> list[int]:
+        """SentencePiece ids; no bos/eos (the pipeline adds them), never a sentinel."""
+        if self._meta_ids is None or _META not in text:
+            return self.sp.encode(text, out_type=int)
+        ids: list[int] = []
+        for k, part in enumerate(text.split(_META)):
+            if k:
+                ids.extend(self._meta_ids)
+            if part:
+                ids.extend(self.sp.encode(part, out_type=int))
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ids; sentinels become ``<extra_id_k>``, ids >= vocab_size are skipped."""
+        n, parts, run = self.base_vocab_size, [], []
+        for i in _flat_ids(ids):
+            if 0 <= i < n:
+                run.append(i)
+            elif n <= i < self.vocab_size:
+                if run:
+                    parts.append(self.sp.decode(run))
+                    run = []
+                parts.append(SENTINEL_TEXT.format(self.vocab_size - 1 - i))
+        if run:
+            parts.append(self.sp.decode(run))
+        return "".join(parts)
+
+    def sentinel_id(self, k: int) -> int:
+        if not 0 <= k < self.num_sentinels:
+            raise ValueError(f"sentinel index must be in [0, {self.num_sentinels}), got {k}")
+        return self.vocab_size - 1 - k
+
+    def mode_token_id(self, name: str) -> int:
+        if name not in MODE_TOKENS:
+            raise ValueError(f"unknown mode token {name!r}; valid: {', '.join(MODE_TOKENS)}")
+        i = self.sp.piece_to_id(name)
+        if i == self.unk_id and self.sp.id_to_piece(i) != name:
+            raise ConfigError(
+                f"SentencePiece model {self.source!r} has no piece {name!r} for the UL2 mode tokens; "
+                "use a model trained by `pretrax tokenizer train`, or an objective without mode tokens")
+        return i
+
+
+@functools.lru_cache(maxsize=8)
+def _load_spm(path: str, mtime_ns: int, size: int) -> SentencePieceTokenizer:
+    del mtime_ns, size  # cache keys: a rewritten file is loaded again
+    return SentencePieceTokenizer.from_file(path)
+
+
 _TOKENIZERS = {"bytes": ByteTokenizer}
 
 
-def load_tokenizer(name: str) -> ByteTokenizer:
-    """The tokenizer named by data.tokenizer."""
-    if name not in _TOKENIZERS:
-        raise ConfigError(f"unknown data.tokenizer {name!r}; valid choices: {', '.join(sorted(_TOKENIZERS))}")
-    return _TOKENIZERS[name]()
+def load_tokenizer(name: str) -> ByteTokenizer | SentencePieceTokenizer:
+    """The tokenizer named by data.tokenizer: 'bytes', or the path of a SentencePiece .model file."""
+    if name in _TOKENIZERS:
+        return _TOKENIZERS[name]()
+    try:
+        st = os.stat(name)
+    except (OSError, ValueError):
+        st = None
+    if st is None or not os.path.isfile(name):
+        raise ConfigError(f"unknown data.tokenizer {name!r}: not 'bytes' and not an existing file; "
+                          "valid: 'bytes' or the path of a SentencePiece .model file")
+    return _load_spm(os.path.abspath(name), st.st_mtime_ns, st.st_size)
