@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--text-field", default="text", help="jsonl: the field holding the text")
     d.add_argument("--text-split", choices=("file", "blank_lines"), default="file", help="text: document boundaries")
     d.add_argument("--eval-percent", type=float, default=1.0, help="share of documents put in a validation split")
+    d.add_argument("--tokenizer", default=None, metavar="bytes|PATH.model",
+                   help="also store each document's token ids from this tokenizer (read instead of the text "
+                        "when data.tokenizer is the same)")
     d.set_defaults(func=cmd_data_prepare)
     d = data.add_parser("inspect", help="print training examples decoded, as the model sees them")
     d.add_argument("config")
@@ -98,6 +101,9 @@ def cmd_train(args) -> int:
         from pretrax.errors import ConfigError
 
         raise ConfigError(f"--stop-at must be a positive step, got {args.stop_at}")
+    from pretrax.parallel.distributed import initialize_from_env
+
+    initialize_from_env()  # a no-op for one process; TPU pods, SLURM or PRETRAX_* variables otherwise
     from pretrax.generate import sample
     from pretrax.train.loop import train
 
@@ -151,9 +157,11 @@ def cmd_data_prepare(args) -> int:
     from pretrax.data.tfds_prepare import prepare
 
     result = prepare(args.inputs, name=args.name, data_dir=args.data_dir, input_format=args.format,
-                     text_field=args.text_field, text_split=args.text_split, eval_percent=args.eval_percent)
+                     text_field=args.text_field, text_split=args.text_split, eval_percent=args.eval_percent,
+                     tokenizer=args.tokenizer)
     print(f"prepared tfds dataset {args.name!r} in {args.data_dir}: {result}")
-    print(f"train from it with: data.source=tfds data.tfds_name={args.name} data.data_dir={args.data_dir}")
+    tokenizer = f" data.tokenizer={args.tokenizer}" if args.tokenizer else ""
+    print(f"train from it with: data.source=tfds data.tfds_name={args.name} data.data_dir={args.data_dir}{tokenizer}")
     return 0
 
 

@@ -29,6 +29,7 @@ class Corpus:
     ``read(name)`` returns the text of one document; it is called lazily and
     must be deterministic. A document that cannot be read comes back as ""
     (the packer skips empty documents) rather than stopping a long run.
+    (A pre-tokenized tfds corpus returns a document's token ids, np.int32, instead of its text.)
     """
 
     def __init__(self, names: Sequence[str], read: Callable[[str], str]):

@@ -80,9 +80,12 @@ def _seeds(seed: int) -> tuple[int, int]:
     return int(a), int(b)
 
 
-def _tokenize(tokenizer, text: str) -> np.ndarray:
-    """bos + text + eos: bos lets the model predict a document's first token (and start a sample)."""
-    tokens = np.asarray(tokenizer.encode(text), np.int32)
+def _tokenize(tokenizer, document: str | np.ndarray) -> np.ndarray:
+    """bos + ids + eos: bos lets the model predict a document's first token (and start a sample).
+
+    A document is text, or its ids already encoded by this tokenizer (a pre-tokenized source; no bos/eos).
+    """
+    tokens = np.asarray(tokenizer.encode(document) if isinstance(document, str) else document, np.int32)
     return np.concatenate([[tokenizer.bos_id], tokens, [tokenizer.eos_id]]).astype(np.int32)
 
 
@@ -130,9 +133,10 @@ class BatchIterator:
     own, or a merged global one (``merge_states``) when the host count changed.
     """
 
-    def __init__(self, packers: list[RowPacker], *, first_row: int, meta: Mapping[str, Any]):
+    def __init__(self, packers: list[RowPacker], *, first_row: int, meta: Mapping[str, Any], on_close=None):
         if not packers:
             raise ConfigError("a batch needs at least one row")
+        self._on_close = on_close  # e.g. shutting down document worker processes
         self._packers = packers
         self._first_row = first_row
         self._meta = dict(meta)
@@ -141,6 +145,11 @@ class BatchIterator:
 
     def __iter__(self) -> "BatchIterator":
         return self
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = {k: np.zeros((len(self._packers), self._seq_len), dt) for k, dt in self._dtypes.items()}  # (B, T)
@@ -198,7 +207,7 @@ def _split(cfg: Config) -> tuple[list[Corpus], list[Corpus]]:
     """(train corpora, held-out corpora), one of each per source."""
     from pretrax.data.sources import load_source
 
-    pairs = [load_source(src, cfg.data.heldout_percent) for src in cfg.data.sources]
+    pairs = [load_source(src, cfg.data.heldout_percent, cfg.data.tokenizer) for src in cfg.data.sources]
     return [t for t, _ in pairs], [h for _, h in pairs]
 
 
@@ -224,7 +233,8 @@ def make_train_iterator(cfg: Config, *, process_index: int = 0, process_count: i
     packers = [RowPacker(Strided(docs, r, batch), cfg.data.seq_len, FEATURES, finite=False)
                for r in range(first_row, first_row + rows)]
     meta = {"seed": cfg.run.seed, "corpus": fingerprint, "objective": cfg.data.objective, "global_batch": batch}
-    return BatchIterator(packers, first_row=first_row, meta=meta)
+    return BatchIterator(packers, first_row=first_row, meta=meta,
+                         on_close=docs.close if isinstance(docs, ParallelDocuments) else None)
 
 
 def train_documents(cfg: Config) -> tuple[grain.MapDataset, int]:

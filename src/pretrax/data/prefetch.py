@@ -51,6 +51,8 @@ class Prefetcher:
                 self._queue.get_nowait()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if hasattr(self._it, "close"):
+            self._it.close()
 
     def _start(self) -> None:
         self._queue = queue.Queue(maxsize=self._depth)

@@ -1,7 +1,8 @@
 """Corpora for every data source: stdlib, local text / JSON-lines files, and tfds.
 
-``load_source(src, heldout_percent) -> (train, heldout)`` is the one entry
-point. Every corpus it returns supports ``len()``, ``corpus[i] -> str``,
+``load_source(src, heldout_percent, tokenizer) -> (train, heldout)`` is the one
+entry point. Every corpus it returns supports ``len()``, ``corpus[i] -> str``
+(or token ids, below),
 ``fingerprint`` and pickling (what ``grain.MapDataset.source`` and worker
 processes need).
 
@@ -20,6 +21,11 @@ processes need).
   ``heldout_percent`` share of every 10,000 consecutive records of
   ``tfds_split``, chosen by a hash of the record's position in its block: O(1)
   memory and O(1) random access, even for billions of records.
+  Pre-tokenized datasets (``pretrax data prepare --tokenizer``): when the
+  dataset's stored tokenizer fingerprint equals ``data.tokenizer``'s, the
+  corpus yields the stored ids (``np.int32`` arrays, no bos/eos) instead of the
+  text; the pipeline's ``_tokenize`` takes either, so batches are identical.
+  On a mismatch it logs one line and yields the text.
 
 All bad input is reported at start-up as a one-line ``DataError``.
 """
@@ -323,6 +329,8 @@ def _require_documents(corpus: FileCorpus, what: str, where: str) -> None:
 # ---------------------------------------------------------------- tfds
 
 HELDOUT_PERIOD = 10_000  # the tfds hash split repeats every this many records
+TOKENS_FEATURE = "tokens"  # pre-tokenized ids (no bos/eos) written by `pretrax data prepare --tokenizer`
+TOKENS_INFO = "pretrax_tokens.json"  # in the version dir: {"feature", "text_field", "tokenizer", "tokenizer_name"}
 
 
 @functools.lru_cache(maxsize=64)
@@ -410,14 +418,17 @@ def _base_split(split_name: str) -> str:
 class TfdsCorpus(Corpus):
     """Random access over one split of a prepared tfds dataset (ArrayRecord), optionally a hash-chosen part of it.
 
-    ``side`` is None for the whole split, else "train" / "heldout" of a
+    ``tokens_field`` set: documents are that feature's stored token ids
+    (np.int32), not text. ``side`` is None for the whole split, else "train" / "heldout" of a
     ``heldout_percent`` split: record ``block * PERIOD + offsets[r]``. The data
     source is opened on first read (and again after unpickling, in a worker).
     """
 
     def __init__(self, name: str, split: str, data_dir: str, text_field: str, total: int, *,
-                 version: str = "", side: str | None = None, heldout_percent: float = 0.0):
+                 version: str = "", side: str | None = None, heldout_percent: float = 0.0,
+                 tokens_field: str | None = None):
         self.tfds_name, self.split, self.data_dir, self.text_field = name, split, data_dir, text_field
+        self.tokens_field = tokens_field  # read these stored ids instead of the text (their tokenizer matched)
         self.total, self.version, self.side, self.heldout_percent = total, version, side, heldout_percent
         self._offsets = None if side is None else _side_offsets(heldout_percent, side == "heldout")
         self._source = None
@@ -450,15 +461,18 @@ class TfdsCorpus(Corpus):
             self._source = _open_builder(self.tfds_name, self.data_dir).as_data_source(split=self.split)
         return self._source
 
-    def __getitem__(self, index: int) -> str:
+    def __getitem__(self, index: int) -> str | np.ndarray:
         return self.read_record(self.record_index(int(index)))
 
     @property
     def names(self) -> Sequence[str]:  # type: ignore[override]
         return _RecordNames(self)
 
-    def read_record(self, record: int) -> str:
-        return to_text(self._data_source()[record][self.text_field])
+    def read_record(self, record: int) -> str | np.ndarray:
+        example = self._data_source()[record]
+        if self.tokens_field:
+            return np.asarray(example[self.tokens_field], np.int32)
+        return to_text(example[self.text_field])
 
     def take(self, indices: Sequence[int]) -> Corpus:
         return Corpus([self.names[i] for i in indices], _RecordReader(self))
@@ -476,7 +490,7 @@ class _RecordReader:
     def __init__(self, corpus: TfdsCorpus):
         self.corpus = corpus
 
-    def __call__(self, name: str) -> str:
+    def __call__(self, name: str) -> str | np.ndarray:
         return self.corpus.read_record(int(name.rsplit("#", 1)[1]))
 
 
@@ -518,7 +532,33 @@ def _check_split(builder, name: str, split_name: str) -> int:
         raise DataError(f"tfds dataset {name!r}: split {split_name!r} is not valid: {e}") from None
 
 
-def tfds_corpora(src: SourceSection, heldout_percent: float) -> tuple[TfdsCorpus, TfdsCorpus]:
+def stored_tokenizer(builder) -> dict[str, Any] | None:
+    """The TOKENS_INFO record of a pre-tokenized dataset (read from its version dir), or None."""
+    path = builder.data_path / TOKENS_INFO
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError) as e:
+        log.warning("tfds dataset %s: cannot read %s (%s); reading its text", builder.name, path, e)
+        return None
+
+
+def _tokens_field(builder, name: str, src: SourceSection, tokenizer: str | None) -> str | None:
+    """The feature of stored ids to read instead of the text, if they come from ``tokenizer``; else None."""
+    info = stored_tokenizer(builder)
+    if not info or tokenizer is None or info.get("text_field", "text") != src.text_field:
+        return None
+    from pretrax.data.tokenizer import load_tokenizer
+
+    wanted = load_tokenizer(tokenizer).fingerprint
+    if info.get("tokenizer") != wanted or info.get("feature") not in builder.info.features.keys():
+        log.info("tfds dataset %s: stored token ids are from tokenizer %s, not data.tokenizer %s (%s); "
+                 "tokenizing its text on the fly", name, info.get("tokenizer"), tokenizer, wanted)
+        return None
+    return info["feature"]
+
+
+def tfds_corpora(src: SourceSection, heldout_percent: float,
+                 tokenizer: str | None = None) -> tuple[TfdsCorpus, TfdsCorpus]:
     if not src.tfds_name:
         raise DataError("tfds source needs data.tfds_name, e.g. 'c4/en:3.0.1' or the --name given to `pretrax data prepare`")
     name, data_dir = src.tfds_name, src.data_dir
@@ -529,7 +569,7 @@ def tfds_corpora(src: SourceSection, heldout_percent: float) -> tuple[TfdsCorpus
         raise DataError(f"tfds dataset {name!r} has no feature {src.text_field!r}; its features: {', '.join(keys)}")
     version = str(builder.info.version)
     total = _check_split(builder, name, src.tfds_split)
-    common = dict(version=version)
+    common = dict(version=version, tokens_field=_tokens_field(builder, name, src, tokenizer))
     if src.tfds_eval_split:
         eval_total = _check_split(builder, name, src.tfds_eval_split)
         train = TfdsCorpus(name, src.tfds_split, data_dir, src.text_field, total, **common)
@@ -561,8 +601,12 @@ def tfds_corpora(src: SourceSection, heldout_percent: float) -> tuple[TfdsCorpus
 SOURCES = ("stdlib", "text", "jsonl", "tfds")
 
 
-def load_source(src: SourceSection, heldout_percent: float) -> tuple[Corpus, Corpus]:
-    """(train, held-out) corpora of one source; DataError at start-up for anything that cannot be read."""
+def load_source(src: SourceSection, heldout_percent: float,
+                tokenizer: str | None = None) -> tuple[Corpus, Corpus]:
+    """(train, held-out) corpora of one source; DataError at start-up for anything that cannot be read.
+
+    tokenizer (data.tokenizer): a pre-tokenized tfds dataset whose ids come from it yields those ids, not text.
+    """
     if not 0 <= heldout_percent <= 100:
         raise DataError(f"data.heldout_percent must be in [0, 100], got {heldout_percent}")
     if src.source == "stdlib":
@@ -570,7 +614,7 @@ def load_source(src: SourceSection, heldout_percent: float) -> tuple[Corpus, Cor
     if src.source in ("text", "jsonl"):
         return split(file_corpus(src), heldout_percent)
     if src.source == "tfds":
-        return tfds_corpora(src, heldout_percent)
+        return tfds_corpora(src, heldout_percent, tokenizer)
     raise DataError(f"unknown data.source {src.source!r}; valid choices: {', '.join(SOURCES)}")
 
 
@@ -579,5 +623,5 @@ def iter_documents(corpus: Corpus) -> Iterable[str]:
         yield corpus[i]
 
 
-__all__ = ["FileCorpus", "FileStats", "TfdsCorpus", "expand_paths", "file_corpus", "is_heldout",
+__all__ = ["TOKENS_FEATURE", "TOKENS_INFO", "FileCorpus", "FileStats", "TfdsCorpus", "stored_tokenizer", "expand_paths", "file_corpus", "is_heldout",
            "is_jsonl_path", "load_source", "to_text"]

@@ -6,6 +6,15 @@ with the usual tfds files (dataset_info.json, features.json and
 ``{"text": Text()}``, split ``train`` and, when ``eval_percent > 0``,
 ``validation``.
 
+With ``tokenizer`` ("bytes" or a SentencePiece ``.model`` path) every record
+also holds ``tokens``: the document's ids from that tokenizer, without bos/eos
+(int32, variable length, stored as raw bytes). Which tokenizer made them is
+written to ``VERSION/pretrax_tokens.json`` (``{"feature": "tokens",
+"text_field": "text", "tokenizer": FINGERPRINT, "tokenizer_name": ...}``; the fingerprint is
+"bytes" or a sha256 of the model file's bytes) and named in the dataset
+description. The tfds source reads the stored ids only when that fingerprint
+equals ``data.tokenizer``'s (see ``sources.tfds_corpora``), else the text.
+
 Reading it back needs no code from here: ``tfds.builder(NAME, data_dir=DIR)``
 finds no registered builder class by that name, so tfds falls back to
 ``builder_from_files``, which reads ``DIR/NAME/<latest version>/dataset_info.json``
@@ -27,6 +36,7 @@ half-written NAME/VERSION, and an existing one is never touched unless
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -35,7 +45,7 @@ import tempfile
 from typing import Any, Literal, Sequence
 
 from pretrax.data.corpus import Corpus, is_heldout
-from pretrax.data.sources import FileCorpus, expand_paths, is_jsonl_path
+from pretrax.data.sources import TOKENS_FEATURE, TOKENS_INFO, FileCorpus, expand_paths, is_jsonl_path
 from pretrax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -43,15 +53,24 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def _builder_class(name: str, version: str, splits: dict[str, Corpus], description: str):
-    """A GeneratorBasedBuilder subclass named ``name`` yielding these corpora's documents (not registered)."""
+def _builder_class(name: str, version: str, splits: dict[str, Corpus], description: str, tokenizer=None):
+    """A GeneratorBasedBuilder subclass named ``name`` yielding these corpora's documents (not registered).
+
+    With a tokenizer, each record also holds TOKENS_FEATURE: the text's ids (no bos/eos).
+    """
+    import numpy as np
     import tensorflow_datasets as tfds
+
+    features = {"text": tfds.features.Text()}
+    if tokenizer is not None:  # raw bytes: no int64 upcast, and a fast decode
+        features[TOKENS_FEATURE] = tfds.features.Tensor(shape=(None,), dtype=np.int32,
+                                                        encoding=tfds.features.Encoding.BYTES)
 
     def _info(self):
         return tfds.core.DatasetInfo(
             builder=self,
             description=description,
-            features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
+            features=tfds.features.FeaturesDict(features),
             disable_shuffling=True,  # keep the input order: the same order the text/jsonl source reads
         )
 
@@ -62,7 +81,11 @@ def _builder_class(name: str, version: str, splits: dict[str, Corpus], descripti
     def _generate_examples(self, split_name):
         corpus = splits[split_name]
         for i in range(len(corpus)):
-            yield i, {"text": corpus[i]}
+            text = corpus[i]
+            record = {"text": text}
+            if tokenizer is not None:
+                record[TOKENS_FEATURE] = np.asarray(tokenizer.encode(text), np.int32)
+            yield i, record
 
     attrs = {
         "name": name,
@@ -88,16 +111,19 @@ def prepare(
     version: str = "1.0.0",
     eval_percent: float = 0.0,
     overwrite: bool = False,
+    tokenizer: str | None = None,
 ) -> dict[str, Any]:
     """Build tfds dataset ``name:version`` in ``data_dir`` from local files; returns a summary.
 
     inputs: files or globs (sorted, deduplicated). input_format "auto" reads
     ``.jsonl`` / ``.json`` / ``.ndjson`` files as JSON lines and everything
     else as text. eval_percent: share of documents (by a hash of their name)
-    written to a ``validation`` split; 0 writes ``train`` only.
+    written to a ``validation`` split; 0 writes ``train`` only. tokenizer:
+    "bytes" or a SentencePiece .model path to also store each document's ids
+    (module docstring); None stores text only.
 
     Summary: {"name", "version", "path", "splits": {split: count},
-    "skipped": {reason: count}, "invalid_utf8": count}.
+    "skipped": {reason: count}, "invalid_utf8": count, "tokenizer": fingerprint or None}.
     """
     import tensorflow_datasets as tfds
 
@@ -120,6 +146,12 @@ def prepare(
     if "://" in data_dir:
         raise DataError(f"prepare writes to a local data_dir, not {data_dir!r}; prepare locally, then copy the "
                         "directory (e.g. `gsutil -m cp -r DIR/NAME gs://BUCKET/DIR/`)")
+
+    tok = None
+    if tokenizer is not None:
+        from pretrax.data.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)  # ConfigError (one line) for an unknown name or a bad model file
 
     files = expand_paths(inputs, input_format if input_format != "auto" else "input")
     jsonl = [input_format == "jsonl" or (input_format == "auto" and is_jsonl_path(f)) for f in files]
@@ -149,7 +181,9 @@ def prepare(
 
     description = f"Prepared by pretrax from {len(files)} local file(s): {', '.join(files[:5])}" + (
         " ..." if len(files) > 5 else "")
-    cls = _builder_class(name, version, splits, description)
+    if tok is not None:
+        description += f". Records hold {TOKENS_FEATURE!r}: ids (no bos/eos) from tokenizer {tok.fingerprint}"
+    cls = _builder_class(name, version, splits, description, tok)
     staging = tempfile.mkdtemp(prefix=f".prepare-{name}-", dir=data_dir)
     try:
         builder = cls(data_dir=staging, file_format="array_record")
@@ -158,6 +192,10 @@ def prepare(
         built = os.path.join(staging, name, version)
         if not os.path.isfile(os.path.join(built, "dataset_info.json")):
             raise DataError(f"tfds did not write {name}:{version} (no dataset_info.json in {built!r})")
+        if tok is not None:
+            with open(os.path.join(built, TOKENS_INFO), "w") as f:
+                json.dump({"feature": TOKENS_FEATURE, "text_field": "text", "tokenizer": tok.fingerprint,
+                           "tokenizer_name": tokenizer}, f)
         os.makedirs(os.path.dirname(final), exist_ok=True)
         if os.path.exists(final):  # overwrite: move the old one aside only now that the new one is complete
             old = tempfile.mkdtemp(prefix=f".old-{version}-", dir=os.path.dirname(final))
@@ -178,6 +216,7 @@ def prepare(
         "skipped": {"empty": s.empty, "malformed": s.malformed, "missing_field": s.missing_field,
                     "not_string": s.not_string},
         "invalid_utf8": s.invalid_utf8,
+        "tokenizer": tok.fingerprint if tok is not None else None,
     }
     log.info("prepared tfds dataset %s:%s at %s: %s", name, version, final,
              ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))

@@ -49,6 +49,7 @@ prefix, as T5's has, does not round-trip every text exactly.)
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from typing import Iterable, Protocol
 
@@ -70,6 +71,7 @@ class Tokenizer(Protocol):
     eos_id: int
     bos_id: int
     token_bytes: np.ndarray  # int32 [vocab_size]: UTF-8 bytes each id stands for, 0 for specials
+    fingerprint: str  # a stable name for the ids encode() gives: "bytes", or a hash of the .model file's bytes
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -113,6 +115,11 @@ class ByteTokenizer:
         token_bytes.flags.writeable = False
         # bytes each id stands for; specials stand for none (bits-per-byte divides by the sum)
         self.token_bytes = token_bytes
+
+    @property
+    def fingerprint(self) -> str:
+        """Names what ``encode`` produces (stored with pre-tokenized data): sentinels never appear in it."""
+        return "bytes"
 
     def encode(self, text: str) -> list[int]:
         """UTF-8 bytes shifted past the special ids; no eos (the pipeline adds it)."""
@@ -203,6 +210,11 @@ class SentencePieceTokenizer:
 
     def __setstate__(self, state):
         self.__init__(state["model_proto"], source=state["source"], num_sentinels=state["num_sentinels"])
+
+    @property
+    def fingerprint(self) -> str:
+        """Names what ``encode`` produces (stored with pre-tokenized data): a hash of the model's bytes."""
+        return "sentencepiece:sha256:" + hashlib.sha256(self._proto).hexdigest()
 
     def encode(self, text: str) -> list[int]:
         """SentencePiece ids; no bos/eos (the pipeline adds them), never a sentinel."""

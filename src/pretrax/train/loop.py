@@ -129,8 +129,7 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
                 ckpt.save(manager, step, state, ckpt.gather_data_state(data), cfg)
         ckpt.wait(manager)
     finally:
-        if isinstance(data, Prefetcher):
-            data.close()
+        data.close()  # the prefetch thread and any document worker processes
         manager.close()
         out.close()
     if end == total and "eval" not in result:  # resumed a finished run: nothing trained, still report
