@@ -80,13 +80,28 @@ class SourceSection:
 
 
 @dataclass(frozen=True)
+class DenoiserSection:
+    """One UL2 denoiser: span corruption (R/X) or sequential prefix-LM (S). See pretrax/data/objectives.py."""
+
+    kind: Literal["span", "prefix"] = "span"
+    mean_span: float = 3.0  # span: mean noise span length (mu)
+    noise_density: float = 0.15  # span: share of tokens masked (r)
+    weight: float = 1.0  # share of examples given to this denoiser
+    mode_token: str = "[NLU]"  # prepended to the inputs; "" for none
+    name: str = ""  # the metrics suffix (loss_R, loss_S, loss_X); "" derives it from the mode token
+
+
+@dataclass(frozen=True)
 class DataSection(SourceSection):
     """The input pipeline: one source (the fields above) or a weighted `mixture` of sources."""
 
     mixture: tuple[SourceSection, ...] = ()  # when given, these sources replace the single one above
     tokenizer: str = "bytes"  # bytes, or the path of a SentencePiece .model file
     seq_len: int = 256
-    objective: Literal["causal_lm"] = "causal_lm"
+    objective: Literal["causal_lm", "prefix_lm", "span_corruption", "ul2"] = "causal_lm"
+    denoisers: tuple[DenoiserSection, ...] = ()  # ul2: the mixture; empty: the paper's seven (objectives.py)
+    inputs_len: int = 0  # encoder-decoder: encoder length (0: data.seq_len)
+    targets_len: int = 0  # encoder-decoder: decoder length (0: data.seq_len)
     heldout_percent: float = 2.0  # share of documents held out for eval, chosen by a hash of their name
     shuffle: bool = True
     num_workers: int = 0  # worker processes for tokenize + objective; 0: in the training process
