@@ -84,7 +84,7 @@ def test_pretokenized_with_workers_equal_on_the_fly(data):
 @pytest.mark.parametrize("stored, wanted", [("bytes", "spm"), ("spm", "bytes")])
 def test_other_tokenizer_falls_back_to_text(data, stored, wanted, caplog):
     tokenizer = data["spm"] if wanted == "spm" else "bytes"
-    with caplog.at_level(logging.INFO, logger="pretrax.data.sources"):
+    with caplog.at_level(logging.INFO, logger="pretrax.data.tfds_source"):
         assert isinstance(first_document(data["dirs"][stored], tokenizer), str)
     lines = [r.getMessage() for r in caplog.records if "stored token ids" in r.getMessage()]
     assert len(lines) == 1 and "on the fly" in lines[0]

@@ -13,7 +13,7 @@ written to ``VERSION/pretrax_tokens.json`` (``{"feature": "tokens",
 "text_field": "text", "tokenizer": FINGERPRINT, "tokenizer_name": ...}``; the fingerprint is
 "bytes" or a sha256 of the model file's bytes) and named in the dataset
 description. The tfds source reads the stored ids only when that fingerprint
-equals ``data.tokenizer``'s (see ``sources.tfds_corpora``), else the text.
+equals ``data.tokenizer``'s (see ``tfds_source.tfds_corpora``), else the text.
 
 Reading it back needs no code from here: ``tfds.builder(NAME, data_dir=DIR)``
 finds no registered builder class by that name, so tfds falls back to
@@ -45,7 +45,8 @@ import tempfile
 from typing import Any, Literal, Sequence
 
 from pretrax.data.corpus import Corpus, is_heldout
-from pretrax.data.sources import TOKENS_FEATURE, TOKENS_INFO, FileCorpus, expand_paths, is_jsonl_path
+from pretrax.data.file_source import FileCorpus, expand_paths, is_jsonl_path
+from pretrax.data.tfds_source import TOKENS_FEATURE, TOKENS_INFO
 from pretrax.errors import DataError
 
 log = logging.getLogger(__name__)

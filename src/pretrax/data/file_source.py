@@ -1,0 +1,304 @@
+"""Local text and JSON-lines files as random-access corpora.
+
+The files are scanned once at start-up into an index of (file, byte offset,
+byte length) per document; a document's bytes are read on demand. Bad records
+(malformed JSON, a missing or non-string text field, empty documents) are left
+out of the index and counted; invalid UTF-8 bytes are replaced with U+FFFD and
+counted. One warning line per file summarises them. Documents are named
+``path`` (text, one per file), ``path#k`` (text, k-th blank-line block, from 0)
+or ``path#n`` (jsonl, line number n, from 1); the held-out split hashes these
+names (``corpus.is_heldout``), so a document stays on its side when others are
+added. Bad input is reported at start-up as a one-line ``DataError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+
+from pretrax.config import SourceSection
+from pretrax.data.corpus import Corpus
+from pretrax.errors import DataError
+
+log = logging.getLogger(__name__)
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+# ---------------------------------------------------------------- files and globs
+
+
+def expand_paths(patterns: Sequence[str], what: str) -> list[str]:
+    """Files named by paths or globs: sorted, deduplicated; DataError for anything that names no file."""
+    if not patterns:
+        raise DataError(f"{what} source needs data.paths: a list of files or globs, e.g. ['data/*.txt']")
+    files: set[str] = set()
+    for pattern in patterns:
+        pattern = os.path.expanduser(str(pattern))
+        if _GLOB_CHARS.search(pattern):
+            matched = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+            if not matched:
+                raise DataError(f"{what} source: glob {pattern!r} matches no files")
+            files.update(os.path.normpath(p) for p in matched)
+        elif os.path.isdir(pattern):
+            raise DataError(f"{what} source: {pattern!r} is a directory; name files or a glob such as "
+                            f"{os.path.join(pattern, '*.txt')!r}")
+        elif not os.path.isfile(pattern):
+            raise DataError(f"{what} source: file {pattern!r} does not exist (give existing files or globs)")
+        else:
+            files.add(os.path.normpath(pattern))
+    for path in files:
+        if not os.access(path, os.R_OK):
+            raise DataError(f"{what} source: file {path!r} is not readable")
+    return sorted(files)
+
+
+# ---------------------------------------------------------------- the file index
+
+
+@dataclasses.dataclass
+class FileStats:
+    """What a scan left out or repaired, per file (and summed over files with ``+``)."""
+
+    documents: int = 0
+    empty: int = 0  # documents with no non-whitespace text: skipped
+    malformed: int = 0  # jsonl lines that are not a JSON object: skipped
+    missing_field: int = 0  # jsonl objects without the text field: skipped
+    not_string: int = 0  # jsonl objects whose text field is not a string: skipped
+    invalid_utf8: int = 0  # kept documents whose invalid UTF-8 was replaced with U+FFFD
+
+    def __add__(self, other: "FileStats") -> "FileStats":
+        return FileStats(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+    @property
+    def skipped(self) -> int:
+        return self.empty + self.malformed + self.missing_field + self.not_string
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _log_stats(kind: str, path: str, stats: FileStats, field: str) -> None:
+    parts = []
+    if stats.malformed:
+        parts.append(f"{_plural(stats.malformed, 'malformed line')}")
+    if stats.missing_field:
+        parts.append(f"{_plural(stats.missing_field, 'line')} without a {field!r} field")
+    if stats.not_string:
+        parts.append(f"{_plural(stats.not_string, 'line')} whose {field!r} is not a string")
+    if stats.empty:
+        parts.append(f"{_plural(stats.empty, 'empty document')}")
+    if parts:
+        log.warning("%s: %s skipped in %s", kind, ", ".join(parts), path)
+    if stats.invalid_utf8:
+        log.warning("%s: %s with invalid UTF-8 in %s (bytes replaced with U+FFFD)", kind,
+                    _plural(stats.invalid_utf8, "document"), path)
+
+
+def _decode(data: bytes) -> tuple[str, bool]:
+    """(text, had invalid UTF-8)."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace"), True
+
+
+def _clean(text: str) -> tuple[str, bool]:
+    """Replace lone surrogates (JSON escapes like "\\udc80") that could not be encoded later."""
+    try:
+        text.encode("utf-8")
+        return text, False
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="replace").decode("utf-8"), True
+
+
+def _strip_newline(line: bytes) -> bytes:
+    return line[:-2] if line.endswith(b"\r\n") else line[:-1] if line.endswith(b"\n") else line
+
+
+def _jsonl_text(line: bytes, field: str) -> tuple[str | None, str, bool]:
+    """(text or None, why it was rejected, had invalid UTF-8) for one JSON line."""
+    raw, bad = _decode(line)
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None, "malformed", bad
+    if not isinstance(obj, dict):
+        return None, "malformed", bad
+    if field not in obj:
+        return None, "missing_field", bad
+    text = obj[field]
+    if not isinstance(text, str):
+        return None, "not_string", bad
+    text, surrogates = _clean(text)
+    return text, "", bad or surrogates
+
+
+def _scan_text(path: str, text_split: str) -> tuple[list[tuple[int, int, int]], FileStats]:
+    """[(ordinal, offset, length)] of the documents of one text file."""
+    stats, docs = FileStats(), []
+    if text_split == "file":
+        with open(path, "rb") as f:
+            data = f.read()
+        text, bad = _decode(data)
+        if text.strip():
+            docs.append((0, 0, len(data)))
+            stats.invalid_utf8 += bad
+        else:
+            stats.empty += 1
+        return docs, stats
+
+    block: list[bytes] = []
+    start = pos = 0
+
+    def close_block() -> None:
+        data = b"".join(block)
+        data = _strip_newline(data)
+        _, bad = _decode(data)
+        docs.append((len(docs), start, len(data)))
+        stats.invalid_utf8 += bad
+
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():  # bytes.strip: ASCII whitespace, so a line of spaces is blank
+                if not block:
+                    start = pos
+                block.append(line)
+            elif block:
+                close_block()
+                block = []
+            pos += len(line)
+    if block:
+        close_block()
+    return docs, stats
+
+
+def _scan_jsonl(path: str, field: str) -> tuple[list[tuple[int, int, int]], FileStats]:
+    stats, docs = FileStats(), []
+    pos = 0
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            content = _strip_newline(line)
+            if content.strip():  # blank lines (e.g. a trailing one) are not records
+                text, why, bad = _jsonl_text(content, field)
+                if text is None:
+                    setattr(stats, why, getattr(stats, why) + 1)
+                elif not text.strip():
+                    stats.empty += 1
+                else:
+                    docs.append((lineno, pos, len(content)))
+                    stats.invalid_utf8 += bad
+            pos += len(line)
+    return docs, stats
+
+
+class FileCorpus(Corpus):
+    """Documents of local text / jsonl files, located by an index built at start-up and read lazily.
+
+    Per document: which file, the byte offset and length, and an ordinal for its
+    name (block number for text, line number for jsonl). Numpy arrays keep the
+    index small and the corpus cheap to pickle.
+    """
+
+    def __init__(self, files: Sequence[str], jsonl: Sequence[bool], text_split: str, text_field: str,
+                 file_idx: np.ndarray, ordinal: np.ndarray, offset: np.ndarray, length: np.ndarray,
+                 stats: FileStats | None = None):
+        self.files = tuple(files)
+        self.jsonl = tuple(bool(j) for j in jsonl)
+        self.text_split = text_split
+        self.text_field = text_field
+        self.file_idx = np.asarray(file_idx, np.int32)
+        self.ordinal = np.asarray(ordinal, np.int64)
+        self.offset = np.asarray(offset, np.int64)
+        self.length = np.asarray(length, np.int64)
+        self.stats = stats or FileStats()
+
+    @classmethod
+    def scan(cls, files: Sequence[str], jsonl: Sequence[bool], *, text_split: str = "file",
+             text_field: str = "text") -> "FileCorpus":
+        """Index the documents of these files; bad records are skipped, counted and logged per file."""
+        if text_split not in ("file", "blank_lines"):
+            raise DataError(f"data.text_split {text_split!r} is not valid; valid choices: file, blank_lines")
+        cols: list[list[int]] = [[], [], [], []]
+        total = FileStats()
+        for i, (path, is_jsonl) in enumerate(zip(files, jsonl)):
+            try:
+                docs, stats = _scan_jsonl(path, text_field) if is_jsonl else _scan_text(path, text_split)
+            except OSError as e:
+                raise DataError(f"cannot read {path!r}: {e.strerror or e}") from None
+            stats.documents = len(docs)
+            _log_stats("jsonl" if is_jsonl else "text", path, stats, text_field)
+            total = total + stats
+            for ordinal, offset, length in docs:
+                cols[0].append(i)
+                cols[1].append(ordinal)
+                cols[2].append(offset)
+                cols[3].append(length)
+        return cls(files, jsonl, text_split, text_field, *map(np.asarray, cols), stats=total)
+
+    def __len__(self) -> int:
+        return len(self.file_idx)
+
+    def name(self, index: int) -> str:
+        f = int(self.file_idx[index])
+        if not self.jsonl[f] and self.text_split == "file":
+            return self.files[f]
+        return f"{self.files[f]}#{int(self.ordinal[index])}"
+
+    @property
+    def names(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(self.name(i) for i in range(len(self)))
+
+    def __getitem__(self, index: int) -> str:
+        f = int(self.file_idx[index])
+        try:
+            with open(self.files[f], "rb") as fh:
+                fh.seek(int(self.offset[index]))
+                data = fh.read(int(self.length[index]))
+        except OSError:
+            return ""  # a file gone mid-run: an empty document, which the packer skips
+        if not self.jsonl[f]:
+            return data.decode("utf-8", errors="replace")
+        text, _, _ = _jsonl_text(data, self.text_field)
+        return text or ""
+
+    def take(self, indices: Sequence[int]) -> "FileCorpus":
+        idx = np.asarray(indices, np.int64)
+        return FileCorpus(self.files, self.jsonl, self.text_split, self.text_field, self.file_idx[idx],
+                          self.ordinal[idx], self.offset[idx], self.length[idx], self.stats)
+
+    def subset(self, names: Sequence[str]) -> "FileCorpus":
+        position = {n: i for i, n in enumerate(self.names)}
+        return self.take([position[n] for n in names])
+
+
+def is_jsonl_path(path: str) -> bool:
+    return path.lower().endswith(JSONL_SUFFIXES)
+
+
+def file_corpus(src: SourceSection) -> FileCorpus:
+    """All documents of a text or jsonl source (before the held-out split)."""
+    files = expand_paths(src.paths, src.source)
+    corpus = FileCorpus.scan(files, [src.source == "jsonl"] * len(files), text_split=src.text_split,
+                             text_field=src.text_field)
+    _require_documents(corpus, src.source, f"{len(files)} file(s) from {list(src.paths)}")
+    return corpus
+
+
+def _require_documents(corpus: FileCorpus, what: str, where: str) -> None:
+    if len(corpus) == 0:
+        s = corpus.stats
+        raise DataError(
+            f"{what} source has no documents: {where} gave none "
+            f"({s.empty} empty, {s.malformed} malformed, {s.missing_field} without the text field, "
+            f"{s.not_string} with a non-string text field)"
+        )
