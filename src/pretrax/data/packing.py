@@ -15,6 +15,15 @@ Each piece of a document is its own segment, and positions restart at 0 for
 every segment, continuation pieces included: attention never crosses a row,
 so positions count from the first token the model can see, and never exceed
 seq_len - 1 (what a learned position table of seq_len entries can hold).
+
+Whole examples (``whole_examples=True``, for prefix LM / span corruption /
+UL2): a document's features may hold several examples back to back, marked by
+an extra per-token feature ``example_starts`` (1 at each example's first
+token; consumed here, not emitted). Examples are never split: one that does
+not fit in what is left of a row starts the next row (the rest of the row is
+padding), each example is its own segment with positions from 0, and
+``offset`` is always at an example boundary. An example longer than seq_len
+is a DataError (the objective sizes examples to fit).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import numpy as np
 from pretrax.errors import DataError
 
 SEGMENT_FEATURES = {"segment_ids": np.int32, "positions": np.int32}  # added by the packer
+EXAMPLE_STARTS = "example_starts"  # per-token example-start marker (whole_examples mode)
 MAX_EMPTY_RUN = 10_000  # consecutive empty documents before we call the source broken
 
 
@@ -39,16 +49,17 @@ class RowPacker:
     """
 
     def __init__(self, docs: Sequence[Mapping[str, np.ndarray]], seq_len: int,
-                 features: Mapping[str, Any], *, finite: bool):
+                 features: Mapping[str, Any], *, finite: bool, whole_examples: bool = False):
         self._docs = docs
+        self.whole_examples = whole_examples
         self.seq_len = seq_len
-        self._declared = sorted(features)
+        self._declared = sorted([*features, EXAMPLE_STARTS] if whole_examples else features)
         self.dtypes = {**{k: np.dtype(v) for k, v in features.items()}, **{k: np.dtype(v) for k, v in SEGMENT_FEATURES.items()}}
         self._end = len(docs) if finite else None
         self._arange = np.arange(seq_len, dtype=np.int32)
         self.doc = 0
         self.offset = 0
-        self._cached: tuple[int, Mapping[str, np.ndarray], int] | None = None  # (doc, features, length)
+        self._cached: tuple | None = None  # (doc, features, length, example bounds)
 
     # ---- state: two integers
 
@@ -82,9 +93,16 @@ class RowPacker:
                 self.doc, self.offset = self.doc + 1, 0
                 continue
             empty_run = 0
-            take = min(self.seq_len - pos, length - self.offset)
+            if self.whole_examples:
+                take = self._example_length(self.doc, self.offset, length)
+                if take > self.seq_len - pos:
+                    return  # the example starts the next row; the rest of this row stays padding
+            else:
+                take = min(self.seq_len - pos, length - self.offset)
             segment += 1
             for key, value in features.items():
+                if key == EXAMPLE_STARTS and self.whole_examples:
+                    continue
                 row[key][pos : pos + take] = value[self.offset : self.offset + take]
             row["segment_ids"][pos : pos + take] = segment
             row["positions"][pos : pos + take] = self._arange[:take]
@@ -92,6 +110,16 @@ class RowPacker:
             self.offset += take
             if self.offset == length:
                 self.doc, self.offset = self.doc + 1, 0
+
+    def _example_length(self, k: int, offset: int, length: int) -> int:
+        bounds = self._cached[3]
+        i = int(np.searchsorted(bounds, offset))
+        if i == len(bounds) or bounds[i] != offset:
+            raise DataError(f"packer offset {offset} of document {k} is not at an example boundary")
+        take = int(bounds[i + 1] if i + 1 < len(bounds) else length) - offset
+        if take > self.seq_len:
+            raise DataError(f"document {k} holds an example of {take} tokens, longer than seq_len={self.seq_len}")
+        return take
 
     def _features(self, k: int) -> tuple[Mapping[str, np.ndarray], int]:
         # a long document spans many rows: keep it instead of re-reading and re-tokenizing it per row
@@ -102,5 +130,11 @@ class RowPacker:
             lengths = {len(v) for v in features.values()}
             if len(lengths) != 1:
                 raise DataError(f"document features have different lengths {sorted(lengths)}; they must be equal to pack")
-            self._cached = (k, features, lengths.pop())
+            length = lengths.pop()
+            bounds = None
+            if self.whole_examples:
+                bounds = np.flatnonzero(features[EXAMPLE_STARTS])
+                if length and (len(bounds) == 0 or bounds[0] != 0):
+                    raise DataError(f"document {k}: {EXAMPLE_STARTS} must mark its first token")
+            self._cached = (k, features, length, bounds)
         return self._cached[1], self._cached[2]

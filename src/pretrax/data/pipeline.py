@@ -20,9 +20,10 @@ own stream of documents, ``docs[r::B]`` (row streams). So
 * a long document fills consecutive rows of one stream, one row per batch,
   instead of filling a whole batch with pieces of itself.
 
-Objectives are the seam for prefix-LM / span corruption / UL2: a function
-(tokens, rng) -> dict of equal-length arrays with the ``FEATURES`` keys. They
-run per document, before packing.
+Objectives (objectives.py: causal_lm, prefix_lm, span_corruption, ul2) are a
+function (tokens, rng) -> dict of equal-length arrays with the
+``objective_features(objective)`` keys. They run per document, before packing;
+the denoising objectives emit whole examples that the packer never splits.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 
 from pretrax.config import Config
 from pretrax.data.corpus import Corpus
+from pretrax.data.objectives import FEATURES, OBJECTIVES, causal_lm, make_objective, objective_features  # noqa: F401
 from pretrax.data.packing import RowPacker
 from pretrax.data.tokenizer import load_tokenizer
 from pretrax.data.workers import ParallelDocuments, Strided
@@ -43,28 +45,8 @@ from pretrax.errors import ConfigError, DataError
 
 STATE_VERSION = 1
 
-# What every objective emits per document (and the batch carries, with segment_ids and positions).
-FEATURES = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32, "bidirectional": np.int32}
-
-
-# ---------------------------------------------------------------- objectives
-
-
-def causal_lm(tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Next-token prediction over the whole document (tokens are bos ... eos)."""
-    del rng  # deterministic; the argument is the seam for random objectives
-    n = len(tokens) - 1
-    return {
-        "inputs": tokens[:-1],
-        "targets": tokens[1:],
-        "loss_mask": np.ones(n, np.float32),
-        "bidirectional": np.zeros(n, np.int32),
-    }
-
-
-OBJECTIVES: dict[str, Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]] = {
-    "causal_lm": causal_lm,
-}
+# The objectives (causal_lm, prefix_lm, span_corruption, ul2) live in objectives.py; re-exported here.
+WHOLE_EXAMPLES = ("prefix_lm", "span_corruption", "ul2")  # objectives whose examples are never split across rows
 
 
 # ---------------------------------------------------------------- document datasets
@@ -89,16 +71,22 @@ def _tokenize(tokenizer, document: str | np.ndarray) -> np.ndarray:
     return np.concatenate([[tokenizer.bos_id], tokens, [tokenizer.eos_id]]).astype(np.int32)
 
 
-def document_dataset(corpus: Corpus | Sequence[Corpus], tokenizer, objective: str, *, seed: int,
-                     shuffle: bool, repeat: bool, weights: Sequence[float] | None = None) -> grain.MapDataset:
+def document_dataset(corpus: Corpus | Sequence[Corpus], tokenizer, objective: str | Callable, *, seed: int,
+                     shuffle: bool, repeat: bool, weights: Sequence[float] | None = None,
+                     data=None) -> grain.MapDataset:
     """Per-document feature dicts, lazily, by index (endless when repeat).
 
     Several corpora are mixed by weight (grain's deterministic mix of endless,
     separately shuffled streams) when repeating, or read one after another
-    (held-out eval) when not.
+    (held-out eval) when not. ``objective`` is a name (built with ``data``, a
+    DataSection, for its denoisers and seq_len; defaults otherwise) or an
+    already built (tokens, rng) function.
     """
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"unknown data.objective {objective!r}; valid choices: {', '.join(sorted(OBJECTIVES))}")
+    if isinstance(objective, str):
+        from pretrax.config import DataSection
+
+        data = _with_objective(data or DataSection(), objective)
+        objective = make_objective(data, tokenizer)
     corpora = [corpus] if isinstance(corpus, Corpus) else list(corpus)
     shuffle_seed, objective_seed = _seeds(seed)
     parts = []
@@ -114,7 +102,26 @@ def document_dataset(corpus: Corpus | Sequence[Corpus], tokenizer, objective: st
     else:
         ds = grain.MapDataset.concatenate(parts)
     ds = ds.map(functools.partial(_tokenize, tokenizer))
-    return ds.random_map(OBJECTIVES[objective], seed=objective_seed)  # rng from (objective_seed, g)
+    return ds.random_map(objective, seed=objective_seed)  # rng from (objective_seed, g)
+
+
+def _with_objective(data, objective: str):
+    import dataclasses
+
+    return dataclasses.replace(data, objective=objective)
+
+
+def _packer_options(cfg: Config) -> dict[str, Any]:
+    return {"features": objective_features(cfg.data.objective),
+            "whole_examples": cfg.data.objective in WHOLE_EXAMPLES}
+
+
+def _objective_meta(cfg: Config) -> dict[str, Any]:
+    """State metadata: the objective, and for denoising ones a checksum of what shapes its examples."""
+    meta: dict[str, Any] = {"objective": cfg.data.objective}
+    if cfg.data.objective != "causal_lm":
+        meta["objective_spec"] = zlib.crc32(repr((cfg.data.denoisers, cfg.data.seq_len)).encode())
+    return meta
 
 
 # ---------------------------------------------------------------- batches
@@ -230,9 +237,11 @@ def make_train_iterator(cfg: Config, *, process_index: int = 0, process_count: i
         docs = ParallelDocuments(cfg, docs, num_workers=cfg.data.num_workers, stride=batch)
     rows = batch // process_count
     first_row = process_index * rows
-    packers = [RowPacker(Strided(docs, r, batch), cfg.data.seq_len, FEATURES, finite=False)
+    opts = _packer_options(cfg)
+    packers = [RowPacker(Strided(docs, r, batch), cfg.data.seq_len, opts["features"], finite=False,
+                         whole_examples=opts["whole_examples"])
                for r in range(first_row, first_row + rows)]
-    meta = {"seed": cfg.run.seed, "corpus": fingerprint, "objective": cfg.data.objective, "global_batch": batch}
+    meta = {"seed": cfg.run.seed, "corpus": fingerprint, **_objective_meta(cfg), "global_batch": batch}
     return BatchIterator(packers, first_row=first_row, meta=meta,
                          on_close=docs.close if isinstance(docs, ParallelDocuments) else None)
 
@@ -245,7 +254,8 @@ def train_documents(cfg: Config) -> tuple[grain.MapDataset, int]:
         if len(corpus) == 0:
             raise DataError(f"no training documents in data source {_describe(src)} "
                             f"after holding out {cfg.data.heldout_percent}%")
-    docs = document_dataset(train, load_tokenizer(cfg.data.tokenizer), cfg.data.objective,
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    docs = document_dataset(train, tokenizer, make_objective(cfg.data, tokenizer),
                             seed=cfg.run.seed, shuffle=cfg.data.shuffle, repeat=True, weights=weights)
     return docs, _fingerprint(train, weights)
 
@@ -267,11 +277,14 @@ def eval_batches(cfg: Config, num_batches: int, batch_size: int, *, process_inde
             "raise data.heldout_percent (or set data.tfds_eval_split) to evaluate"
         )
     heldout = [h for h in heldout if len(h)]
-    docs = document_dataset(heldout, load_tokenizer(cfg.data.tokenizer), cfg.data.objective,
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    docs = document_dataset(heldout, tokenizer, make_objective(cfg.data, tokenizer),
                             seed=cfg.run.seed, shuffle=False, repeat=False)
     rows = batch_size // process_count
     first = process_index * rows
-    packers = [RowPacker(docs[r::batch_size], cfg.data.seq_len, FEATURES, finite=True)
+    opts = _packer_options(cfg)
+    packers = [RowPacker(docs[r::batch_size], cfg.data.seq_len, opts["features"], finite=True,
+                         whole_examples=opts["whole_examples"])
                for r in range(first, first + rows)]
     it = BatchIterator(packers, first_row=first, meta={})
     return [next(it) for _ in range(num_batches)]

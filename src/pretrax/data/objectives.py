@@ -1,0 +1,399 @@
+"""Objectives: one tokenized document -> training examples (causal LM, prefix LM, span corruption, UL2).
+
+An objective is a function ``(tokens, rng) -> dict of equal-length arrays``;
+``tokens`` is one document as ``bos + ids + eos`` and ``rng`` a numpy
+Generator derived from (seed, document index), so every example is a pure
+function of the run seed and the document. ``make_objective(data, tokenizer,
+seq_len)`` builds the function for ``data.objective`` and checks the
+configuration (ConfigError, one line) before any training starts.
+
+Features (what the packer puts in the batch, with ``segment_ids``/``positions``):
+
+* causal_lm: ``FEATURES`` = inputs, targets, loss_mask, bidirectional
+  (unchanged: next-token prediction over the whole document).
+* prefix_lm, span_corruption, ul2: ``FEATURES`` + ``denoiser`` (int32 per
+  token: index into ``denoiser_names(data)``; padding carries 0 with
+  loss_mask 0, so per-denoiser losses must be weighted by loss_mask), plus
+  ``example_starts`` (1 at the first token of each example) which the packer
+  consumes (``RowPacker(whole_examples=True)``) and does not emit.
+
+Denoisers (UL2, Tay et al. 2022, arXiv 2205.05131; U-PaLM/UL2R, arXiv 2210.11399)
+------------------------------------------------------------------------------
+* R / X (``kind: span``): T5 span corruption with mean span length mu and
+  noise density r. ``random_spans_noise_mask`` is T5's definition:
+  num_noise = round(L*r) clipped to [1, L-1] (round half to even, as
+  tf.round); num_spans = max(1, round(num_noise / mu)); noise and non-noise
+  tokens are each split into exactly num_spans non-empty pieces uniformly at
+  random; pieces alternate non-noise, noise. (Only deviation: num_spans is
+  also capped at the number of non-noise tokens, which T5 leaves to produce
+  empty pieces when r is near 1 and mu near 1.) A segment that gets a single
+  span is *rolled* (rotated by a random amount that never cuts a noise span),
+  so a single-span denoiser does not always mask the tail; counts are unchanged.
+  Inputs replace noise span k by sentinel k (``sentinel_id(k)``, counting down
+  from the top of the vocabulary); targets are sentinel_0 span_0 sentinel_1
+  span_1 ... then eos (T5: targets start with ``<extra_id_0>``).
+* S (``kind: prefix``): one split point uniform in [1, L-1]; the prefix is the
+  inputs, the rest + eos the targets (as the released UL2 code; never span
+  masking with mu = L/4, which would always mask the final 25%).
+
+Defaults for ``objective: ul2`` with ``data.denoisers`` empty: the paper's
+seven denoisers (UL2 paper, section 3.1.2 / REFERENCES.md "UL2"):
+R(mu=3, r=0.15), R(mu=8, r=0.15), S, X(mu=3, r=0.5), X(mu=8, r=0.5),
+X(mu=64, r=0.15), X(mu=64, r=0.5). Mode tokens as in the released models:
+R -> [NLU], S -> [S2S], X -> [NLG], prepended to the inputs. Weights: S 20%
+and the six R/X denoisers 80% equally (13.3% each), the common reading of the
+paper's "R 40%, X 40%, S 20%" (the released code samples uniformly unless
+rates are given). ``span_corruption`` is T5's R(3, 0.15) without a mode token;
+``prefix_lm`` is S alone without a mode token. UL2R (U-PaLM) is given in
+configs/ul2r_tiny_decoder.yaml: 50% S, 25% R(3, 0.15), 25% X split between
+X(32, 0.15) and X(3, 0.5).
+
+Each example's denoiser is drawn from the example's rng with probability
+weight / sum(weights).
+
+Decoder-only format (seqio's PrefixLM convention)
+-------------------------------------------------
+One example is the sequence ``seq = [mode] + inputs + targets`` (no mode token
+when it is ""); its features are next-token pairs: the model input at t is
+seq[t] and the target seq[t+1], so an example holds len(seq) - 1 tokens.
+``bidirectional`` = 1 where seq[t] belongs to mode + inputs (prefix-LM
+attention), ``loss_mask`` = 1 where seq[t+1] belongs to the targets.
+
+Raw lengths (how many document tokens one example consumes)
+-----------------------------------------------------------
+For a span denoiser on L raw tokens with n noise tokens and s spans:
+inputs = L - n + s, targets = n + s + 1 (eos), so the decoder-only example
+holds m + L + 2s tokens (m = 1 with a mode token). The raw length is the
+largest L with m + L + 2 s(L) <= seq_len (the left side grows strictly with
+L, so every shorter segment fits too). For S: L = seq_len - m. A document's
+ids (bos/eos stripped) are cut into consecutive segments, one per example,
+each with its own denoiser; the last, shorter segment gets the same count
+rules applied to its own length (so fewer spans); a final leftover of a single
+token is dropped (no denoiser can use it). ``encoder_decoder_raw_length``
+gives the encoder-decoder rule (largest L with inputs + eos <= inputs_len and
+targets <= targets_len), e.g. 568 for (3, 0.15) at 512/512 (T5's numbers).
+
+Build-time checks (ConfigError): noise_density outside (0, 1); mean_span < 1;
+weights negative or not summing to a positive number; seq_len below a
+denoiser's minimum (the shortest example in which one noise span of mean
+length fits, i.e. round(L*r) >= mu; for S two raw tokens); more spans per
+example than the tokenizer's sentinels (never silent reuse of ordinary ids);
+a tokenizer without the mode tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from pretrax.config import DataSection, DenoiserSection
+from pretrax.errors import ConfigError
+
+# What every objective emits per document (and the batch carries, with segment_ids and positions).
+FEATURES = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32, "bidirectional": np.int32}
+# Denoising objectives add the denoiser index per token (for loss_R / loss_S / loss_X metrics).
+DENOISER_FEATURES = {**FEATURES, "denoiser": np.int32}
+EXAMPLE_STARTS = "example_starts"  # per-token marker of example starts; consumed by the packer
+
+Objective = Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
+
+_MODE_NAMES = {"[NLU]": "R", "[S2S]": "S", "[NLG]": "X"}
+
+
+# ---------------------------------------------------------------- causal LM
+
+
+def causal_lm(tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Next-token prediction over the whole document (tokens are bos ... eos)."""
+    del rng  # deterministic; the argument is the seam for random objectives
+    n = len(tokens) - 1
+    return {
+        "inputs": tokens[:-1],
+        "targets": tokens[1:],
+        "loss_mask": np.ones(n, np.float32),
+        "bidirectional": np.zeros(n, np.int32),
+    }
+
+
+# ---------------------------------------------------------------- pure example builders
+
+
+def _round(x: float) -> int:
+    return int(np.round(x))  # half to even, as tf.round in T5
+
+
+def span_counts(length: int, noise_density: float, mean_span: float) -> tuple[int, int]:
+    """(num_noise, num_spans) that ``random_spans_noise_mask`` uses for a segment of ``length`` >= 2."""
+    num_noise = min(max(_round(length * noise_density), 1), length - 1)
+    num_spans = max(1, _round(num_noise / mean_span))
+    return num_noise, min(num_spans, length - num_noise)
+
+
+def _random_segmentation(num_items: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:
+    """num_items split into num_segments non-empty pieces, uniformly over all such splits."""
+    cuts = np.sort(rng.choice(num_items - 1, num_segments - 1, replace=False) + 1) if num_segments > 1 else []
+    return np.diff(np.concatenate([[0], cuts, [num_items]])).astype(np.int64)
+
+
+def random_spans_noise_mask(length: int, noise_density: float, mean_span: float, rng: np.random.Generator,
+                            roll: bool = False) -> np.ndarray:
+    """bool[length], True = noise, as T5 defines it (module docstring); ``roll`` rotates it without cutting a span."""
+    if length < 2:
+        raise ValueError(f"a noise mask needs length >= 2, got {length}")
+    num_noise, num_spans = span_counts(length, noise_density, mean_span)
+    noise = _random_segmentation(num_noise, num_spans, rng)
+    clean = _random_segmentation(length - num_noise, num_spans, rng)
+    mask = np.repeat(np.tile(np.array([False, True]), num_spans), np.stack([clean, noise], 1).reshape(-1))
+    if roll:
+        # start anywhere except inside a noise span: counts and span lengths stay exact
+        ok = np.flatnonzero(np.concatenate([[True], ~(mask[:-1] & mask[1:])]))
+        mask = np.roll(mask, -int(ok[rng.integers(len(ok))]))
+    return mask
+
+
+def span_corruption_example(segment: np.ndarray, mask: np.ndarray, sentinels: Sequence[int],
+                            eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets): noise span k -> sentinels[k] in the inputs; targets = s_0 span_0 s_1 span_1 ... eos."""
+    segment = np.asarray(segment, np.int32)
+    starts = mask & ~np.concatenate([[False], mask[:-1]])  # first token of each noise span
+    span_index = np.cumsum(starts) - 1
+    if starts.sum() > len(sentinels):
+        raise ValueError(f"{int(starts.sum())} noise spans but only {len(sentinels)} sentinels")
+    sent = np.asarray(sentinels, np.int32)
+    inputs = np.where(starts, sent[np.maximum(span_index, 0)], segment)[~mask | starts]
+    # targets: for each noise token, the sentinel first when it starts a span
+    n = int(mask.sum()) + int(starts.sum())
+    targets = np.empty(n + 1, np.int32)
+    where = np.flatnonzero(mask)
+    out_pos = np.arange(len(where)) + np.cumsum(starts[where])  # each span start shifts by one more
+    targets[out_pos] = segment[where]
+    targets[out_pos[starts[where]] - 1] = sent[span_index[where][starts[where]]]
+    targets[-1] = eos_id
+    return inputs.astype(np.int32), targets
+
+
+def prefix_example(segment: np.ndarray, split: int, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) = (segment[:split], segment[split:] + eos)."""
+    segment = np.asarray(segment, np.int32)
+    return segment[:split], np.concatenate([segment[split:], [eos_id]]).astype(np.int32)
+
+
+def decoder_only_example(mode: Sequence[int], inputs: np.ndarray, targets: np.ndarray,
+                         denoiser: int) -> dict[str, np.ndarray]:
+    """One prefix-LM example: seq = mode + inputs + targets as next-token features (module docstring)."""
+    seq = np.concatenate([np.asarray(mode, np.int32), inputs, targets]).astype(np.int32)
+    prefix = len(mode) + len(inputs)
+    t = np.arange(len(seq) - 1)
+    starts = np.zeros(len(t), np.int32)
+    starts[:1] = 1
+    return {
+        "inputs": seq[:-1],
+        "targets": seq[1:],
+        "loss_mask": (t >= prefix - 1).astype(np.float32),
+        "bidirectional": (t < prefix).astype(np.int32),
+        "denoiser": np.full(len(t), denoiser, np.int32),
+        EXAMPLE_STARTS: starts,
+    }
+
+
+# ---------------------------------------------------------------- denoiser mixtures
+
+
+def _r(mu, r, w):
+    return DenoiserSection(kind="span", mean_span=mu, noise_density=r, weight=w, mode_token="[NLU]", name="R")
+
+
+def _x(mu, r, w):
+    return DenoiserSection(kind="span", mean_span=mu, noise_density=r, weight=w, mode_token="[NLG]", name="X")
+
+
+UL2_DEFAULT = (
+    _r(3, 0.15, 0.8 / 6), _r(8, 0.15, 0.8 / 6),
+    DenoiserSection(kind="prefix", weight=0.2, mode_token="[S2S]", name="S"),
+    _x(3, 0.5, 0.8 / 6), _x(8, 0.5, 0.8 / 6), _x(64, 0.15, 0.8 / 6), _x(64, 0.5, 0.8 / 6),
+)
+SPAN_CORRUPTION = (DenoiserSection(kind="span", mean_span=3, noise_density=0.15, mode_token="", name="R"),)
+PREFIX_LM = (DenoiserSection(kind="prefix", mode_token="", name="S"),)
+
+
+def denoisers(data: DataSection) -> tuple[DenoiserSection, ...]:
+    """The denoisers data.objective uses (empty for causal_lm)."""
+    if data.objective == "causal_lm":
+        return ()
+    if data.objective == "ul2":
+        return tuple(data.denoisers) or UL2_DEFAULT
+    return SPAN_CORRUPTION if data.objective == "span_corruption" else PREFIX_LM
+
+
+def _name(d: DenoiserSection) -> str:
+    if d.name:
+        return d.name
+    if d.mode_token in _MODE_NAMES:
+        return _MODE_NAMES[d.mode_token]
+    if d.kind == "prefix":
+        return "S"
+    return "X" if d.mean_span >= 12 or d.noise_density >= 0.3 else "R"  # the paper's R/X boundary
+
+
+def denoiser_names(data: DataSection) -> list[str]:
+    """Metric name of each denoiser (``denoiser`` feature value i -> names[i]); repeats group, e.g. loss_R."""
+    return [_name(d) for d in denoisers(data)] if data.objective != "causal_lm" else ["causal"]
+
+
+def objective_features(objective: str) -> dict[str, type]:
+    """Features the packed batch carries for an objective (besides segment_ids and positions)."""
+    return dict(FEATURES) if objective == "causal_lm" else dict(DENOISER_FEATURES)
+
+
+def _describe(d: DenoiserSection, i: int) -> str:
+    head = f"data.denoisers[{i}] ({_name(d)}"
+    return head + (f", mean_span={d.mean_span:g}, noise_density={d.noise_density:g})" if d.kind == "span" else ", prefix)")
+
+
+def decoder_example_length(d: DenoiserSection, raw: int) -> int:
+    """Tokens of the decoder-only example built from ``raw`` >= 2 document tokens."""
+    m = 1 if d.mode_token else 0
+    if d.kind == "prefix":
+        return m + raw
+    _, s = span_counts(raw, d.noise_density, d.mean_span)
+    return m + raw + 2 * s
+
+
+def decoder_raw_length(d: DenoiserSection, seq_len: int) -> int:
+    """Largest raw length whose decoder-only example fits seq_len (0 if none does)."""
+    lo, hi = 1, max(1, seq_len)  # example length grows strictly with raw length: binary search
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if decoder_example_length(d, mid) <= seq_len:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo if lo >= 2 and decoder_example_length(d, lo) <= seq_len else 0
+
+
+def encoder_decoder_raw_length(d: DenoiserSection, inputs_len: int, targets_len: int) -> int:
+    """Largest raw length with inputs + eos <= inputs_len and targets (+ eos) <= targets_len (T5's rule)."""
+    best = 0
+    for raw in range(2, inputs_len + targets_len + 1):
+        if d.kind == "prefix":
+            fits = raw - 1 + 1 <= inputs_len and 1 + 1 <= targets_len  # shortest prefix split
+        else:
+            n, s = span_counts(raw, d.noise_density, d.mean_span)
+            fits = raw - n + s + 1 <= inputs_len and n + s + 1 <= targets_len
+        if fits:
+            best = raw
+    return best
+
+
+def _min_raw(d: DenoiserSection) -> int:
+    """Shortest raw length at which the denoiser is itself: one noise span of mean length fits (S: 2)."""
+    if d.kind == "prefix":
+        return 2
+    raw = max(2, math.floor(d.mean_span / d.noise_density) - 2)
+    while span_counts(raw, d.noise_density, d.mean_span)[0] < d.mean_span:
+        raw += 1
+    return raw
+
+
+def _check(dens: Sequence[DenoiserSection], tokenizer, seq_len: int) -> tuple[list[int], list[list[int]]]:
+    """Validate; returns (raw length, mode token ids) per denoiser."""
+    if not dens:
+        raise ConfigError("data.denoisers is empty; give at least one denoiser")
+    weights = [float(d.weight) for d in dens]
+    if any(not math.isfinite(w) or w < 0 for w in weights) or not sum(weights) > 0:
+        raise ConfigError(f"data.denoisers weights must be >= 0 and sum to a positive number, got {weights}")
+    raws, modes = [], []
+    for i, d in enumerate(dens):
+        if d.kind == "span":
+            if not 0 < d.noise_density < 1:
+                raise ConfigError(f"{_describe(d, i)}: noise_density must be in (0, 1), got {d.noise_density:g}")
+            if not d.mean_span >= 1:
+                raise ConfigError(f"{_describe(d, i)}: mean_span must be >= 1, got {d.mean_span:g}")
+        elif d.kind != "prefix":
+            raise ConfigError(f"data.denoisers[{i}].kind must be 'span' or 'prefix', got {d.kind!r}")
+        need = decoder_example_length(d, _min_raw(d))
+        raw = decoder_raw_length(d, seq_len)
+        if seq_len < need or raw < 2:
+            raise ConfigError(f"data.seq_len={seq_len} is too short for {_describe(d, i)}: it needs data.seq_len >= {need}")
+        if d.kind == "span":
+            spans = span_counts(raw, d.noise_density, d.mean_span)[1]
+            try:
+                tokenizer.sentinel_id(spans - 1)
+            except ValueError:
+                have = getattr(tokenizer, "num_sentinels", "too few")
+                raise ConfigError(
+                    f"{_describe(d, i)} makes up to {spans} noise spans per example at data.seq_len={seq_len} "
+                    f"but the tokenizer has {have} sentinels; lower data.seq_len or raise mean_span") from None
+        mode = []
+        if d.mode_token:
+            try:
+                mode = [int(tokenizer.mode_token_id(d.mode_token))]
+            except (ValueError, ConfigError) as e:
+                raise ConfigError(f"{_describe(d, i)}: mode_token {d.mode_token!r}: {e}") from None
+        raws.append(raw)
+        modes.append(mode)
+    return raws, modes
+
+
+class DenoisingObjective:
+    """A document -> back-to-back decoder-only examples, each from a denoiser drawn by weight."""
+
+    def __init__(self, dens: Sequence[DenoiserSection], tokenizer, seq_len: int):
+        self.denoisers = tuple(dens)
+        self.raw_lengths, self._modes = _check(self.denoisers, tokenizer, seq_len)
+        w = np.asarray([d.weight for d in self.denoisers], np.float64)
+        self.probs = w / w.sum()
+        self.seq_len = seq_len
+        self.eos_id = int(tokenizer.eos_id)
+        most = max((span_counts(r, d.noise_density, d.mean_span)[1] for d, r in zip(self.denoisers, self.raw_lengths)
+                    if d.kind == "span"), default=0)
+        self._sentinels = [int(tokenizer.sentinel_id(k)) for k in range(most)]
+
+    def example(self, i: int, segment: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, targets) of denoiser i on a raw segment of length >= 2 (format-free: reusable by enc-dec)."""
+        d = self.denoisers[i]
+        if d.kind == "prefix":
+            return prefix_example(segment, int(rng.integers(1, len(segment))), self.eos_id)
+        spans = span_counts(len(segment), d.noise_density, d.mean_span)[1]
+        mask = random_spans_noise_mask(len(segment), d.noise_density, d.mean_span, rng, roll=spans == 1)
+        return span_corruption_example(segment, mask, self._sentinels, self.eos_id)
+
+    def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        ids = np.asarray(tokens, np.int32)[1:-1]  # strip bos/eos: every example's targets end with eos
+        parts, pos = [], 0
+        while len(ids) - pos >= 2:
+            i = int(rng.choice(len(self.probs), p=self.probs))
+            seg = ids[pos : pos + self.raw_lengths[i]]
+            pos += len(seg)
+            inputs, targets = self.example(i, seg, rng)
+            parts.append(decoder_only_example(self._modes[i], inputs, targets, i))
+        if not parts:
+            return {k: np.zeros(0, v) for k, v in {**DENOISER_FEATURES, EXAMPLE_STARTS: np.int32}.items()}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+OBJECTIVES: dict[str, Callable[[DataSection, object, int], Objective]] = {
+    "causal_lm": lambda data, tokenizer, seq_len: causal_lm,
+    "prefix_lm": lambda data, tokenizer, seq_len: DenoisingObjective(PREFIX_LM, tokenizer, seq_len),
+    "span_corruption": lambda data, tokenizer, seq_len: DenoisingObjective(SPAN_CORRUPTION, tokenizer, seq_len),
+    "ul2": lambda data, tokenizer, seq_len: DenoisingObjective(denoisers(data), tokenizer, seq_len),
+}
+
+
+def make_objective(data: DataSection, tokenizer, seq_len: int | None = None) -> Objective:
+    """The (tokens, rng) -> features function for data.objective; ConfigError on a bad setup."""
+    if data.objective not in OBJECTIVES:
+        raise ConfigError(f"unknown data.objective {data.objective!r}; valid choices: {', '.join(sorted(OBJECTIVES))}")
+    if data.denoisers and data.objective != "ul2":
+        raise ConfigError(f"data.denoisers is only used by data.objective=ul2 (this run has {data.objective!r})")
+    return OBJECTIVES[data.objective](data, tokenizer, data.seq_len if seq_len is None else seq_len)
+
+
+def example_features(features: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Split one document's output back into its examples (by ``example_starts``)."""
+    starts = np.flatnonzero(features[EXAMPLE_STARTS])
+    bounds = list(starts) + [len(features[EXAMPLE_STARTS])]
+    return [{k: v[a:b] for k, v in features.items()} for a, b in zip(bounds[:-1], bounds[1:])]
