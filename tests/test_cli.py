@@ -89,3 +89,15 @@ def test_generate_from_a_run(trained_run):
 def test_generate_without_checkpoint(tmp_path):
     proc = run_cli("generate", str(tmp_path))
     assert proc.returncode == 2 and "no complete checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_info_t5_1_1_base_parameter_count():
+    proc = run_cli("info", "configs/t5_1_1_base.yaml")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "parameters: 247577856" in proc.stdout.splitlines()
+
+
+def test_training_the_encoder_decoder_is_refused_cleanly(tmp_path):
+    proc = run_cli("train", "configs/t5_1_1_base.yaml", f"run.dir={tmp_path / 'r'}")
+    assert proc.returncode == 2 and "not trained yet" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()

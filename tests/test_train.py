@@ -154,3 +154,21 @@ def _tensorboard_tags(logdir):
             tags.update(v.tag for v in event.summary.value)
             pos += 12 + length + 4
     return tags
+
+
+def test_ul2_decoder_logs_loss_per_denoiser(tmp_path):
+    from pretrax import config as config_lib
+
+    cfg = config_lib.load("configs/ul2r_tiny_decoder.yaml", [
+        "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.d_ff=64", "train.batch_size=8",
+        "train.steps=2", "train.log_every=1", "train.eval_every=0", "train.sample_tokens=0",
+        f"run.dir={tmp_path / 'ul2'}",
+    ])
+    train(cfg, progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "ul2" / "metrics.jsonl")]
+    for row in rows:
+        present = [k for k in ("loss_R", "loss_S", "loss_X") if k in row]
+        assert present, row
+        assert all(np.isfinite(row[k]) and row[k] > 0 for k in present)
+        # the total is the token-weighted mean of the per-denoiser losses, so it lies between them
+        assert min(row[k] for k in present) - 1e-4 <= row["loss"] <= max(row[k] for k in present) + 1e-4

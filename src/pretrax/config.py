@@ -31,16 +31,19 @@ class RunSection:
 
 @dataclass(frozen=True)
 class ModelSection:
-    kind: Literal["decoder"] = "decoder"
+    kind: Literal["decoder", "encoder_decoder"] = "decoder"
     vocab_size: int = 0  # 0: the tokenizer's size rounded up to a multiple of 128
     d_model: int = 256
-    n_layers: int = 4
+    n_layers: int = 4  # encoder_decoder: the decoder's depth
+    n_encoder_layers: int = 0  # encoder_decoder: the encoder's depth; 0: same as n_layers
     n_heads: int = 4
     n_kv_heads: int = 0  # 0: same as n_heads (multi-head); fewer gives grouped-query attention
     head_dim: int = 0  # 0: d_model // n_heads
     d_ff: int = 1024
     max_seq_len: int = 0  # size of the learned position table; 0: data.seq_len
-    positions: Literal["rope", "learned", "none"] = "rope"
+    positions: Literal["rope", "learned", "relative", "none"] = "rope"  # relative: T5 bias (encoder_decoder)
+    relative_buckets: int = 32  # relative: buckets of the T5 relative position bias
+    relative_max_distance: int = 128  # relative: distances beyond this share the last bucket
     rope_theta: float = 10000.0
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     norm_position: Literal["pre", "post"] = "pre"
@@ -156,6 +159,7 @@ DEFAULT_RULES: dict[str, Any] = {
     "length": None,
     "layers": None,
     "norm": None,
+    "relpos_buckets": None,
 }
 
 
@@ -394,6 +398,11 @@ def validate(cfg: Config) -> None:
         )
     if m.n_heads % m.kv_heads:
         raise ConfigError(f"model.n_heads ({m.n_heads}) must be a multiple of model.n_kv_heads ({m.kv_heads})")
+    if (m.positions == "relative") != (m.kind == "encoder_decoder"):
+        raise ConfigError(
+            f"model.positions={m.positions!r} does not fit model.kind={m.kind!r}: the encoder-decoder uses "
+            "'relative' (T5 bias), the decoder 'rope', 'learned' or 'none'"
+        )
     if m.positions == "rope" and m.head_size % 2:
         raise ConfigError(f"rotary positions need an even head size, got {m.head_size}")
     if m.positions == "learned" and m.max_seq_len and m.max_seq_len < cfg.data.seq_len:

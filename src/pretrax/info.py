@@ -16,9 +16,14 @@ def describe(cfg: Config) -> str:
     n = param_count(nnx.state(abstract, nnx.Param))
     m = cfg.model
     tokens = cfg.train.batch_size * cfg.data.seq_len
+    lines = [f"parameters: {n}"]
+    if m.kind == "encoder_decoder":
+        layers = f"{m.n_encoder_layers or m.n_layers}+{m.n_layers} layers"
+        lines.append(f"model: encoder_decoder, {layers}, d_model {m.d_model}, {m.n_heads} heads x {m.head_size}, "
+                     f"d_ff {m.d_ff}, vocab {vocab}, {m.activation}, relative position bias")
+        return "\n".join(lines)  # FLOP accounting covers the decoder-only model so far
     fpt = flops_per_token(n, m, vocab, cfg.data.seq_len, max_positions(cfg))
-    lines = [
-        f"parameters: {n}",
+    lines += [
         f"matmul parameters: {matmul_params(n, m, vocab, max_positions(cfg))}",
         f"model: {m.kind}, {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads x {m.head_size}"
         f" ({m.kv_heads} kv), d_ff {m.d_ff}, vocab {vocab}, {m.positions} positions, {m.norm_position}-{m.norm}, "

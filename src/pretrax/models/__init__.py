@@ -1,4 +1,4 @@
-"""Models: generic layers, positions, attention and the decoder-only LM."""
+"""Models: generic layers, positions, attention, the decoder-only LM and the encoder-decoder."""
 
 from __future__ import annotations
 
@@ -9,11 +9,19 @@ from flax import nnx
 
 from pretrax.config import ModelSection
 from pretrax.models.decoder import Decoder
+from pretrax.models.encoder_decoder import EncoderDecoder
 
-__all__ = ["Decoder", "count_params"]
+__all__ = ["Decoder", "EncoderDecoder", "count_params", "make_model"]
+
+
+def make_model(cfg: ModelSection, *, vocab_size: int, max_seq_len: int, rngs: nnx.Rngs) -> Decoder | EncoderDecoder:
+    """The model cfg.kind names. max_seq_len (the learned position table) is unused by the encoder-decoder."""
+    if cfg.kind == "encoder_decoder":
+        return EncoderDecoder(cfg, vocab_size=vocab_size, rngs=rngs)
+    return Decoder(cfg, vocab_size=vocab_size, max_seq_len=max_seq_len, rngs=rngs)
 
 
 def count_params(cfg: ModelSection, vocab_size: int, max_seq_len: int) -> int:
-    """Number of parameters, from shapes alone (nnx.eval_shape allocates nothing)."""
-    model = nnx.eval_shape(lambda: Decoder(cfg, vocab_size=vocab_size, max_seq_len=max_seq_len, rngs=nnx.Rngs(0)))
+    """Number of parameters of either kind, from shapes alone (nnx.eval_shape allocates nothing)."""
+    model = nnx.eval_shape(lambda: make_model(cfg, vocab_size=vocab_size, max_seq_len=max_seq_len, rngs=nnx.Rngs(0)))
     return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

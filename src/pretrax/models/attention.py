@@ -33,17 +33,21 @@ def attention_mask(segment_ids: jax.Array, bidirectional: jax.Array | None = Non
     return same_doc & allowed
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """softmax(q k^T / sqrt(H)) v over the allowed (query, key) pairs.
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                          bias: jax.Array | None = None) -> jax.Array:
+    """softmax(q k^T / sqrt(H) + bias) v over the allowed (query, key) pairs.
 
-    q: (B, T, N, H); k, v: (B, S, K, H); mask: (B, T, S) bool. Returns (B, T, N, H).
-    Query head n reads kv head n // G. Scores and softmax are float32.
+    q: (B, T, N, H); k, v: (B, S, K, H); mask: (B, T, S) bool; bias: optional float
+    (B or 1, N, T, S), added to the scaled scores (the T5 relative position bias).
+    Returns (B, T, N, H). Query head n reads kv head n // G. Scores and softmax are float32.
     """
     B, T, N, H = q.shape
     K = k.shape[2]
     q = q.reshape(B, T, K, N // K, H)  # (B, T, K, G, H): group query heads by their kv head
     scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
     scores = scores * H**-0.5
+    if bias is not None:  # (B', N, T, S) -> (B', K, G, T, S), as the query heads were grouped
+        scores = scores + bias.astype(jnp.float32).reshape(bias.shape[0], K, N // K, *bias.shape[2:])
     # a finite minimum instead of -inf: a fully masked row would then give a
     # uniform average rather than NaN (attention_mask never builds one, but be safe)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
@@ -64,8 +68,12 @@ class Attention(nnx.Module):
         self.value = Einsum("BSD,DKH->BSKH", (D, K, H), ("embed", "kv_heads", "head_dim"), std=cfg.init_std, **kw)
         self.out = Einsum("BTNH,NHD->BTD", (N, H, D), ("heads", "head_dim", "embed"), std=residual_std(cfg), **kw)
 
-    def __call__(self, x: jax.Array, mask: jax.Array, rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
-        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, N, H), (B, S, K, H), (B, S, K, H)
+    def __call__(self, x: jax.Array, mask: jax.Array, rope: tuple[jax.Array, jax.Array] | None = None, *,
+                 kv: jax.Array | None = None, bias: jax.Array | None = None) -> jax.Array:
+        """x: (B, T, D) queries' inputs; kv: (B, S, D) keys' and values' inputs (default x:
+        self-attention; another sequence: cross-attention); bias: (B or 1, N, T, S) added to the scores."""
+        kv = x if kv is None else kv
+        q, k, v = self.query(x), self.key(kv), self.value(kv)  # (B, T, N, H), (B, S, K, H), (B, S, K, H)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return self.out(dot_product_attention(q, k, v, mask))  # (B, T, D)
+        return self.out(dot_product_attention(q, k, v, mask, bias))  # (B, T, D)

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from pretrax.config import Config
+from pretrax.data.objectives import denoiser_names
 from pretrax.data.pipeline import eval_batches, make_train_iterator
 from pretrax.data.prefetch import Prefetcher
 from pretrax.data.tokenizer import load_tokenizer
@@ -64,6 +65,11 @@ def write_config(cfg: Config, run_dir: str) -> None:
 def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Train (or resume) the run described by cfg; returns the final numbers."""
     run_dir = check_run_dir(cfg.run.dir)
+    if cfg.model.kind != "decoder":
+        raise ConfigError(
+            f"model.kind={cfg.model.kind!r} can be built and inspected (pretrax info) but not trained yet: "
+            "the encoder-decoder train step is still to come; train model.kind=decoder"
+        )
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     vocab_size = model_vocab_size(cfg, tokenizer.vocab_size)
     if vocab_size < tokenizer.vocab_size:
@@ -117,6 +123,7 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
                 for (s, _), m in zip(pending, fetched):
                     result["losses"][s] = float(m["loss"])
                 row = {k: float(fetched[-1][k]) for k in ("loss", "lr", "grad_norm")}
+                row.update(denoiser_losses(cfg, fetched[-1]))
                 row["tokens_per_s"] = tokens_per_step * (step - last_step) / max(now - last_time, 1e-9)
                 row["model_flops_per_s"] = row["tokens_per_s"] * fpt
                 if eval_due:
@@ -136,6 +143,18 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
         result["eval"] = evaluate(state["params"])
     result.update(final_step=end, params=state["params"], setup=setup, tokenizer=tokenizer)
     return result
+
+
+def denoiser_losses(cfg: Config, metrics: dict) -> dict[str, float]:
+    """loss_R, loss_S, loss_X, ...: the step's mean loss per denoiser name (repeated names pooled)."""
+    if "denoiser_loss" not in metrics:
+        return {}
+    sums: dict[str, list[float]] = {}
+    for name, loss, tokens in zip(denoiser_names(cfg.data), metrics["denoiser_loss"], metrics["denoiser_tokens"]):
+        total = sums.setdefault(name, [0.0, 0.0])
+        total[0] += float(loss)
+        total[1] += float(tokens)
+    return {f"loss_{name}": loss / tokens for name, (loss, tokens) in sums.items() if tokens > 0}
 
 
 def make_evaluator(cfg: Config, setup, tokenizer):

@@ -20,6 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pretrax.config import Config
+from pretrax.models import EncoderDecoder, make_model
 from pretrax.models.decoder import Decoder
 from pretrax.parallel.rules import tree_shardings
 from pretrax.train.optimizer import make_optimizer
@@ -36,8 +37,8 @@ def max_positions(cfg: Config) -> int:
     return cfg.model.max_seq_len or cfg.data.seq_len
 
 
-def build_model(cfg: Config, vocab_size: int, seed: int) -> Decoder:
-    return Decoder(cfg.model, vocab_size=vocab_size, max_seq_len=max_positions(cfg), rngs=nnx.Rngs(params=seed))
+def build_model(cfg: Config, vocab_size: int, seed: int) -> Decoder | EncoderDecoder:
+    return make_model(cfg.model, vocab_size=vocab_size, max_seq_len=max_positions(cfg), rngs=nnx.Rngs(params=seed))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,11 +15,17 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pretrax.data.objectives import denoiser_names
 from pretrax.parallel.rules import batch_sharding
 from pretrax.train.optimizer import learning_rate_schedule
 from pretrax.train.state import TrainSetup
 
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask", "bidirectional")
+
+
+def batch_keys(cfg) -> tuple[str, ...]:
+    """The batch arrays the step reads: denoising objectives add each token's denoiser index."""
+    return BATCH_KEYS + (("denoiser",) if cfg.data.objective != "causal_lm" else ())
 
 
 def token_losses(graphdef: Any, params: Any, batch: dict) -> jax.Array:
@@ -34,30 +40,39 @@ def token_losses(graphdef: Any, params: Any, batch: dict) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
 
 
-def _summed_loss(graphdef, params, batch):
+def _summed_loss(graphdef, params, batch, num_denoisers: int):
+    """Summed masked loss, and the token counts (and per-denoiser sums for UL2-style objectives)."""
     mask = batch["loss_mask"]
-    return jnp.sum(token_losses(graphdef, params, batch) * mask), jnp.sum(mask)
+    losses = token_losses(graphdef, params, batch) * mask  # (B, T)
+    stats = {"count": jnp.sum(mask)}
+    if num_denoisers:
+        which = jax.nn.one_hot(batch["denoiser"], num_denoisers, dtype=losses.dtype)  # (B, T, K)
+        stats["denoiser_loss"] = jnp.einsum("BT,BTK->K", losses, which)
+        stats["denoiser_tokens"] = jnp.einsum("BT,BTK->K", mask, which)
+    return jnp.sum(losses), stats
 
 
-def _grads(setup: TrainSetup, params: Any, batch: dict) -> tuple[jax.Array, jax.Array, Any]:
-    """Summed loss, token count and summed gradients, accumulated over micro-batches."""
-    grad_fn = jax.value_and_grad(lambda p, b: _summed_loss(setup.graphdef, p, b), has_aux=True)
+def _grads(setup: TrainSetup, params: Any, batch: dict) -> tuple[jax.Array, dict, Any]:
+    """Summed loss, token counts and summed gradients, accumulated over micro-batches."""
+    k = len(denoiser_names(setup.cfg.data)) if "denoiser" in batch else 0
+    grad_fn = jax.value_and_grad(lambda p, b: _summed_loss(setup.graphdef, p, b, k), has_aux=True)
     accum = setup.cfg.train.grad_accum
     if accum == 1:
-        (loss_sum, count), grads = grad_fn(params, batch)
-        return loss_sum, count, grads
+        (loss_sum, stats), grads = grad_fn(params, batch)
+        return loss_sum, stats, grads
 
     def split(x):  # (B, ...) -> (A, B/A, ...): micro-batch i takes rows i, i+A, ... so each stays sharded
         return x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
 
     def body(carry, micro):
-        loss_sum, count, grads = carry
-        (l, c), g = grad_fn(params, micro)
-        return (loss_sum + l, count + c, jax.tree.map(jnp.add, grads, g)), None
+        (l, st), g = grad_fn(params, micro)
+        return jax.tree.map(jnp.add, carry, (l, st, g)), None
 
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    (loss_sum, count, grads), _ = jax.lax.scan(body, (0.0, 0.0, zeros), jax.tree.map(split, batch))
-    return loss_sum, count, grads
+    micro = jax.tree.map(split, batch)
+    (loss_shape, stats_shape), grads_shape = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_shape, stats_shape, grads_shape))
+    (loss_sum, stats, grads), _ = jax.lax.scan(body, zeros, micro)
+    return loss_sum, stats, grads
 
 
 def make_train_step(setup: TrainSetup) -> Callable[[dict, dict], tuple[dict, dict]]:
@@ -65,8 +80,8 @@ def make_train_step(setup: TrainSetup) -> Callable[[dict, dict], tuple[dict, dic
     lr_at = learning_rate_schedule(setup.cfg.optim, setup.cfg.train.steps)
 
     def step(state: dict, batch: dict) -> tuple[dict, dict]:
-        loss_sum, count, grads = _grads(setup, state["params"], batch)
-        count = jnp.maximum(count, 1.0)
+        loss_sum, stats, grads = _grads(setup, state["params"], batch)
+        count = jnp.maximum(stats.pop("count"), 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         updates, opt_state = setup.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -75,6 +90,7 @@ def make_train_step(setup: TrainSetup) -> Callable[[dict, dict], tuple[dict, dic
             "grad_norm": optax.tree.norm(grads),
             "lr": lr_at(state["step"]),
             "tokens": count,
+            **stats,  # per-denoiser loss sums and token counts, when the objective has denoisers
         }
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "rng": state["rng"]}
         return new_state, metrics
@@ -110,10 +126,10 @@ def make_eval_step(setup: TrainSetup, token_bytes: jax.Array) -> Callable[[Any, 
 
 def batch_shardings(setup: TrainSetup) -> dict:
     sharding = batch_sharding(setup.mesh, dict(setup.cfg.mesh.rules))
-    return {k: sharding for k in BATCH_KEYS}
+    return {k: sharding for k in batch_keys(setup.cfg)}
 
 
 def to_global(setup: TrainSetup, host_batch: dict) -> dict:
     """Host-local numpy rows -> one global jax.Array per key (works for 1 host or many)."""
     shardings = batch_shardings(setup)
-    return {k: jax.make_array_from_process_local_data(shardings[k], host_batch[k]) for k in BATCH_KEYS}
+    return {k: jax.make_array_from_process_local_data(sharding, host_batch[k]) for k, sharding in shardings.items()}

@@ -1,0 +1,188 @@
+"""A T5.1.1 / UL2-style encoder-decoder (Raffel et al., 2020; Tay et al., 2022).
+
+  encoder_tokens -> shared embedding -> n_encoder_layers x EncoderBlock -> final norm = encoded
+  decoder_tokens -> shared embedding -> n_layers x DecoderBlock(encoded) -> final norm -> logits
+
+Both stacks are pre-RMSNorm with no biases (as ModelSection says: norm, use_bias),
+a gated MLP (activation geglu for T5.1.1, swiglu for UL2) and, with
+positions: relative, a T5 relative position bias: one table per stack, turned
+into a bias once per forward pass and added to the self-attention scores of every
+layer of that stack (bidirectional buckets in the encoder, causal ones in the
+decoder). Cross-attention has no position bias. The input embedding is shared by
+the two stacks; the output layer is separate (tie_embeddings: false, T5.1.1 and
+UL2) or the same table.
+
+Choices, where T5 differs from the decoder-only model in this package:
+  * attention scores are scaled by 1/sqrt(head_dim), as in the decoder. T5 omits
+    the scale and folds it into the query's init; the two are the same function
+    (to load T5 weights, multiply the query kernel by sqrt(head_dim)). The
+    relative bias is added after the scale, so it means the same in both.
+  * tied output: logits = x · embedding, unscaled, as in the decoder. T5 (1.0)
+    multiplies tied logits by d_model^-0.5 because its embeddings start at std 1;
+    ours start at init_std like every other weight, so no rescale is needed
+    (to load tied T5 weights, scale the final norm by d_model^-0.5). Untied: x · W_out.
+  * weights start at normal(init_std), residual outputs at init_std / sqrt(2 n_layers)
+    (of their own stack), as in the decoder, rather than T5's per-matrix fan-in init.
+
+Packed rows: segment ids keep encoder self-attention inside one encoder segment
+(bidirectional), decoder self-attention causal inside one decoder segment, and
+cross-attention from decoder segment k to encoder segment k only. Positions
+restart at each segment, so packed examples give the same logits as run alone.
+Segment 0 is padding; its outputs are finite and meaningless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pretrax.config import ModelSection
+from pretrax.errors import ConfigError
+from pretrax.models.attention import Attention, attention_mask
+from pretrax.models.decoder import REMAT_POLICIES
+from pretrax.models.layers import MLP, Embed, Unembed, make_norm
+from pretrax.models.relative_position import RelativePositionBias
+
+
+class EncoderBlock(nnx.Module):
+    """Bidirectional self-attention then MLP, each pre-normed and added to the residual stream."""
+
+    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs):
+        self.attn_norm = make_norm(cfg, rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = make_norm(cfg, rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array, bias: jax.Array | None) -> jax.Array:
+        x = x + self.attn(self.attn_norm(x), mask, bias=bias)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class DecoderBlock(nnx.Module):
+    """Causal self-attention, cross-attention to the encoder's output, MLP; all pre-normed."""
+
+    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs):
+        self.attn_norm = make_norm(cfg, rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.cross_norm = make_norm(cfg, rngs)
+        self.cross = Attention(cfg, rngs=rngs)
+        self.mlp_norm = make_norm(cfg, rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, encoded: jax.Array, mask: jax.Array, cross_mask: jax.Array,
+                 bias: jax.Array | None) -> jax.Array:
+        x = x + self.attn(self.attn_norm(x), mask, bias=bias)
+        x = x + self.cross(self.cross_norm(x), cross_mask, kv=encoded)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def _call_block(block, x, *args):
+    return block(x, *args)
+
+
+class Stack(nnx.Module):
+    """n layers of one block type, a relative position table and a final norm.
+
+    With scan_layers the layers are one block whose weights have a leading (L,)
+    axis named 'layers', applied by nnx.scan; otherwise a list of blocks.
+    """
+
+    def __init__(self, block_type, cfg: ModelSection, n_layers: int, *, bidirectional: bool, rngs: nnx.Rngs):
+        cfg = dataclasses.replace(cfg, n_layers=n_layers)  # residual_std scales with this stack's depth
+        self.cfg = cfg
+        self.relpos = (RelativePositionBias(cfg.n_heads, num_buckets=cfg.relative_buckets,
+                                            max_distance=cfg.relative_max_distance, bidirectional=bidirectional,
+                                            std=cfg.init_std, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+                       if cfg.positions == "relative" else None)
+        if cfg.scan_layers:
+            @nnx.split_rngs(splits=n_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def create(rngs: nnx.Rngs):
+                return block_type(cfg, rngs=rngs)
+
+            self.blocks = create(rngs)
+        else:
+            self.blocks = nnx.List([block_type(cfg, rngs=rngs) for _ in range(n_layers)])
+        self.final_norm = make_norm(cfg, rngs)
+
+    def __call__(self, x: jax.Array, positions: jax.Array | None, *args) -> jax.Array:
+        """x (B, T, D); positions (B, T) or None (0..T-1 in every row); args: the block's inputs after x,
+        without the bias, which is computed here once and appended."""
+        bias = None
+        if self.relpos is not None:
+            if positions is None:  # the same bias for every row: compute it once, (1, N, T, T)
+                positions = jnp.arange(x.shape[1], dtype=jnp.int32)[None]
+            bias = self.relpos(positions, positions)  # (B or 1, N, T, T) float32
+        args = (*args, bias)
+        run = _call_block
+        if self.cfg.remat != "none":
+            run = nnx.remat(run, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=not self.cfg.scan_layers)
+        if self.cfg.scan_layers:
+            run = nnx.scan(run, in_axes=(0, nnx.Carry) + (None,) * len(args), out_axes=nnx.Carry,
+                           transform_metadata={nnx.PARTITION_NAME: "layers"})
+            x = run(self.blocks, x, *args)
+        else:
+            for block in self.blocks:
+                x = run(block, x, *args)
+        return self.final_norm(x)
+
+
+class EncoderDecoder(nnx.Module):
+    """The model. vocab_size is the resolved size (ModelSection allows 0 for "derive it")."""
+
+    def __init__(self, cfg: ModelSection, *, vocab_size: int, rngs: nnx.Rngs):
+        if vocab_size < 1:
+            raise ConfigError(f"the encoder-decoder needs a vocabulary size >= 1, got {vocab_size} (model.vocab_size)")
+        if cfg.positions not in ("relative", "none"):
+            raise ConfigError(f"the encoder-decoder supports positions 'relative' or 'none', got {cfg.positions!r}")
+        if cfg.norm_position != "pre":
+            raise ConfigError("the encoder-decoder is pre-norm only (model.norm_position: pre)")
+        if cfg.n_encoder_layers < 0 or cfg.relative_buckets < 2 or cfg.relative_max_distance < 1:
+            raise ConfigError("model.n_encoder_layers must be >= 0, model.relative_buckets >= 2 and "
+                              "model.relative_max_distance >= 1")
+        self.cfg = cfg
+        param_dtype, dtype = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.dtype)
+        self.embed = Embed(vocab_size, cfg.d_model, std=cfg.init_std, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.encoder = Stack(EncoderBlock, cfg, cfg.n_encoder_layers or cfg.n_layers, bidirectional=True, rngs=rngs)
+        self.decoder = Stack(DecoderBlock, cfg, cfg.n_layers, bidirectional=False, rngs=rngs)
+        self.unembed = (None if cfg.tie_embeddings else
+                        Unembed(cfg.d_model, vocab_size, std=cfg.init_std, param_dtype=param_dtype, dtype=dtype,
+                                rngs=rngs))
+
+    def __call__(self, encoder_tokens: jax.Array, decoder_tokens: jax.Array, *,
+                 encoder_segment_ids: jax.Array | None = None, decoder_segment_ids: jax.Array | None = None,
+                 encoder_positions: jax.Array | None = None, decoder_positions: jax.Array | None = None) -> jax.Array:
+        """encoder_* int (B, S), decoder_* int (B, T). Returns float32 logits (B, T, V).
+
+        decoder_tokens are the decoder's inputs (the targets shifted right). Segment ids
+        default to all ones (one example per row), positions to 0..len-1.
+        """
+        encoded = self.encode(encoder_tokens, segment_ids=encoder_segment_ids, positions=encoder_positions)
+        return self.decode(encoded, decoder_tokens, encoder_segment_ids=encoder_segment_ids,
+                           segment_ids=decoder_segment_ids, positions=decoder_positions)
+
+    def encode(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:
+        """Encoder tokens (B, S) -> encoded (B, S, D) in the compute dtype (after the encoder's final norm)."""
+        if segment_ids is None:
+            segment_ids = jnp.ones(tokens.shape, jnp.int32)
+        mask = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, S, S): bidirectional within a segment
+        return self.encoder(self.embed(tokens), positions, mask)
+
+    def decode(self, encoded: jax.Array, tokens: jax.Array, *, encoder_segment_ids: jax.Array | None = None,
+               segment_ids: jax.Array | None = None, positions: jax.Array | None = None) -> jax.Array:
+        """encoded (B, S, D) from `encode`, decoder tokens (B, T) -> float32 logits (B, T, V)."""
+        B, S = encoded.shape[:2]
+        if encoder_segment_ids is None:
+            encoder_segment_ids = jnp.ones((B, S), jnp.int32)
+        if segment_ids is None:
+            segment_ids = jnp.ones(tokens.shape, jnp.int32)
+        mask = attention_mask(segment_ids)  # (B, T, T): causal within a segment
+        # (B, T, S): decoder segment k reads encoder segment k. A decoder row with no matching
+        # encoder token (padding) gets a uniform average over masked scores: finite, unused.
+        cross_mask = segment_ids[:, :, None] == encoder_segment_ids[:, None, :]
+        x = self.decoder(self.embed(tokens), positions, encoded, mask, cross_mask)
+        return self.embed.attend(x) if self.unembed is None else self.unembed(x)  # (B, T, V) float32
