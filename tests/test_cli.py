@@ -101,3 +101,12 @@ def test_training_the_encoder_decoder_is_refused_cleanly(tmp_path):
     proc = run_cli("train", "configs/t5_1_1_base.yaml", f"run.dir={tmp_path / 'r'}")
     assert proc.returncode == 2 and "not trained yet" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_generate_with_a_ul2_mode(trained_run):
+    run_dir, _ = trained_run
+    proc = run_cli("generate", str(run_dir), "--prompt", "x = ", "--mode", "S", "--max-new-tokens", "8")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("x = ")
+    bad = run_cli("generate", str(run_dir), "--prompt", "x", "--mode", "Q")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-2000:]

@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="0: off")
     p.add_argument("--top-p", type=float, default=0.95, help="1.0: off")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", default=None, help="UL2 mode: R, S or X (or a mode token); the prompt becomes its inputs")
     p.set_defaults(func=cmd_generate)
     return parser
 
@@ -140,7 +141,7 @@ def cmd_generate(args) -> int:
         raise ConfigError("--temperature and --top-k must be >= 0")
     cfg, setup, tokenizer, params, step = load_run(args.run_dir)
     text = sample(setup, params, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, mode=args.mode)
     print(args.prompt + text)
     return 0
 

@@ -125,6 +125,7 @@ class TrainSection:
     eval_every: int = 100  # 0: only at the end
     eval_batches: int = 8
     sample_tokens: int = 200  # length of the sample printed at the end; 0: none
+    eval_objective: Literal["same", "causal_lm"] = "same"  # causal_lm: held-out next-token bits per byte for any objective
 
 
 @dataclass(frozen=True)

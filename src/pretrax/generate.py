@@ -22,6 +22,9 @@ from pretrax.train import checkpoint as ckpt
 from pretrax.train.state import make_setup, max_positions, model_vocab_size
 
 
+MODE_TOKENS = {"R": "[NLU]", "S": "[S2S]", "X": "[NLG]"}  # UL2's paradigm tokens
+
+
 def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
     """Scale by temperature, keep the top_k largest and the smallest set with mass >= top_p."""
     logits = logits / max(temperature, 1e-6)
@@ -49,16 +52,29 @@ def sample(
     top_k: int = 0,
     top_p: float = 0.95,
     seed: int = 0,
+    mode: str | None = None,
 ) -> str:
-    """The continuation of prompt (text only, without the prompt)."""
+    """The continuation of prompt (text only, without the prompt).
+
+    mode (R, S or X, or a mode token such as "[S2S]"): format the prompt as a
+    UL2 example's inputs, mode token first, attended bidirectionally, as the
+    decoder-only UL2 format trains it; None: a plain document start (bos).
+    """
     window = max_positions(setup.cfg)
-    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    if mode is None:
+        ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+        prefix = 0
+    else:
+        ids = [tokenizer.mode_token_id(MODE_TOKENS.get(mode, mode))] + tokenizer.encode(prompt)
+        prefix = len(ids)
+        if prefix >= window:
+            raise ConfigError(f"the prompt ({prefix} tokens with its mode token) does not fit the {window}-token window")
     greedy = temperature == 0
 
     @jax.jit
-    def next_token(params, tokens, length, key):
+    def next_token(params, tokens, bidirectional, length, key):
         model = nnx.merge(setup.graphdef, params)
-        logits = model(tokens[None])[0, length - 1].astype(jnp.float32)  # (V,)
+        logits = model(tokens[None], bidirectional=bidirectional[None])[0, length - 1].astype(jnp.float32)  # (V,)
         if greedy:
             return jnp.argmax(logits)
         return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p))
@@ -69,7 +85,9 @@ def sample(
         context = (ids + new)[-window:]
         buf = np.full((window,), tokenizer.pad_id, np.int32)
         buf[: len(context)] = context
-        token = int(next_token(params, jnp.asarray(buf), len(context), jax.random.fold_in(key, i)))
+        bidirectional = (np.arange(window) < prefix).astype(np.int32)
+        token = int(next_token(params, jnp.asarray(buf), jnp.asarray(bidirectional), len(context),
+                               jax.random.fold_in(key, i)))
         if token == tokenizer.eos_id:
             break
         new.append(token)

@@ -138,7 +138,7 @@ class ByteTokenizer:
 
     def mode_token_id(self, name: str) -> int:
         if name not in MODE_TOKENS:
-            raise ValueError(f"unknown mode token {name!r}; valid: {', '.join(MODE_TOKENS)}")
+            raise ConfigError(f"unknown mode token {name!r}; valid: {', '.join(MODE_TOKENS)} (or R, S, X)")
         return self._first_mode + MODE_TOKENS.index(name)
 
 
@@ -250,7 +250,7 @@ class SentencePieceTokenizer:
 
     def mode_token_id(self, name: str) -> int:
         if name not in MODE_TOKENS:
-            raise ValueError(f"unknown mode token {name!r}; valid: {', '.join(MODE_TOKENS)}")
+            raise ConfigError(f"unknown mode token {name!r}; valid: {', '.join(MODE_TOKENS)} (or R, S, X)")
         i = self.sp.piece_to_id(name)
         if i == self.unk_id and self.sp.id_to_piece(i) != name:
             raise ConfigError(

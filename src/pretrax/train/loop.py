@@ -8,6 +8,7 @@ the uninterrupted run would have.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -28,7 +29,7 @@ from pretrax.train import checkpoint as ckpt
 from pretrax.train.metrics import MetricsWriter
 from pretrax.train.optimizer import decay_mask
 from pretrax.train.state import init_state, make_setup, max_positions, model_vocab_size, param_count
-from pretrax.train.step import make_eval_step, make_train_step, to_global
+from pretrax.train.step import BATCH_KEYS, make_eval_step, make_train_step, to_global
 
 
 def check_run_dir(run_dir: str) -> str:
@@ -161,13 +162,16 @@ def make_evaluator(cfg: Config, setup, tokenizer):
     """Held-out loss and bits per byte over a fixed set of batches."""
     eval_step = make_eval_step(setup, jax.numpy.asarray(tokenizer.token_bytes, dtype=jax.numpy.float32))
     batches = None
+    eval_cfg = cfg
+    if cfg.train.eval_objective == "causal_lm":  # e.g. a UL2 model scored as a plain next-token LM
+        eval_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, objective="causal_lm", denoisers=()))
 
     def evaluate(params) -> dict[str, float]:
         nonlocal batches
         if batches is None:
-            host = eval_batches(cfg, cfg.train.eval_batches, cfg.train.batch_size,
+            host = eval_batches(eval_cfg, cfg.train.eval_batches, cfg.train.batch_size,
                                 process_index=jax.process_index(), process_count=jax.process_count())
-            batches = [to_global(setup, b) for b in host]
+            batches = [to_global(setup, b, BATCH_KEYS) for b in host]
         sums = jax.device_get([eval_step(params, b) for b in batches])
         loss = sum(float(s["loss_sum"]) for s in sums)
         tokens = sum(float(s["tokens"]) for s in sums)

@@ -119,17 +119,17 @@ def make_eval_step(setup: TrainSetup, token_bytes: jax.Array) -> Callable[[Any, 
     replicated = NamedSharding(setup.mesh, P())
     return jax.jit(
         eval_step,
-        in_shardings=(setup.state_shardings["params"], batch_shardings(setup)),
+        in_shardings=(setup.state_shardings["params"], batch_shardings(setup, BATCH_KEYS)),
         out_shardings=replicated,
     )
 
 
-def batch_shardings(setup: TrainSetup) -> dict:
+def batch_shardings(setup: TrainSetup, keys: tuple[str, ...] | None = None) -> dict:
     sharding = batch_sharding(setup.mesh, dict(setup.cfg.mesh.rules))
-    return {k: sharding for k in batch_keys(setup.cfg)}
+    return {k: sharding for k in (keys or batch_keys(setup.cfg))}
 
 
-def to_global(setup: TrainSetup, host_batch: dict) -> dict:
+def to_global(setup: TrainSetup, host_batch: dict, keys: tuple[str, ...] | None = None) -> dict:
     """Host-local numpy rows -> one global jax.Array per key (works for 1 host or many)."""
-    shardings = batch_shardings(setup)
+    shardings = batch_shardings(setup, keys)
     return {k: jax.make_array_from_process_local_data(sharding, host_batch[k]) for k, sharding in shardings.items()}
