@@ -110,3 +110,13 @@ def test_generate_with_a_ul2_mode(trained_run):
     assert proc.stdout.startswith("x = ")
     bad = run_cli("generate", str(run_dir), "--prompt", "x", "--mode", "Q")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+
+
+def test_data_stats_json():
+    import json
+
+    proc = run_cli("data", "stats", "configs/ul2r_tiny_decoder.yaml", "--examples", "300", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = json.loads(proc.stdout)
+    assert stats["examples"] == 300
+    assert sum(d["measured"]["count"] for d in stats["denoisers"].values()) == 300

@@ -1,4 +1,4 @@
-"""Command line: `pretrax train | info | generate | tokenizer train | data prepare | data inspect`. Thin: parse, call one function, print.
+"""Command line: `pretrax train | info | generate | tokenizer train | data prepare | inspect | stats`. Thin: parse, call one function, print.
 
 Errors the user can fix (PretraxError) are printed as one line on stderr with
 exit code 2 and no traceback.
@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*")
     d.add_argument("--examples", type=int, default=4)
     d.set_defaults(func=cmd_data_inspect)
+    d = data.add_parser("stats", help="per-denoiser counts, shares, noise density, span and lengths vs the config")
+    d.add_argument("config")
+    d.add_argument("overrides", nargs="*")
+    d.add_argument("--examples", type=int, default=2000)
+    d.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    d.set_defaults(func=cmd_data_stats)
 
     p = sub.add_parser("generate", help="sample a continuation from a run's newest checkpoint")
     p.add_argument("run_dir")
@@ -174,6 +180,20 @@ def cmd_data_inspect(args) -> int:
     if args.examples < 1:
         raise ConfigError(f"--examples must be >= 1, got {args.examples}")
     print(describe_examples(config_lib.load(args.config, args.overrides), args.examples))
+    return 0
+
+
+def cmd_data_stats(args) -> int:
+    import json
+
+    from pretrax import config as config_lib
+    from pretrax.data.stats import collect_stats, format_stats
+    from pretrax.errors import ConfigError
+
+    if args.examples < 1:
+        raise ConfigError(f"--examples must be >= 1, got {args.examples}")
+    stats = collect_stats(config_lib.load(args.config, args.overrides), args.examples)
+    print(json.dumps(stats) if args.json else format_stats(stats))
     return 0
 
 

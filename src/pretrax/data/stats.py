@@ -1,0 +1,230 @@
+"""`pretrax data stats`: per-denoiser statistics measured on real packed training batches.
+
+``collect_stats(cfg, examples)`` reads ``make_train_iterator(cfg)`` until
+``examples`` examples (packed segments) have been seen and measures, per
+denoiser (the ``denoiser`` feature), exactly what the model sees:
+
+* an example is one segment (``segment_ids == s`` in a row);
+* its *inputs* are the tokens with ``bidirectional == 1`` (``batch["inputs"]``
+  there: the mode token, when the denoiser has one, included);
+* its *targets* are ``batch["targets"]`` where ``loss_mask == 1`` (sentinels
+  and the final eos included);
+* span denoisers (R/X): noise tokens = targets that are neither a sentinel nor
+  the final eos; spans = sentinels in the inputs; raw tokens = inputs without
+  the mode token and sentinels, plus the noise tokens. Noise density = noise /
+  raw, mean span = noise / spans (both token-weighted over all examples: sums
+  over examples divided, so what the model sees on average);
+* S (prefix): the "noise density" is the target share of the raw segment,
+  (targets - eos) / raw; a uniform split point makes it 0.5 on average.
+
+Next to the measured values are the configured ones (weight share, noise
+density, mean span) and, for span denoisers, ``expected_*``: what the
+objective's count rule (``span_counts``: rounding, at least one span) gives for
+the raw lengths actually measured. Short segments (a document's last piece)
+get rounded counts (at least one noise token, at least one span), so measured
+values differ from the configured ones by rounding; they match ``expected_*``
+exactly when the batches hold what the objective built.
+
+``padding_fraction`` is the share of ``segment_ids == 0`` tokens over every
+batch read. For ``causal_lm`` there are no denoisers: the stats hold only
+lengths (one "causal" entry: inputs = tokens, targets = loss tokens) and padding.
+
+``json.dumps(stats)`` is the ``--json`` form: per-denoiser entries are keyed by
+their index (as a string, the ``denoiser`` feature value).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from pretrax.config import Config
+from pretrax.data.objectives import (
+    decoder_raw_length,
+    denoiser_names,
+    denoisers,
+    span_counts,
+)
+from pretrax.data.pipeline import make_train_iterator
+from pretrax.data.tokenizer import load_tokenizer
+
+
+def _sentinel_ids(tokenizer) -> np.ndarray:
+    n = getattr(tokenizer, "num_sentinels", None)
+    ids, k = [], 0
+    while n is None or k < n:
+        try:
+            ids.append(int(tokenizer.sentinel_id(k)))
+        except ValueError:
+            break
+        k += 1
+    return np.asarray(ids, np.int64)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return float(a) / float(b) if b else None
+
+
+def _params(d) -> str:
+    if d.kind == "prefix":
+        return "prefix"
+    return f"mu={d.mean_span:g}, r={d.noise_density:g}"
+
+
+def collect_stats(cfg: Config, examples: int) -> dict[str, Any]:
+    """Per-denoiser counts, shares, noise density, mean span, lengths and padding over ``examples`` packed examples."""
+    if examples < 1:
+        raise ValueError(f"examples must be >= 1, got {examples}")
+    data = cfg.data
+    dens = denoisers(data)
+    names = denoiser_names(data)
+    tokenizer = load_tokenizer(data.tokenizer)
+    sentinels = _sentinel_ids(tokenizer)
+    eos = int(tokenizer.eos_id)
+    modes = [int(tokenizer.mode_token_id(d.mode_token)) if d.mode_token else None for d in dens]
+    causal = data.objective == "causal_lm"
+    n_slots = 1 if causal else len(dens)
+    keys = ("count", "inputs", "targets", "tokens", "noise", "raw", "spans", "expected_noise", "expected_spans", "full")
+    acc: list[dict[str, Any]] = [{**dict.fromkeys(keys, 0), "density_sum": 0.0} for _ in range(n_slots)]
+    raw_full = [decoder_raw_length(d, data.seq_len) for d in dens]
+
+    it = make_train_iterator(cfg)
+    seen = pad = total = batches = 0
+    try:
+        while seen < examples:
+            batch = next(it)
+            batches += 1
+            seg_ids = batch["segment_ids"]
+            pad += int((seg_ids == 0).sum())
+            total += seg_ids.size
+            for row in range(seg_ids.shape[0]):
+                for s in np.unique(seg_ids[row]):
+                    if s == 0 or seen == examples:
+                        continue
+                    at = seg_ids[row] == s
+                    bidir = batch["bidirectional"][row][at] == 1
+                    loss = batch["loss_mask"][row][at] > 0
+                    inputs = batch["inputs"][row][at][bidir]
+                    targets = batch["targets"][row][at][loss]
+                    i = 0 if causal else int(batch["denoiser"][row][at][0])
+                    a = acc[i]
+                    a["count"] += 1
+                    a["inputs"] += int(at.sum()) if causal else len(inputs)  # causal: every token is an input
+                    a["targets"] += len(targets)
+                    a["tokens"] += int(at.sum())
+                    seen += 1
+                    if causal:
+                        continue
+                    d = dens[i]
+                    body = inputs[1:] if modes[i] is not None and len(inputs) and inputs[0] == modes[i] else inputs
+                    ends_eos = len(targets) > 0 and targets[-1] == eos
+                    if d.kind == "prefix":
+                        noise, spans = len(targets) - int(ends_eos), 0
+                    else:
+                        spans = int(np.isin(body, sentinels).sum())
+                        noise = len(targets) - int(np.isin(targets, sentinels).sum()) - int(ends_eos)
+                    raw = len(body) - spans + noise
+                    a["noise"] += noise
+                    a["spans"] += spans
+                    a["raw"] += raw
+                    a["density_sum"] += noise / raw if raw else 0.0
+                    a["full"] += int(raw == raw_full[i])
+                    if d.kind == "span" and raw >= 2:
+                        en, es = span_counts(raw, d.noise_density, d.mean_span)
+                        a["expected_noise"] += en
+                        a["expected_spans"] += es
+    finally:
+        it.close()
+
+    if causal:
+        a = acc[0]
+        per = {"0": {"name": "causal", "params": "next-token prediction, no denoisers",
+                     "configured": {}, "measured": _lengths(a, seen)}}
+    else:
+        wsum = sum(float(d.weight) for d in dens)
+        per = {}
+        for i, (d, name, a) in enumerate(zip(dens, names, acc)):
+            share = float(d.weight) / wsum
+            configured: dict[str, Any] = {
+                "kind": d.kind, "weight": float(d.weight), "share": share,
+                "mode_token": d.mode_token, "raw_length": raw_full[i],
+                "noise_density": float(d.noise_density) if d.kind == "span" else None,
+                "mean_span": float(d.mean_span) if d.kind == "span" else None,
+            }
+            if d.kind == "prefix":
+                configured["expected_target_share"] = 0.5  # uniform split point in [1, L-1]
+            measured = _lengths(a, seen)
+            measured.update({
+                "noise_density": _ratio(a["noise"], a["raw"]),  # S: target share of the raw segment
+                "noise_density_per_example": _ratio(a["density_sum"], a["count"]),
+                "mean_span": _ratio(a["noise"], a["spans"]) if d.kind == "span" else None,
+                "noise_tokens": a["noise"], "raw_tokens": a["raw"], "spans": a["spans"],
+                "full_length_share": _ratio(a["full"], a["count"]),
+            })
+            if d.kind == "span":
+                measured["expected_noise_density"] = _ratio(a["expected_noise"], a["raw"])
+                measured["expected_mean_span"] = _ratio(a["expected_noise"], a["expected_spans"])
+            per[str(i)] = {"name": name, "params": _params(d), "configured": configured, "measured": measured}
+    return {
+        "objective": data.objective,
+        "seq_len": data.seq_len,
+        "examples": seen,
+        "batches": batches,
+        "padding_fraction": pad / total if total else 0.0,
+        "denoisers": per,
+    }
+
+
+def _lengths(a: dict[str, Any], seen: int) -> dict[str, Any]:
+    return {
+        "count": a["count"],
+        "share": _ratio(a["count"], seen),
+        "mean_input_length": _ratio(a["inputs"], a["count"]),
+        "mean_target_length": _ratio(a["targets"], a["count"]),
+        "mean_example_length": _ratio(a["tokens"], a["count"]),
+    }
+
+
+def _f(x: Any, spec: str = ".3f") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return format(x, spec)
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """A readable table: one row per denoiser (config order), configured vs measured, then padding."""
+    lines = [(f"objective {stats['objective']}, seq_len {stats['seq_len']}: {stats['examples']} examples "
+              f"from {stats['batches']} batches")]
+    if stats["objective"] == "causal_lm":
+        m = stats["denoisers"]["0"]["measured"]
+        lines.append("causal_lm has no denoisers (next-token prediction over whole documents); "
+                     "an example is one packed segment")
+        lines.append(f"mean segment length {_f(m['mean_example_length'], '.1f')} tokens, "
+                     f"mean loss tokens {_f(m['mean_target_length'], '.1f')}")
+    else:
+        head = ["denoiser", "count", "share cfg/meas", "noise density cfg/meas", "mean span cfg/meas",
+                "mean input", "mean target"]
+        rows = []
+        for key in sorted(stats["denoisers"], key=int):
+            e = stats["denoisers"][key]
+            c, m = e["configured"], e["measured"]
+            if c["kind"] == "prefix":
+                density = f"{_f(c['expected_target_share'], '.2f')}* / {_f(m['noise_density'])}"
+                span = "- / -"
+            else:
+                density = f"{_f(c['noise_density'], '.2f')} / {_f(m['noise_density'])}"
+                span = f"{_f(c['mean_span'], 'g')} / {_f(m['mean_span'], '.2f')}"
+            rows.append([f"{key} {e['name']} ({e['params']})", str(m["count"]),
+                         f"{_f(c['share'])} / {_f(m['share'])}", density, span,
+                         _f(m["mean_input_length"], ".1f"), _f(m["mean_target_length"], ".1f")])
+        widths = [max(len(r[j]) for r in [head, *rows]) for j in range(len(head))]
+        fmt = lambda r: "  ".join(v.ljust(w) if j == 0 else v.rjust(w) for j, (v, w) in enumerate(zip(r, widths)))
+        lines += [fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)]
+        lines.append("noise density: noise tokens / raw segment tokens; * S: target share of the raw segment, "
+                     "expected 0.5 (uniform split)")
+        lines.append("mean span: noise tokens / sentinels in the inputs; mean input includes the mode token (if any); "
+                     "mean target includes sentinels and eos")
+    lines.append(f"padding fraction {stats['padding_fraction']:.4f} (segment_ids == 0 over all batches read)")
+    return "\n".join(lines)
