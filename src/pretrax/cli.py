@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     except PretraxError as e:
         print(f"pretrax: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("pretrax: interrupted; the newest complete checkpoint is kept", file=sys.stderr)
         return 130
