@@ -4,7 +4,8 @@ The trainer needs only ``make_train_iterator``, ``eval_batches`` and
 ``load_tokenizer``; see pipeline.py for how batches are built and resumed.
 """
 
-from pretrax.data.corpus import Corpus, load_corpus, split, stdlib_corpus
+from pretrax.data.corpus import Corpus, split, stdlib_corpus
+from pretrax.data.sources import load_source
 from pretrax.data.packing import RowPacker
 from pretrax.data.pipeline import (
     FEATURES,
@@ -24,7 +25,7 @@ __all__ = [
     "Corpus",
     "RowPacker",
     "eval_batches",
-    "load_corpus",
+    "load_source",
     "load_tokenizer",
     "make_train_iterator",
     "merge_states",

@@ -17,7 +17,7 @@ import sysconfig
 import zlib
 from typing import Callable, Sequence
 
-from pretrax.errors import ConfigError, DataError
+from pretrax.errors import DataError
 
 TOPICS_PREFIX = "pydoc_data/topics/"
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
@@ -115,17 +115,7 @@ def stdlib_corpus() -> Corpus:
     return Corpus(names, read)
 
 
-# ---------------------------------------------------------------- choosing and splitting
-
-
-_SOURCES = {"stdlib": stdlib_corpus}
-
-
-def load_corpus(source: str) -> Corpus:
-    """The corpus named by data.source."""
-    if source not in _SOURCES:
-        raise ConfigError(f"unknown data.source {source!r}; valid choices: {', '.join(sorted(_SOURCES))}")
-    return _SOURCES[source]()
+# ---------------------------------------------------------------- splitting (sources.load_source picks the corpus)
 
 
 def is_heldout(name: str, heldout_percent: float) -> bool:

@@ -84,7 +84,6 @@ a tokenizer without the mode tokens.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np

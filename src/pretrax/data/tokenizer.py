@@ -132,14 +132,23 @@ class ByteTokenizer:
         return (ids - self.byte_offset).astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
     def sentinel_id(self, k: int) -> int:
-        if not 0 <= k < self.num_sentinels:
-            raise ValueError(f"sentinel index must be in [0, {self.num_sentinels}), got {k}")
-        return self.vocab_size - 1 - k
+        return _sentinel_id(self, k)
 
     def mode_token_id(self, name: str) -> int:
-        if name not in MODE_TOKENS:
-            raise ConfigError(f"unknown mode token {name!r}; valid: {', '.join(MODE_TOKENS)} (or R, S, X)")
+        _check_mode_token(name)
         return self._first_mode + MODE_TOKENS.index(name)
+
+
+def _sentinel_id(tokenizer, k: int) -> int:
+    """Sentinel k counts down from the top of the vocabulary (T5's <extra_id_k>), for every tokenizer."""
+    if not 0 <= k < tokenizer.num_sentinels:
+        raise ValueError(f"sentinel index must be in [0, {tokenizer.num_sentinels}), got {k}")
+    return tokenizer.vocab_size - 1 - k
+
+
+def _check_mode_token(name: str) -> None:
+    if name not in MODE_TOKENS:
+        raise ConfigError(f"unknown mode token {name!r}; valid: {', '.join(MODE_TOKENS)} (or R, S, X)")
 
 
 def _flat_ids(ids: Iterable[int]) -> list[int]:
@@ -244,13 +253,10 @@ class SentencePieceTokenizer:
         return "".join(parts)
 
     def sentinel_id(self, k: int) -> int:
-        if not 0 <= k < self.num_sentinels:
-            raise ValueError(f"sentinel index must be in [0, {self.num_sentinels}), got {k}")
-        return self.vocab_size - 1 - k
+        return _sentinel_id(self, k)
 
     def mode_token_id(self, name: str) -> int:
-        if name not in MODE_TOKENS:
-            raise ConfigError(f"unknown mode token {name!r}; valid: {', '.join(MODE_TOKENS)} (or R, S, X)")
+        _check_mode_token(name)
         i = self.sp.piece_to_id(name)
         if i == self.unk_id and self.sp.id_to_piece(i) != name:
             raise ConfigError(
