@@ -97,9 +97,10 @@ def test_info_t5_1_1_base_parameter_count():
     assert "parameters: 247577856" in proc.stdout.splitlines()
 
 
-def test_training_the_encoder_decoder_is_refused_cleanly(tmp_path):
-    proc = run_cli("train", "configs/t5_1_1_base.yaml", f"run.dir={tmp_path / 'r'}")
-    assert proc.returncode == 2 and "not trained yet" in proc.stderr and "Traceback" not in proc.stderr
+def test_encoder_decoder_rows_too_short_for_a_denoiser_are_refused_cleanly(tmp_path):
+    proc = run_cli("train", "configs/ul2_tiny_encdec.yaml", "data.inputs_len=300", f"run.dir={tmp_path / 'r'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "data.inputs_len >= 363" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
 
 

@@ -109,3 +109,17 @@ def test_causal_lm_has_no_denoisers():
     assert json.loads(json.dumps(stats)) == stats
     table = format_stats(stats)
     assert "no denoisers" in table and "padding fraction" in table
+
+
+def test_encoder_decoder_stats_read_back_what_the_objective_built():
+    cfg = config.load("configs/ul2_tiny_encdec.yaml")
+    stats = collect_stats(cfg, 300)
+    assert (stats["inputs_len"], stats["targets_len"]) == (384, 192) and 0 <= stats["encoder_padding_fraction"] < 1
+    assert [e["name"] for e in stats["denoisers"].values()] == ["R", "R", "S", "X", "X", "X", "X"]
+    for e in stats["denoisers"].values():
+        m = e["measured"]
+        assert m["count"] > 0 and m["mean_input_length"] <= 384 - 1 and m["mean_target_length"] <= 192
+        if e["configured"]["kind"] == "span":  # sentinels, mode token and eos are read back exactly
+            assert m["noise_density"] == pytest.approx(m["expected_noise_density"], abs=1e-12)
+            assert m["mean_span"] == pytest.approx(m["expected_mean_span"], abs=1e-12)
+    assert "encoder rows" in format_stats(stats)

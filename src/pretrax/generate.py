@@ -8,6 +8,7 @@ decoding path belongs with the speed work.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -41,6 +42,17 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: floa
     return logits
 
 
+def _choose(logits: jax.Array, key, temperature: float, top_k: int, top_p: float) -> jax.Array:
+    """The next token from float32 logits (V,): greedy at temperature 0, else a filtered sample."""
+    if temperature == 0:
+        return jnp.argmax(logits)
+    return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p))
+
+
+def _mode_id(tokenizer, mode: str) -> int:
+    return int(tokenizer.mode_token_id(MODE_TOKENS.get(mode, mode)))
+
+
 def sample(
     setup,
     params: Any,
@@ -56,28 +68,31 @@ def sample(
 ) -> str:
     """The continuation of prompt (text only, without the prompt).
 
-    mode (R, S or X, or a mode token such as "[S2S]"): format the prompt as a
-    UL2 example's inputs, mode token first, attended bidirectionally, as the
-    decoder-only UL2 format trains it; None: a plain document start (bos).
+    Decoder-only: mode (R, S or X, or a mode token such as "[S2S]") formats
+    the prompt as a UL2 example's inputs, mode token first, attended
+    bidirectionally, as the decoder-only UL2 format trains it; None: a plain
+    document start (bos). Encoder-decoder: the encoder reads [mode] + prompt +
+    eos (no mode token when None) and the decoder writes from bos, as the
+    encoder-decoder format trains it (``--mode S`` asks a UL2 model to continue).
     """
+    pick = functools.partial(_choose, temperature=temperature, top_k=top_k, top_p=top_p)
+    if setup.cfg.model.kind == "encoder_decoder":
+        return _sample_encoder_decoder(setup, params, tokenizer, prompt, max_new_tokens, pick, seed, mode)
     window = max_positions(setup.cfg)
     if mode is None:
         ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
         prefix = 0
     else:
-        ids = [tokenizer.mode_token_id(MODE_TOKENS.get(mode, mode))] + tokenizer.encode(prompt)
+        ids = [_mode_id(tokenizer, mode)] + tokenizer.encode(prompt)
         prefix = len(ids)
         if prefix >= window:
             raise ConfigError(f"the prompt ({prefix} tokens with its mode token) does not fit the {window}-token window")
-    greedy = temperature == 0
 
     @jax.jit
     def next_token(params, tokens, bidirectional, length, key):
         model = nnx.merge(setup.graphdef, params)
         logits = model(tokens[None], bidirectional=bidirectional[None])[0, length - 1].astype(jnp.float32)  # (V,)
-        if greedy:
-            return jnp.argmax(logits)
-        return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p))
+        return pick(logits, key)
 
     key = jax.random.key(seed)
     new: list[int] = []
@@ -91,6 +106,45 @@ def sample(
         if token == tokenizer.eos_id:
             break
         new.append(token)
+    return tokenizer.decode(new)
+
+
+def _sample_encoder_decoder(setup, params, tokenizer, prompt, max_new_tokens, pick, seed, mode) -> str:
+    """Encode the prompt once, then decode token by token over a fixed targets_len window."""
+    from pretrax.data.objectives import encoder_decoder_lengths_of
+
+    inputs_len, targets_len = encoder_decoder_lengths_of(setup.cfg.data)
+    enc_ids = ([] if mode is None else [_mode_id(tokenizer, mode)]) + tokenizer.encode(prompt) + [tokenizer.eos_id]
+    if len(enc_ids) > inputs_len:
+        raise ConfigError(f"the prompt ({len(enc_ids)} encoder tokens with mode token and eos) does not fit "
+                          f"data.inputs_len={inputs_len}")
+    enc = np.full((1, inputs_len), tokenizer.pad_id, np.int32)
+    enc[0, : len(enc_ids)] = enc_ids
+    enc_segments = (np.arange(inputs_len) < len(enc_ids)).astype(np.int32)[None]  # padding: segment 0, never read
+
+    @jax.jit
+    def encode(params, tokens, segments):
+        return nnx.merge(setup.graphdef, params).encode(tokens, segment_ids=segments)
+
+    @jax.jit
+    def next_token(params, encoded, segments, tokens, length, key):
+        model = nnx.merge(setup.graphdef, params)
+        logits = model.decode(encoded, tokens[None], encoder_segment_ids=segments)[0, length - 1]
+        return pick(logits.astype(jnp.float32), key)
+
+    encoded = encode(params, jnp.asarray(enc), jnp.asarray(enc_segments))
+    key = jax.random.key(seed)
+    dec = np.full((targets_len,), tokenizer.pad_id, np.int32)
+    dec[0] = tokenizer.bos_id
+    new: list[int] = []
+    for i in range(min(max_new_tokens, targets_len)):
+        token = int(next_token(params, encoded, jnp.asarray(enc_segments), jnp.asarray(dec), i + 1,
+                               jax.random.fold_in(key, i)))
+        if token == tokenizer.eos_id:
+            break
+        new.append(token)
+        if i + 1 < targets_len:
+            dec[i + 1] = token
     return tokenizer.decode(new)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pretrax.config import Config
+from pretrax.data.batch_examples import packed_examples
 from pretrax.data.pipeline import make_train_iterator
 from pretrax.data.tokenizer import load_tokenizer
 
@@ -13,28 +14,22 @@ def describe_examples(cfg: Config, examples: int, *, width: int = 160) -> str:
     """The first `examples` packed segments of the first training batches, one block each."""
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     data = make_train_iterator(cfg)
+    encoder_decoder = cfg.model.kind == "encoder_decoder"
     out: list[str] = []
     shown = 0
     while shown < examples:
-        batch = next(data)
-        for row in range(batch["inputs"].shape[0]):
-            seg = batch["segment_ids"][row]
-            for s in [s for s in np.unique(seg) if s > 0]:
-                if shown == examples:
-                    break
-                at = seg == s
-                inputs, targets = batch["inputs"][row][at], batch["targets"][row][at]
-                mask = batch["loss_mask"][row][at]
-                prefix = batch["bidirectional"][row][at]
-                out.append(
-                    f"--- example {shown} (row {row}, segment {s}, {int(at.sum())} tokens, "
-                    f"{int(mask.sum())} in the loss, {int(prefix.sum())} bidirectional)\n"
-                    f"inputs:  {_show(tokenizer, inputs, width)}\n"
-                    f"targets: {_show(tokenizer, targets[mask > 0], width)}"
-                )
-                shown += 1
+        for ex in packed_examples(next(data)):
             if shown == examples:
                 break
+            side = "encoder" if encoder_decoder else "bidirectional"
+            out.append(
+                f"--- example {shown} (row {ex.row}, segment {ex.segment}, {ex.tokens} tokens, "
+                f"{len(ex.targets)} in the loss, {len(ex.inputs)} {side})\n"
+                f"inputs:  {_show(tokenizer, ex.inputs, width)}\n"
+                f"targets: {_show(tokenizer, ex.targets, width)}"
+            )
+            shown += 1
+    data.close()
     return "\n".join(out)
 
 

@@ -59,6 +59,17 @@ seq[t] and the target seq[t+1], so an example holds len(seq) - 1 tokens.
 ``bidirectional`` = 1 where seq[t] belongs to mode + inputs (prefix-LM
 attention), ``loss_mask`` = 1 where seq[t+1] belongs to the targets.
 
+Encoder-decoder format (T5 / T5X's "packed" convention)
+-------------------------------------------------------
+The encoder reads ``[mode] + inputs + [eos]`` (feature ``encoder_inputs``);
+the decoder reads ``[bos] + targets[:-1]`` (``inputs``, the targets shifted
+right, bos as the start token) and predicts ``targets`` (ending in eos), all
+in the loss (``loss_mask`` 1). So the decoder-side features keep the
+decoder-only names (inputs, targets, loss_mask, denoiser) and the encoder adds
+``encoder_inputs``; the two streams have different lengths, so each has its
+own example-start marker (``example_starts``, ``encoder_example_starts``) and
+the pair packer (pair_packing.py) keeps example k in segment k of both rows.
+
 Raw lengths (how many document tokens one example consumes)
 -----------------------------------------------------------
 For a span denoiser on L raw tokens with n noise tokens and s spans:
@@ -70,12 +81,15 @@ ids (bos/eos stripped) are cut into consecutive segments, one per example,
 each with its own denoiser; the last, shorter segment gets the same count
 rules applied to its own length (so fewer spans); a final leftover of a single
 token is dropped (no denoiser can use it). ``encoder_decoder_raw_length``
-gives the encoder-decoder rule (largest L with inputs + eos <= inputs_len and
-targets <= targets_len), e.g. 568 for (3, 0.15) at 512/512 (T5's numbers).
+gives the encoder-decoder rule (largest L with m + inputs + eos <= inputs_len
+and targets <= targets_len), e.g. 568 for (3, 0.15) at 512/512 without a mode
+token (T5's numbers). For S in the encoder-decoder, L = min(inputs_len - m - 1,
+targets_len - 1) + 1: then every split point in [1, L-1] fits both sides, so
+the split stays uniform (with unequal lengths the shorter side bounds L).
 
 Build-time checks (ConfigError): noise_density outside (0, 1); mean_span < 1;
-weights negative or not summing to a positive number; seq_len below a
-denoiser's minimum (the shortest example in which one noise span of mean
+weights negative or not summing to a positive number; seq_len (encoder-decoder:
+inputs_len / targets_len) below a denoiser's minimum (the shortest example in which one noise span of mean
 length fits, i.e. round(L*r) >= mu; for S two raw tokens); more spans per
 example than the tokenizer's sentinels (never silent reuse of ordinary ids);
 a tokenizer without the mode tokens.
@@ -96,6 +110,11 @@ FEATURES = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32, "b
 # Denoising objectives add the denoiser index per token (for loss_R / loss_S / loss_X metrics).
 DENOISER_FEATURES = {**FEATURES, "denoiser": np.int32}
 EXAMPLE_STARTS = "example_starts"  # per-token marker of example starts; consumed by the packer
+# Encoder-decoder: the decoder-side features above (no ``bidirectional``) plus the encoder's stream.
+ENCODER_FEATURES = {"encoder_inputs": np.int32}
+ENCODER_DECODER_FEATURES = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32, "denoiser": np.int32,
+                            **ENCODER_FEATURES}
+ENCODER_EXAMPLE_STARTS = "encoder_example_starts"
 
 Objective = Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
 
@@ -198,6 +217,25 @@ def decoder_only_example(mode: Sequence[int], inputs: np.ndarray, targets: np.nd
     }
 
 
+def encoder_decoder_example(mode: Sequence[int], inputs: np.ndarray, targets: np.ndarray, denoiser: int,
+                            bos_id: int, eos_id: int) -> dict[str, np.ndarray]:
+    """One encoder-decoder example: encoder mode + inputs + eos, decoder bos + targets[:-1] -> targets."""
+    enc = np.concatenate([np.asarray(mode, np.int32), inputs, [eos_id]]).astype(np.int32)
+    targets = np.asarray(targets, np.int32)
+    n = len(targets)
+    starts, enc_starts = np.zeros(n, np.int32), np.zeros(len(enc), np.int32)
+    starts[:1], enc_starts[:1] = 1, 1
+    return {
+        "encoder_inputs": enc,
+        "inputs": np.concatenate([[bos_id], targets[:-1]]).astype(np.int32),
+        "targets": targets,
+        "loss_mask": np.ones(n, np.float32),
+        "denoiser": np.full(n, denoiser, np.int32),
+        EXAMPLE_STARTS: starts,
+        ENCODER_EXAMPLE_STARTS: enc_starts,
+    }
+
+
 # ---------------------------------------------------------------- denoiser mixtures
 
 
@@ -242,8 +280,10 @@ def denoiser_names(data: DataSection) -> list[str]:
     return [_name(d) for d in denoisers(data)] if data.objective != "causal_lm" else ["causal"]
 
 
-def objective_features(objective: str) -> dict[str, type]:
+def objective_features(objective: str, encoder_decoder: bool = False) -> dict[str, type]:
     """Features the packed batch carries for an objective (besides segment_ids and positions)."""
+    if encoder_decoder:
+        return dict(ENCODER_DECODER_FEATURES)
     return dict(FEATURES) if objective == "causal_lm" else dict(DENOISER_FEATURES)
 
 
@@ -273,18 +313,25 @@ def decoder_raw_length(d: DenoiserSection, seq_len: int) -> int:
     return lo if lo >= 2 and decoder_example_length(d, lo) <= seq_len else 0
 
 
-def encoder_decoder_raw_length(d: DenoiserSection, inputs_len: int, targets_len: int) -> int:
-    """Largest raw length with inputs + eos <= inputs_len and targets (+ eos) <= targets_len (T5's rule)."""
-    best = 0
-    for raw in range(2, inputs_len + targets_len + 1):
-        if d.kind == "prefix":
-            fits = raw - 1 + 1 <= inputs_len and 1 + 1 <= targets_len  # shortest prefix split
-        else:
-            n, s = span_counts(raw, d.noise_density, d.mean_span)
-            fits = raw - n + s + 1 <= inputs_len and n + s + 1 <= targets_len
-        if fits:
-            best = raw
-    return best
+def encoder_decoder_lengths(d: DenoiserSection, raw: int, mode: int = 0) -> tuple[int, int]:
+    """(encoder tokens, decoder tokens) of the longest example ``raw`` >= 2 document tokens can make."""
+    if d.kind == "prefix":  # the split that puts the most on each side
+        return mode + (raw - 1) + 1, raw
+    n, s = span_counts(raw, d.noise_density, d.mean_span)
+    return mode + raw - n + s + 1, n + s + 1
+
+
+def encoder_decoder_raw_length(d: DenoiserSection, inputs_len: int, targets_len: int, mode: int = 0) -> int:
+    """Largest raw length whose encoder-decoder example fits (0 if none does); both sides grow with raw length."""
+    def fits(raw):
+        enc, dec = encoder_decoder_lengths(d, raw, mode)
+        return enc <= inputs_len and dec <= targets_len
+
+    lo, hi = 1, max(1, inputs_len + targets_len)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo if lo >= 2 and fits(lo) else 0
 
 
 def _min_raw(d: DenoiserSection) -> int:
@@ -297,7 +344,37 @@ def _min_raw(d: DenoiserSection) -> int:
     return raw
 
 
-def _check(dens: Sequence[DenoiserSection], tokenizer, seq_len: int) -> tuple[list[int], list[list[int]]]:
+class _Fit:
+    """Where examples must fit: one decoder row of seq_len, or encoder/decoder rows of inputs_len/targets_len."""
+
+    def __init__(self, seq_len: int, encoder_decoder: tuple[int, int] | None):
+        self.seq_len, self.encoder_decoder = seq_len, encoder_decoder
+
+    def raw_length(self, d: DenoiserSection) -> int:
+        m = 1 if d.mode_token else 0
+        if self.encoder_decoder:
+            return encoder_decoder_raw_length(d, *self.encoder_decoder, mode=m)
+        return decoder_raw_length(d, self.seq_len)
+
+    def too_short(self, d: DenoiserSection, i: int) -> str:
+        """The one-line error for lengths below the denoiser's minimum (``_min_raw``)."""
+        raw = _min_raw(d)
+        if self.encoder_decoder:
+            enc, dec = encoder_decoder_lengths(d, raw, 1 if d.mode_token else 0)
+            if d.kind == "prefix":
+                enc, dec = enc - raw + 2, 2  # S needs one raw token on each side
+            have = f"data.inputs_len={self.encoder_decoder[0]}, data.targets_len={self.encoder_decoder[1]}"
+            return f"{have} are too short for {_describe(d, i)}: it needs data.inputs_len >= {enc} and data.targets_len >= {dec}"
+        need = decoder_example_length(d, raw)
+        return f"data.seq_len={self.seq_len} is too short for {_describe(d, i)}: it needs data.seq_len >= {need}"
+
+    def describe(self) -> str:
+        if self.encoder_decoder:
+            return f"data.inputs_len={self.encoder_decoder[0]}, data.targets_len={self.encoder_decoder[1]}"
+        return f"data.seq_len={self.seq_len}"
+
+
+def _check(dens: Sequence[DenoiserSection], tokenizer, fit: _Fit) -> tuple[list[int], list[list[int]]]:
     """Validate; returns (raw length, mode token ids) per denoiser."""
     if not dens:
         raise ConfigError("data.denoisers is empty; give at least one denoiser")
@@ -313,10 +390,9 @@ def _check(dens: Sequence[DenoiserSection], tokenizer, seq_len: int) -> tuple[li
                 raise ConfigError(f"{_describe(d, i)}: mean_span must be >= 1, got {d.mean_span:g}")
         elif d.kind != "prefix":
             raise ConfigError(f"data.denoisers[{i}].kind must be 'span' or 'prefix', got {d.kind!r}")
-        need = decoder_example_length(d, _min_raw(d))
-        raw = decoder_raw_length(d, seq_len)
-        if seq_len < need or raw < 2:
-            raise ConfigError(f"data.seq_len={seq_len} is too short for {_describe(d, i)}: it needs data.seq_len >= {need}")
+        raw = fit.raw_length(d)
+        if raw < _min_raw(d):
+            raise ConfigError(fit.too_short(d, i))
         if d.kind == "span":
             spans = span_counts(raw, d.noise_density, d.mean_span)[1]
             try:
@@ -324,8 +400,8 @@ def _check(dens: Sequence[DenoiserSection], tokenizer, seq_len: int) -> tuple[li
             except ValueError:
                 have = getattr(tokenizer, "num_sentinels", "too few")
                 raise ConfigError(
-                    f"{_describe(d, i)} makes up to {spans} noise spans per example at data.seq_len={seq_len} "
-                    f"but the tokenizer has {have} sentinels; lower data.seq_len or raise mean_span") from None
+                    f"{_describe(d, i)} makes up to {spans} noise spans per example at {fit.describe()} "
+                    f"but the tokenizer has {have} sentinels; lower the lengths or raise mean_span") from None
         mode = []
         if d.mode_token:
             try:
@@ -338,21 +414,33 @@ def _check(dens: Sequence[DenoiserSection], tokenizer, seq_len: int) -> tuple[li
 
 
 class DenoisingObjective:
-    """A document -> back-to-back decoder-only examples, each from a denoiser drawn by weight."""
+    """A document -> back-to-back examples, each from a denoiser drawn by weight.
 
-    def __init__(self, dens: Sequence[DenoiserSection], tokenizer, seq_len: int):
+    ``encoder_decoder`` = (inputs_len, targets_len) builds encoder-decoder
+    examples; None builds decoder-only (prefix-LM) examples of at most seq_len.
+    """
+
+    def __init__(self, dens: Sequence[DenoiserSection], tokenizer, seq_len: int,
+                 encoder_decoder: tuple[int, int] | None = None):
         self.denoisers = tuple(dens)
-        self.raw_lengths, self._modes = _check(self.denoisers, tokenizer, seq_len)
+        self.raw_lengths, self._modes = _check(self.denoisers, tokenizer, _Fit(seq_len, encoder_decoder))
         w = np.asarray([d.weight for d in self.denoisers], np.float64)
         self.probs = w / w.sum()
         self.seq_len = seq_len
-        self.eos_id = int(tokenizer.eos_id)
+        self.encoder_decoder = encoder_decoder
+        self.eos_id, self.bos_id = int(tokenizer.eos_id), int(tokenizer.bos_id)
         most = max((span_counts(r, d.noise_density, d.mean_span)[1] for d, r in zip(self.denoisers, self.raw_lengths)
                     if d.kind == "span"), default=0)
         self._sentinels = [int(tokenizer.sentinel_id(k)) for k in range(most)]
+        self._empty = {k: np.zeros(0, v) for k, v in self._features().items()}
+
+    def _features(self) -> dict[str, type]:
+        if self.encoder_decoder:
+            return {**ENCODER_DECODER_FEATURES, EXAMPLE_STARTS: np.int32, ENCODER_EXAMPLE_STARTS: np.int32}
+        return {**DENOISER_FEATURES, EXAMPLE_STARTS: np.int32}
 
     def example(self, i: int, segment: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, targets) of denoiser i on a raw segment of length >= 2 (format-free: reusable by enc-dec)."""
+        """(inputs, targets) of denoiser i on a raw segment of length >= 2 (format-free: used by both layouts)."""
         d = self.denoisers[i]
         if d.kind == "prefix":
             return prefix_example(segment, int(rng.integers(1, len(segment))), self.eos_id)
@@ -368,31 +456,71 @@ class DenoisingObjective:
             seg = ids[pos : pos + self.raw_lengths[i]]
             pos += len(seg)
             inputs, targets = self.example(i, seg, rng)
-            parts.append(decoder_only_example(self._modes[i], inputs, targets, i))
+            if self.encoder_decoder:
+                parts.append(encoder_decoder_example(self._modes[i], inputs, targets, i, self.bos_id, self.eos_id))
+            else:
+                parts.append(decoder_only_example(self._modes[i], inputs, targets, i))
         if not parts:
-            return {k: np.zeros(0, v) for k, v in {**DENOISER_FEATURES, EXAMPLE_STARTS: np.int32}.items()}
+            return dict(self._empty)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-OBJECTIVES: dict[str, Callable[[DataSection, object, int], Objective]] = {
-    "causal_lm": lambda data, tokenizer, seq_len: causal_lm,
-    "prefix_lm": lambda data, tokenizer, seq_len: DenoisingObjective(PREFIX_LM, tokenizer, seq_len),
-    "span_corruption": lambda data, tokenizer, seq_len: DenoisingObjective(SPAN_CORRUPTION, tokenizer, seq_len),
-    "ul2": lambda data, tokenizer, seq_len: DenoisingObjective(denoisers(data), tokenizer, seq_len),
+def _denoising(dens_of: Callable[[DataSection], Sequence[DenoiserSection]]):
+    def build(data: DataSection, tokenizer, seq_len: int, encoder_decoder=None) -> DenoisingObjective:
+        return DenoisingObjective(dens_of(data), tokenizer, seq_len, encoder_decoder)
+    return build
+
+
+def _causal(data: DataSection, tokenizer, seq_len: int, encoder_decoder=None) -> Objective:
+    if encoder_decoder:
+        raise ConfigError("data.objective=causal_lm has no inputs for an encoder; with model.kind=encoder_decoder "
+                          "use span_corruption, prefix_lm or ul2")
+    return causal_lm
+
+
+OBJECTIVES: dict[str, Callable[..., Objective]] = {
+    "causal_lm": _causal,
+    "prefix_lm": _denoising(lambda data: PREFIX_LM),
+    "span_corruption": _denoising(lambda data: SPAN_CORRUPTION),
+    "ul2": _denoising(denoisers),
 }
 
 
-def make_objective(data: DataSection, tokenizer, seq_len: int | None = None) -> Objective:
-    """The (tokens, rng) -> features function for data.objective; ConfigError on a bad setup."""
+def make_objective(data: DataSection, tokenizer, seq_len: int | None = None, *,
+                   encoder_decoder: bool = False) -> Objective:
+    """The (tokens, rng) -> features function for data.objective; ConfigError on a bad setup.
+
+    encoder_decoder: build encoder-decoder examples sized by data.inputs_len / data.targets_len
+    (each 0 meaning data.seq_len) instead of decoder-only ones of seq_len.
+    """
     if data.objective not in OBJECTIVES:
         raise ConfigError(f"unknown data.objective {data.objective!r}; valid choices: {', '.join(sorted(OBJECTIVES))}")
     if data.denoisers and data.objective != "ul2":
         raise ConfigError(f"data.denoisers is only used by data.objective=ul2 (this run has {data.objective!r})")
-    return OBJECTIVES[data.objective](data, tokenizer, data.seq_len if seq_len is None else seq_len)
+    seq_len = data.seq_len if seq_len is None else seq_len
+    lengths = encoder_decoder_lengths_of(data) if encoder_decoder else None
+    return OBJECTIVES[data.objective](data, tokenizer, seq_len, lengths)
+
+
+def encoder_decoder_lengths_of(data: DataSection) -> tuple[int, int]:
+    """(inputs_len, targets_len) of an encoder-decoder batch row: 0 means data.seq_len."""
+    return data.inputs_len or data.seq_len, data.targets_len or data.seq_len
 
 
 def example_features(features: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """Split one document's output back into its examples (by ``example_starts``)."""
-    starts = np.flatnonzero(features[EXAMPLE_STARTS])
-    bounds = list(starts) + [len(features[EXAMPLE_STARTS])]
-    return [{k: v[a:b] for k, v in features.items()} for a, b in zip(bounds[:-1], bounds[1:])]
+    """Split one document's output back into its examples (by ``example_starts``, and for the
+    encoder-decoder the encoder's own ``encoder_example_starts``)."""
+    def bounds(starts):
+        at = list(np.flatnonzero(starts)) + [len(starts)]
+        return list(zip(at[:-1], at[1:]))
+
+    dec = bounds(features[EXAMPLE_STARTS])
+    enc = bounds(features[ENCODER_EXAMPLE_STARTS]) if ENCODER_EXAMPLE_STARTS in features else None
+    out = []
+    for i, (a, b) in enumerate(dec):
+        ex = {}
+        for k, v in features.items():
+            lo, hi = enc[i] if enc is not None and (k.startswith("encoder_")) else (a, b)
+            ex[k] = v[lo:hi]
+        out.append(ex)
+    return out

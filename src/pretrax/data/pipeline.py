@@ -38,7 +38,9 @@ import numpy as np
 from pretrax.config import Config
 from pretrax.data.corpus import Corpus
 from pretrax.data.objectives import FEATURES, OBJECTIVES, causal_lm, make_objective, objective_features  # noqa: F401
+from pretrax.data.objectives import encoder_decoder_lengths_of
 from pretrax.data.packing import RowPacker
+from pretrax.data.pair_packing import PairPacker
 from pretrax.data.tokenizer import load_tokenizer
 from pretrax.data.workers import ParallelDocuments, Strided
 from pretrax.errors import ConfigError, DataError
@@ -111,16 +113,34 @@ def _with_objective(data, objective: str):
     return dataclasses.replace(data, objective=objective)
 
 
-def _packer_options(cfg: Config) -> dict[str, Any]:
-    return {"features": objective_features(cfg.data.objective),
-            "whole_examples": cfg.data.objective in WHOLE_EXAMPLES}
+def is_encoder_decoder(cfg: Config) -> bool:
+    return cfg.model.kind == "encoder_decoder"
+
+
+def objective_for(cfg: Config, tokenizer):
+    """The run's objective function, in the layout its model kind reads."""
+    return make_objective(cfg.data, tokenizer, encoder_decoder=is_encoder_decoder(cfg))
+
+
+def make_packer(cfg: Config, docs, *, finite: bool) -> RowPacker | PairPacker:
+    """One row's packer: a RowPacker of seq_len, or for the encoder-decoder a PairPacker of (inputs_len, targets_len)."""
+    features = objective_features(cfg.data.objective, is_encoder_decoder(cfg))
+    if is_encoder_decoder(cfg):
+        return PairPacker(docs, *encoder_decoder_lengths_of(cfg.data), features, finite=finite)
+    return RowPacker(docs, cfg.data.seq_len, features, finite=finite,
+                     whole_examples=cfg.data.objective in WHOLE_EXAMPLES)
 
 
 def _objective_meta(cfg: Config) -> dict[str, Any]:
     """State metadata: the objective, and for denoising ones a checksum of what shapes its examples."""
     meta: dict[str, Any] = {"objective": cfg.data.objective}
+    if is_encoder_decoder(cfg):
+        meta["layout"] = "encoder_decoder"  # packer offsets count examples, not tokens
     if cfg.data.objective != "causal_lm":
-        meta["objective_spec"] = zlib.crc32(repr((cfg.data.denoisers, cfg.data.seq_len)).encode())
+        shape = (cfg.data.denoisers, cfg.data.seq_len)
+        if is_encoder_decoder(cfg):
+            shape += encoder_decoder_lengths_of(cfg.data)
+        meta["objective_spec"] = zlib.crc32(repr(shape).encode())
     return meta
 
 
@@ -140,15 +160,15 @@ class BatchIterator:
     own, or a merged global one (``merge_states``) when the host count changed.
     """
 
-    def __init__(self, packers: list[RowPacker], *, first_row: int, meta: Mapping[str, Any], on_close=None):
+    def __init__(self, packers: list[RowPacker] | list[PairPacker], *, first_row: int, meta: Mapping[str, Any],
+                 on_close=None):
         if not packers:
             raise ConfigError("a batch needs at least one row")
         self._on_close = on_close  # e.g. shutting down document worker processes
         self._packers = packers
         self._first_row = first_row
         self._meta = dict(meta)
-        self._dtypes = packers[0].dtypes
-        self._seq_len = packers[0].seq_len
+        self._template = packers[0].new_row()  # each feature's row length and dtype
 
     def __iter__(self) -> "BatchIterator":
         return self
@@ -159,7 +179,7 @@ class BatchIterator:
             self._on_close = None
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = {k: np.zeros((len(self._packers), self._seq_len), dt) for k, dt in self._dtypes.items()}  # (B, T)
+        batch = {k: np.zeros((len(self._packers),) + v.shape, v.dtype) for k, v in self._template.items()}  # (B, T)
         for i, packer in enumerate(self._packers):
             packer.fill({k: v[i] for k, v in batch.items()})
         return batch
@@ -237,10 +257,7 @@ def make_train_iterator(cfg: Config, *, process_index: int = 0, process_count: i
         docs = ParallelDocuments(cfg, docs, num_workers=cfg.data.num_workers, stride=batch)
     rows = batch // process_count
     first_row = process_index * rows
-    opts = _packer_options(cfg)
-    packers = [RowPacker(Strided(docs, r, batch), cfg.data.seq_len, opts["features"], finite=False,
-                         whole_examples=opts["whole_examples"])
-               for r in range(first_row, first_row + rows)]
+    packers = [make_packer(cfg, Strided(docs, r, batch), finite=False) for r in range(first_row, first_row + rows)]
     meta = {"seed": cfg.run.seed, "corpus": fingerprint, **_objective_meta(cfg), "global_batch": batch}
     return BatchIterator(packers, first_row=first_row, meta=meta,
                          on_close=docs.close if isinstance(docs, ParallelDocuments) else None)
@@ -255,7 +272,7 @@ def train_documents(cfg: Config) -> tuple[grain.MapDataset, int]:
             raise DataError(f"no training documents in data source {_describe(src)} "
                             f"after holding out {cfg.data.heldout_percent}%")
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    docs = document_dataset(train, tokenizer, make_objective(cfg.data, tokenizer),
+    docs = document_dataset(train, tokenizer, objective_for(cfg, tokenizer),
                             seed=cfg.run.seed, shuffle=cfg.data.shuffle, repeat=True, weights=weights)
     return docs, _fingerprint(train, weights)
 
@@ -278,14 +295,11 @@ def eval_batches(cfg: Config, num_batches: int, batch_size: int, *, process_inde
         )
     heldout = [h for h in heldout if len(h)]
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    docs = document_dataset(heldout, tokenizer, make_objective(cfg.data, tokenizer),
+    docs = document_dataset(heldout, tokenizer, objective_for(cfg, tokenizer),
                             seed=cfg.run.seed, shuffle=False, repeat=False)
     rows = batch_size // process_count
     first = process_index * rows
-    opts = _packer_options(cfg)
-    packers = [RowPacker(docs[r::batch_size], cfg.data.seq_len, opts["features"], finite=True,
-                         whole_examples=opts["whole_examples"])
-               for r in range(first, first + rows)]
+    packers = [make_packer(cfg, docs[r::batch_size], finite=True) for r in range(first, first + rows)]
     it = BatchIterator(packers, first_row=first, meta={})
     return [next(it) for _ in range(num_batches)]
 

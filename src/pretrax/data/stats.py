@@ -6,7 +6,9 @@ denoiser (the ``denoiser`` feature), exactly what the model sees:
 
 * an example is one segment (``segment_ids == s`` in a row);
 * its *inputs* are the tokens with ``bidirectional == 1`` (``batch["inputs"]``
-  there: the mode token, when the denoiser has one, included);
+  there: the mode token, when the denoiser has one, included); for the
+  encoder-decoder, the encoder segment's tokens without their final eos
+  (data/batch_examples.py);
 * its *targets* are ``batch["targets"]`` where ``loss_mask == 1`` (sentinels
   and the final eos included);
 * span denoisers (R/X): noise tokens = targets that are neither a sentinel nor
@@ -26,7 +28,8 @@ values differ from the configured ones by rounding; they match ``expected_*``
 exactly when the batches hold what the objective built.
 
 ``padding_fraction`` is the share of ``segment_ids == 0`` tokens over every
-batch read. For ``causal_lm`` there are no denoisers: the stats hold only
+batch read (encoder-decoder: of the decoder rows; ``encoder_padding_fraction``
+for the encoder rows). For ``causal_lm`` there are no denoisers: the stats hold only
 lengths (one "causal" entry: inputs = tokens, targets = loss tokens) and padding.
 
 ``json.dumps(stats)`` is the ``--json`` form: per-denoiser entries are keyed by
@@ -41,13 +44,9 @@ from typing import Any
 import numpy as np
 
 from pretrax.config import Config
-from pretrax.data.objectives import (
-    decoder_raw_length,
-    denoiser_names,
-    denoisers,
-    span_counts,
-)
-from pretrax.data.pipeline import make_train_iterator
+from pretrax.data.batch_examples import packed_examples
+from pretrax.data.objectives import denoiser_names, denoisers, span_counts
+from pretrax.data.pipeline import make_train_iterator, objective_for
 from pretrax.data.tokenizer import load_tokenizer
 
 
@@ -88,10 +87,10 @@ def collect_stats(cfg: Config, examples: int) -> dict[str, Any]:
     n_slots = 1 if causal else len(dens)
     keys = ("count", "inputs", "targets", "tokens", "noise", "raw", "spans", "expected_noise", "expected_spans", "full")
     acc: list[dict[str, Any]] = [{**dict.fromkeys(keys, 0), "density_sum": 0.0} for _ in range(n_slots)]
-    raw_full = [decoder_raw_length(d, data.seq_len) for d in dens]
+    raw_full = [] if causal else objective_for(cfg, tokenizer).raw_lengths  # a full segment's raw length
 
     it = make_train_iterator(cfg)
-    seen = pad = total = batches = 0
+    seen = pad = total = batches = enc_pad = enc_total = 0
     try:
         while seen < examples:
             batch = next(it)
@@ -99,42 +98,39 @@ def collect_stats(cfg: Config, examples: int) -> dict[str, Any]:
             seg_ids = batch["segment_ids"]
             pad += int((seg_ids == 0).sum())
             total += seg_ids.size
-            for row in range(seg_ids.shape[0]):
-                for s in np.unique(seg_ids[row]):
-                    if s == 0 or seen == examples:
-                        continue
-                    at = seg_ids[row] == s
-                    bidir = batch["bidirectional"][row][at] == 1
-                    loss = batch["loss_mask"][row][at] > 0
-                    inputs = batch["inputs"][row][at][bidir]
-                    targets = batch["targets"][row][at][loss]
-                    i = 0 if causal else int(batch["denoiser"][row][at][0])
-                    a = acc[i]
-                    a["count"] += 1
-                    a["inputs"] += int(at.sum()) if causal else len(inputs)  # causal: every token is an input
-                    a["targets"] += len(targets)
-                    a["tokens"] += int(at.sum())
-                    seen += 1
-                    if causal:
-                        continue
-                    d = dens[i]
-                    body = inputs[1:] if modes[i] is not None and len(inputs) and inputs[0] == modes[i] else inputs
-                    ends_eos = len(targets) > 0 and targets[-1] == eos
-                    if d.kind == "prefix":
-                        noise, spans = len(targets) - int(ends_eos), 0
-                    else:
-                        spans = int(np.isin(body, sentinels).sum())
-                        noise = len(targets) - int(np.isin(targets, sentinels).sum()) - int(ends_eos)
-                    raw = len(body) - spans + noise
-                    a["noise"] += noise
-                    a["spans"] += spans
-                    a["raw"] += raw
-                    a["density_sum"] += noise / raw if raw else 0.0
-                    a["full"] += int(raw == raw_full[i])
-                    if d.kind == "span" and raw >= 2:
-                        en, es = span_counts(raw, d.noise_density, d.mean_span)
-                        a["expected_noise"] += en
-                        a["expected_spans"] += es
+            if "encoder_segment_ids" in batch:
+                enc_pad += int((batch["encoder_segment_ids"] == 0).sum())
+                enc_total += batch["encoder_segment_ids"].size
+            for ex in packed_examples(batch):
+                if seen == examples:
+                    break
+                inputs, targets, i = ex.inputs, ex.targets, ex.denoiser
+                a = acc[i]
+                a["count"] += 1
+                a["inputs"] += ex.tokens if causal else len(inputs)  # causal: every token is an input
+                a["targets"] += len(targets)
+                a["tokens"] += ex.tokens
+                seen += 1
+                if causal:
+                    continue
+                d = dens[i]
+                body = inputs[1:] if modes[i] is not None and len(inputs) and inputs[0] == modes[i] else inputs
+                ends_eos = len(targets) > 0 and targets[-1] == eos
+                if d.kind == "prefix":
+                    noise, spans = len(targets) - int(ends_eos), 0
+                else:
+                    spans = int(np.isin(body, sentinels).sum())
+                    noise = len(targets) - int(np.isin(targets, sentinels).sum()) - int(ends_eos)
+                raw = len(body) - spans + noise
+                a["noise"] += noise
+                a["spans"] += spans
+                a["raw"] += raw
+                a["density_sum"] += noise / raw if raw else 0.0
+                a["full"] += int(raw == raw_full[i])
+                if d.kind == "span" and raw >= 2:
+                    en, es = span_counts(raw, d.noise_density, d.mean_span)
+                    a["expected_noise"] += en
+                    a["expected_spans"] += es
     finally:
         it.close()
 
@@ -167,7 +163,7 @@ def collect_stats(cfg: Config, examples: int) -> dict[str, Any]:
                 measured["expected_noise_density"] = _ratio(a["expected_noise"], a["raw"])
                 measured["expected_mean_span"] = _ratio(a["expected_noise"], a["expected_spans"])
             per[str(i)] = {"name": name, "params": _params(d), "configured": configured, "measured": measured}
-    return {
+    out = {
         "objective": data.objective,
         "seq_len": data.seq_len,
         "examples": seen,
@@ -175,6 +171,10 @@ def collect_stats(cfg: Config, examples: int) -> dict[str, Any]:
         "padding_fraction": pad / total if total else 0.0,
         "denoisers": per,
     }
+    if enc_total:  # encoder-decoder: padding_fraction is the decoder row's; the encoder row has its own
+        out.update(inputs_len=data.inputs_len or data.seq_len, targets_len=data.targets_len or data.seq_len,
+                   encoder_padding_fraction=enc_pad / enc_total)
+    return out
 
 
 def _lengths(a: dict[str, Any], seen: int) -> dict[str, Any]:
@@ -195,8 +195,9 @@ def _f(x: Any, spec: str = ".3f") -> str:
 
 def format_stats(stats: dict[str, Any]) -> str:
     """A readable table: one row per denoiser (config order), configured vs measured, then padding."""
-    lines = [(f"objective {stats['objective']}, seq_len {stats['seq_len']}: {stats['examples']} examples "
-              f"from {stats['batches']} batches")]
+    shape = (f"encoder-decoder, inputs_len {stats['inputs_len']}, targets_len {stats['targets_len']}"
+             if "inputs_len" in stats else f"seq_len {stats['seq_len']}")
+    lines = [f"objective {stats['objective']}, {shape}: {stats['examples']} examples from {stats['batches']} batches"]
     if stats["objective"] == "causal_lm":
         m = stats["denoisers"]["0"]["measured"]
         lines.append("causal_lm has no denoisers (next-token prediction over whole documents); "
@@ -226,5 +227,9 @@ def format_stats(stats: dict[str, Any]) -> str:
                      "expected 0.5 (uniform split)")
         lines.append("mean span: noise tokens / sentinels in the inputs; mean input includes the mode token (if any); "
                      "mean target includes sentinels and eos")
-    lines.append(f"padding fraction {stats['padding_fraction']:.4f} (segment_ids == 0 over all batches read)")
+    if "encoder_padding_fraction" in stats:
+        lines.append(f"padding fraction: decoder rows {stats['padding_fraction']:.4f}, encoder rows "
+                     f"{stats['encoder_padding_fraction']:.4f} (segment ids 0 over all batches read)")
+    else:
+        lines.append(f"padding fraction {stats['padding_fraction']:.4f} (segment_ids == 0 over all batches read)")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from pretrax.train import checkpoint as ckpt
 from pretrax.train.metrics import MetricsWriter
 from pretrax.train.optimizer import decay_mask
 from pretrax.train.state import init_state, make_setup, max_positions, model_vocab_size, param_count
-from pretrax.train.step import BATCH_KEYS, make_eval_step, make_train_step, to_global
+from pretrax.train.step import batch_keys, make_eval_step, make_train_step, to_global
 
 
 def check_run_dir(run_dir: str) -> str:
@@ -66,11 +66,7 @@ def write_config(cfg: Config, run_dir: str) -> None:
 def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Train (or resume) the run described by cfg; returns the final numbers."""
     run_dir = check_run_dir(cfg.run.dir)
-    if cfg.model.kind != "decoder":
-        raise ConfigError(
-            f"model.kind={cfg.model.kind!r} can be built and inspected (pretrax info) but not trained yet: "
-            "the encoder-decoder train step is still to come; train model.kind=decoder"
-        )
+    eval_config(cfg)  # refuses an eval objective the model kind cannot be scored on
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     vocab_size = model_vocab_size(cfg, tokenizer.vocab_size)
     if vocab_size < tokenizer.vocab_size:
@@ -103,7 +99,7 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
     end = min(total, stop_at) if stop_at else total
     out = MetricsWriter(run_dir, total, start, progress=progress)
     n_params = param_count(setup.abstract_params)
-    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+    tokens_per_step = cfg.train.batch_size * row_tokens(cfg)
     fpt = flops_per_token(n_params, cfg.model, vocab_size, cfg.data.seq_len, max_positions(cfg))
     out.print(startup_summary(cfg, setup, n_params, tokens_per_step, fpt, start))
 
@@ -158,20 +154,37 @@ def denoiser_losses(cfg: Config, metrics: dict) -> dict[str, float]:
     return {f"loss_{name}": loss / tokens for name, (loss, tokens) in sums.items() if tokens > 0}
 
 
+def row_tokens(cfg: Config) -> int:
+    """Tokens a batch row trains on: seq_len, or for the encoder-decoder its decoder row (targets_len)."""
+    if cfg.model.kind == "encoder_decoder":
+        return cfg.data.targets_len or cfg.data.seq_len
+    return cfg.data.seq_len
+
+
+def eval_config(cfg: Config) -> Config:
+    """The config the held-out batches are built with (train.eval_objective)."""
+    if cfg.train.eval_objective == "same":
+        return cfg
+    if cfg.model.kind == "encoder_decoder":
+        raise ConfigError("train.eval_objective=causal_lm needs a decoder-only model; the encoder-decoder is "
+                          "scored on its own objective (train.eval_objective: same)")
+    # e.g. a UL2 decoder scored as a plain next-token LM
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, objective="causal_lm", denoisers=()))
+
+
 def make_evaluator(cfg: Config, setup, tokenizer):
     """Held-out loss and bits per byte over a fixed set of batches."""
-    eval_step = make_eval_step(setup, jax.numpy.asarray(tokenizer.token_bytes, dtype=jax.numpy.float32))
+    eval_cfg = eval_config(cfg)
+    keys = batch_keys(eval_cfg, with_denoiser=False)
+    eval_step = make_eval_step(setup, jax.numpy.asarray(tokenizer.token_bytes, dtype=jax.numpy.float32), keys)
     batches = None
-    eval_cfg = cfg
-    if cfg.train.eval_objective == "causal_lm":  # e.g. a UL2 model scored as a plain next-token LM
-        eval_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, objective="causal_lm", denoisers=()))
 
     def evaluate(params) -> dict[str, float]:
         nonlocal batches
         if batches is None:
             host = eval_batches(eval_cfg, cfg.train.eval_batches, cfg.train.batch_size,
                                 process_index=jax.process_index(), process_count=jax.process_count())
-            batches = [to_global(setup, b, BATCH_KEYS) for b in host]
+            batches = [to_global(setup, b, keys) for b in host]
         sums = jax.device_get([eval_step(params, b) for b in batches])
         loss = sum(float(s["loss_sum"]) for s in sums)
         tokens = sum(float(s["tokens"]) for s in sums)
@@ -198,7 +211,9 @@ def startup_summary(cfg: Config, setup, n_params: int, tokens_per_step: int, fpt
         f"parameters: {n_params:,} ({decayed:,} with weight decay)",
         f"mesh: {dict(mesh.shape)} on {mesh.devices.size} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} process(es)",
-        f"tokens per step: {tokens_per_step:,} ({cfg.train.batch_size} x {cfg.data.seq_len}); "
+        f"tokens per step: {tokens_per_step:,} ({cfg.train.batch_size} x {row_tokens(cfg)}"
+        + (f" decoder tokens, {cfg.data.inputs_len or cfg.data.seq_len} encoder tokens per row"
+           if cfg.model.kind == "encoder_decoder" else "") + "); "
         f"{per_device:g} sequences per device per micro-batch",
         f"FLOPs per token: {fpt:.3g}",
     ]

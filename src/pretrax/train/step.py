@@ -21,22 +21,40 @@ from pretrax.train.optimizer import learning_rate_schedule
 from pretrax.train.state import TrainSetup
 
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask", "bidirectional")
+# The encoder-decoder: decoder-side features under the same names (inputs are the shifted targets), no
+# prefix attention, plus the encoder's row (data/objectives.py, data/pair_packing.py).
+ENCODER_DECODER_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask",
+                        "encoder_inputs", "encoder_segment_ids", "encoder_positions")
 
 
-def batch_keys(cfg) -> tuple[str, ...]:
+def batch_keys(cfg, *, with_denoiser: bool = True) -> tuple[str, ...]:
     """The batch arrays the step reads: denoising objectives add each token's denoiser index."""
-    return BATCH_KEYS + (("denoiser",) if cfg.data.objective != "causal_lm" else ())
+    keys = ENCODER_DECODER_KEYS if cfg.model.kind == "encoder_decoder" else BATCH_KEYS
+    return keys + (("denoiser",) if with_denoiser and cfg.data.objective != "causal_lm" else ())
 
 
-def token_losses(graphdef: Any, params: Any, batch: dict) -> jax.Array:
-    """Cross-entropy in nats for every (B, T) position (not yet masked)."""
-    model = nnx.merge(graphdef, params)
-    logits = model(
+def logits_of(model: Any, batch: dict) -> jax.Array:
+    """The model's float32 logits (B, T, V) for a packed batch of either model kind."""
+    if "encoder_inputs" in batch:
+        return model(
+            batch["encoder_inputs"],
+            batch["inputs"],
+            encoder_segment_ids=batch["encoder_segment_ids"],
+            decoder_segment_ids=batch["segment_ids"],
+            encoder_positions=batch["encoder_positions"],
+            decoder_positions=batch["positions"],
+        )
+    return model(
         batch["inputs"],
         positions=batch["positions"],
         segment_ids=batch["segment_ids"],
         bidirectional=batch["bidirectional"],
-    )  # (B, T, V) float32
+    )
+
+
+def token_losses(graphdef: Any, params: Any, batch: dict) -> jax.Array:
+    """Cross-entropy in nats for every (B, T) position (not yet masked)."""
+    logits = logits_of(nnx.merge(graphdef, params), batch)  # (B, T, V) float32
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
 
 
@@ -104,8 +122,8 @@ def make_train_step(setup: TrainSetup) -> Callable[[dict, dict], tuple[dict, dic
     )
 
 
-def make_eval_step(setup: TrainSetup, token_bytes: jax.Array) -> Callable[[Any, dict], dict]:
-    """Summed loss (nats), target tokens and target bytes of one held-out batch."""
+def make_eval_step(setup: TrainSetup, token_bytes: jax.Array, eval_keys: tuple[str, ...]) -> Callable[[Any, dict], dict]:
+    """Summed loss (nats), target tokens and target bytes of one held-out batch (arrays ``eval_keys``)."""
 
     def eval_step(params: Any, batch: dict) -> dict:
         mask = batch["loss_mask"]
@@ -119,7 +137,7 @@ def make_eval_step(setup: TrainSetup, token_bytes: jax.Array) -> Callable[[Any, 
     replicated = NamedSharding(setup.mesh, P())
     return jax.jit(
         eval_step,
-        in_shardings=(setup.state_shardings["params"], batch_shardings(setup, BATCH_KEYS)),
+        in_shardings=(setup.state_shardings["params"], batch_shardings(setup, eval_keys)),
         out_shardings=replicated,
     )
 
