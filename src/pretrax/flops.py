@@ -1,12 +1,43 @@
-"""Parameter and FLOP accounting (PaLM appendix B), shared by info, logs and benchmarks."""
+"""Model FLOP accounting (PaLM appendix B), shared by info, training logs and bench.
+
+Training FLOPs = 3 x forward (the backward pass costs twice the forward):
+
+  matmuls    6 x (parameters) x (tokens each parameter multiplies)
+  attention  3 x 4·N·H per (query, key) pair: the score matmul q·k and the
+             weighted sum of values, 2 FLOPs per multiply-add each; a causal
+             mask counts as half of the T x T pairs (as Megatron, NeMo and
+             MaxText since its PR #1988 do), a bidirectional one in full.
+
+Lookup tables (the input embedding when untied, learned positions, the T5
+relative position buckets) take no matmul and count 0; a tied embedding is
+the output layer's matmul and counts once. Norm scales and biases count as
+matmul parameters (the 6N convention; they are a rounding error).
+
+Encoder-decoder: every row has S = inputs_len encoder and T = targets_len
+decoder tokens. Encoder weights see S tokens per row, decoder weights T,
+except the cross-attention key and value projections, which project the
+encoder's output and so see S. Per-token figures divide by the decoder
+(target) tokens, the tokens a step trains on, as the training logs count them.
+Encoder self-attention is bidirectional (S^2 pairs), decoder self-attention
+causal (T^2 / 2), cross-attention full (T·S).
+A decoder-only model is counted causal for every objective (a prefix-LM's
+bidirectional prefix is not counted extra).
+"""
 
 from __future__ import annotations
 
-from pretrax.config import ModelSection
+import dataclasses
+import math
+from typing import Any
+
+import jax
+from flax import nnx
+
+from pretrax.config import Config, ModelSection
 
 
 def matmul_params(total_params: int, cfg: ModelSection, vocab_size: int, max_seq_len: int) -> int:
-    """Parameters that take part in a matmul per token: all but lookup-only tables.
+    """Decoder-only: parameters that take part in a matmul per token: all but lookup-only tables.
 
     The input embedding is a lookup; with tied embeddings the same table is
     also the output matmul, so it counts once. A learned position table is
@@ -19,7 +50,71 @@ def matmul_params(total_params: int, cfg: ModelSection, vocab_size: int, max_seq
 
 
 def flops_per_token(total_params: int, cfg: ModelSection, vocab_size: int, seq_len: int, max_seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls + 12·L·H·Q·T for attention (no causal discount)."""
+    """Decoder-only training FLOPs per token: 6N + 6·L·N·H·T (causal attention counted as half)."""
     n = matmul_params(total_params, cfg, vocab_size, max_seq_len)
-    attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_size * seq_len
-    return 6.0 * n + attention
+    return 6.0 * n + 6.0 * cfg.n_layers * cfg.n_heads * cfg.head_size * seq_len
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFlops:
+    """Training FLOPs (forward + backward) of one optimizer step over the global batch."""
+
+    matmul: float  # 6 x parameters x the tokens each multiplies
+    attention: float  # scores and weighted values, causal counted as half
+    tokens: int  # tokens trained on per step: B·T (the encoder-decoder's decoder tokens; its inputs are extra)
+
+    @property
+    def total(self) -> float:
+        return self.matmul + self.attention
+
+    @property
+    def per_token(self) -> float:
+        return self.total / self.tokens
+
+
+def step_flops(cfg: Config, vocab_size: int, abstract_params: Any = None) -> StepFlops:
+    """Model FLOPs of one training step, for either model kind.
+
+    abstract_params: the model's nnx.Param state (shapes suffice); built with
+    nnx.eval_shape when not given, which allocates nothing.
+    """
+    if abstract_params is None:
+        # imported here: pretrax.train imports this module
+        from pretrax.train.state import build_model
+
+        abstract_params = nnx.state(nnx.eval_shape(lambda: build_model(cfg, vocab_size, 0)), nnx.Param)
+    m, B = cfg.model, cfg.train.batch_size
+    pair = 12.0 * m.n_heads * m.head_size  # training FLOPs per (query, key) pair per layer
+    if m.kind == "decoder":
+        T = cfg.data.seq_len
+        n = sum(size for path, size in _sizes(abstract_params) if _sees(path, m) == "decoder")
+        return StepFlops(6.0 * n * B * T, pair * m.n_layers * B * T * T / 2, B * T)
+    S, T = cfg.data.inputs_len or cfg.data.seq_len, cfg.data.targets_len or cfg.data.seq_len
+    n_enc = sum(size for path, size in _sizes(abstract_params) if _sees(path, m) == "encoder")
+    n_dec = sum(size for path, size in _sizes(abstract_params) if _sees(path, m) == "decoder")
+    attention = B * pair * ((m.n_encoder_layers or m.n_layers) * S * S  # encoder, bidirectional
+                            + m.n_layers * (T * T / 2 + T * S))  # decoder: causal self + cross
+    return StepFlops(6.0 * B * (n_enc * S + n_dec * T), attention, B * T)
+
+
+def _sizes(abstract_params: Any) -> list[tuple[tuple[str, ...], int]]:
+    """(path of names, number of elements) of every parameter."""
+    def names(path) -> tuple[str, ...]:  # dict keys and list indices; drops the Variable's '.value'
+        return tuple(str(k.key) if hasattr(k, "key") else str(k.idx) for k in path
+                     if hasattr(k, "key") or hasattr(k, "idx"))
+
+    return [(names(path), math.prod(x.shape)) for path, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
+
+
+def _sees(path: tuple[str, ...], m: ModelSection) -> str | None:
+    """Which tokens a parameter multiplies: 'encoder', 'decoder', or None for a lookup table."""
+    top = path[0]
+    if top == "positions" or "relpos" in path:  # learned positions, T5 relative buckets
+        return None
+    if top == "embed":  # the input lookup; also the output matmul when tied
+        return "decoder" if m.tie_embeddings else None
+    if top == "encoder":
+        return "encoder"
+    if top == "decoder" and "cross" in path and ("key" in path or "value" in path):
+        return "encoder"  # cross-attention keys and values project the encoder's output
+    return "decoder"  # decoder-only blocks, final norm, output layer; the encoder-decoder's decoder
