@@ -292,3 +292,22 @@ def test_runs_sharded_by_its_logical_names_on_a_mesh():
     toks = tokens_of(11, (4, T))
     out = _forward(graphdef, sharded, jax.device_put(toks, named(("data", "fsdp"))), None, None, None)
     np.testing.assert_allclose(np.asarray(out), logits(model, toks), rtol=1e-5, atol=1e-5)
+
+
+def test_remat_saving_attention_outputs_changes_neither_outputs_nor_gradients():
+    test_remat_changes_neither_outputs_nor_gradients(True, "attention")
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["loop", "scan"])
+def test_remat_saving_attention_outputs_keeps_them(scan, capsys):
+    from jax.ad_checkpoint import print_saved_residuals
+
+    def saved(remat):  # what the backward pass keeps from the forward pass
+        model = make(dataclasses.replace(MODERN_TINY, scan_layers=scan, remat=remat))
+        graphdef, params = nnx.split(model, nnx.Param)
+        print_saved_residuals(lambda p: nnx.merge(graphdef, p)(jnp.asarray(tokens_of(9))).sum(), params)
+        return capsys.readouterr().out
+
+    # the attention outputs (B, T, N, H), stacked (L, B, T, N, H) under scan
+    shape = "f32[" + ",".join(map(str, ((2,) if scan else ()) + (2, T, 4, 8))) + "]"
+    assert shape in saved("attention") and shape not in saved("full")

@@ -91,6 +91,8 @@ def test_resume_with_different_model_is_refused(tiny_cfg):
     before = _snapshot(cfg.run.dir)
     with pytest.raises(CheckpointError, match=r"model\.d_model \(checkpoint 32, now 48\).*model\.n_layers"):
         train(tiny_cfg("train.steps=6", "model.d_model=48", "model.n_layers=3"), progress=False)
+    with pytest.raises(CheckpointError, match=r"parametrization\.kind \(checkpoint 'sp', now 'mup'\)"):
+        train(tiny_cfg("train.steps=6", "parametrization.kind=mup"), progress=False)
     assert _snapshot(cfg.run.dir) == before
 
 
@@ -118,11 +120,14 @@ def test_weight_decay_skips_norms_and_biases(tiny_cfg):
     cfg = tiny_cfg("model.use_bias=true", "model.scan_layers=true")
     setup = make_setup(cfg, make_mesh(cfg.mesh), 384)
     mask = jax.tree.leaves(decay_mask(setup.logical_specs))
-    specs = jax.tree.leaves(setup.logical_specs, is_leaf=lambda s: isinstance(s, P))
-    for decayed, spec in zip(mask, specs):
+    specs = jax.tree_util.tree_leaves_with_path(setup.logical_specs, is_leaf=lambda s: isinstance(s, P))
+    biases = 0
+    for decayed, (path, spec) in zip(mask, specs):
         names = [n for n in spec if n != "layers"]
-        assert decayed == (len(names) >= 2), spec
-    assert any(mask) and not all(mask)
+        is_bias = [str(k.key) for k in path if hasattr(k, "key")][-1] == "bias"
+        biases += is_bias
+        assert decayed == (len(names) >= 2 and not is_bias), (path, spec)
+    assert biases and any(mask) and not all(mask)
 
 
 def test_learning_rate_schedule():

@@ -7,18 +7,20 @@ import math
 import jax
 from flax import nnx
 
-from pretrax.config import ModelSection
+from pretrax.config import ModelSection, ParametrizationSection
 from pretrax.models.decoder import Decoder
 from pretrax.models.encoder_decoder import EncoderDecoder
 
 __all__ = ["Decoder", "EncoderDecoder", "count_params", "make_model"]
 
 
-def make_model(cfg: ModelSection, *, vocab_size: int, max_seq_len: int, rngs: nnx.Rngs) -> Decoder | EncoderDecoder:
-    """The model cfg.kind names. max_seq_len (the learned position table) is unused by the encoder-decoder."""
+def make_model(cfg: ModelSection, *, vocab_size: int, max_seq_len: int, rngs: nnx.Rngs,
+               parametrization: ParametrizationSection | None = None) -> Decoder | EncoderDecoder:
+    """The model cfg.kind names, in the given parametrization (None: sp). max_seq_len (the learned
+    position table) is unused by the encoder-decoder."""
     if cfg.kind == "encoder_decoder":
-        return EncoderDecoder(cfg, vocab_size=vocab_size, rngs=rngs)
-    return Decoder(cfg, vocab_size=vocab_size, max_seq_len=max_seq_len, rngs=rngs)
+        return EncoderDecoder(cfg, vocab_size=vocab_size, rngs=rngs, parametrization=parametrization)
+    return Decoder(cfg, vocab_size=vocab_size, max_seq_len=max_seq_len, rngs=rngs, parametrization=parametrization)
 
 
 def count_params(cfg: ModelSection, vocab_size: int, max_seq_len: int) -> int:

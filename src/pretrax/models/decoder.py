@@ -5,6 +5,8 @@
   modern (LLaMA-like): pre-RMSNorm, RoPE, SwiGLU, no biases, a final norm.
 
 tokens -> embedding (+ learned positions) -> n_layers x Block -> (final norm) -> logits.
+The parametrization (sp | mup, see parametrization.py) sets the init scales and the
+multipliers on the embedding output, the residual branches, attention scores and logits.
 A row may pack several documents: segment ids keep attention inside each one and
 positions restart at each one, so a document's logits do not depend on its neighbours.
 """
@@ -15,31 +17,37 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pretrax.config import ModelSection
+from pretrax.config import ModelSection, ParametrizationSection
 from pretrax.errors import ConfigError
 from pretrax.models.attention import Attention, attention_mask
-from pretrax.models.layers import MLP, Embed, Unembed, make_norm
+from pretrax.models.layers import MLP, Embed, Unembed, make_norm, record
+from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.positions import LearnedPositions, rope_angles
 
 
 class Block(nnx.Module):
     """One transformer layer: attention then MLP, each added to the residual stream."""
 
-    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD):
         self.pre_norm = cfg.norm_position == "pre"
+        self.branch_mult = parametrization.branch_mult  # depth transfer; 1 otherwise
         self.attn_norm = make_norm(cfg, rngs)
-        self.attn = Attention(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs, parametrization=parametrization)
         self.mlp_norm = make_norm(cfg, rngs)
-        self.mlp = MLP(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs, parametrization=parametrization)
 
     def __call__(self, x: jax.Array, mask: jax.Array, rope=None) -> jax.Array:
         if self.pre_norm:  # GPT-2 onwards: the residual stream itself is never normalised
-            x = x + self.attn(self.attn_norm(x), mask, rope)
-            x = x + self.mlp(self.mlp_norm(x))
+            x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, rope))
+            x = x + self.branch("mlp", self.mlp(self.mlp_norm(x)))
         else:  # GPT-1 / original transformer: normalise after each residual add
-            x = self.attn_norm(x + self.attn(x, mask, rope))
-            x = self.mlp_norm(x + self.mlp(x))
+            x = self.attn_norm(x + self.branch("attn", self.attn(x, mask, rope)))
+            x = self.mlp_norm(x + self.branch("mlp", self.mlp(x)))
         return x
+
+    def branch(self, name: str, y: jax.Array) -> jax.Array:
+        """A residual branch's output as added to the stream: scaled for depth transfer, seen by coordcheck."""
+        return record(self, name, scale(y, self.branch_mult))
 
 
 # What the backward pass may keep from each layer's forward pass instead of recomputing it.
@@ -49,6 +57,8 @@ REMAT_POLICIES = {
     # keep the weight matmuls' outputs (O(T*D) per token); recompute the attention
     # scores and probabilities (batched matmuls, O(T^2)) and elementwise ops
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # keep only each attention's output (B, T, N, H; named in attention.py); recompute the rest
+    "attention": jax.checkpoint_policies.save_only_these_names("attention_out"),
 }
 
 
@@ -59,25 +69,27 @@ def _run_block(block: Block, x: jax.Array, mask: jax.Array, rope) -> jax.Array:
 class Decoder(nnx.Module):
     """The LM. vocab_size and max_seq_len are the resolved sizes (ModelSection allows 0 for "derive it")."""
 
-    def __init__(self, cfg: ModelSection, *, vocab_size: int, max_seq_len: int, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelSection, *, vocab_size: int, max_seq_len: int, rngs: nnx.Rngs,
+                 parametrization: ParametrizationSection | None = None):
         if vocab_size < 1:
             raise ConfigError(f"the decoder needs a vocabulary size >= 1, got {vocab_size} (model.vocab_size)")
         if cfg.positions == "learned" and max_seq_len < 1:
             raise ConfigError(f"learned positions need a table size >= 1, got {max_seq_len} (model.max_seq_len)")
         self.cfg = cfg
+        p = self.parametrization = resolve(cfg, parametrization)  # sp or mup: models/parametrization.py
         param_dtype, dtype = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.dtype)
         self.embed = Embed(vocab_size, cfg.d_model, std=cfg.init_std, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.positions = (LearnedPositions(max_seq_len, cfg.d_model, std=cfg.init_std, param_dtype=param_dtype,
                                            dtype=dtype, rngs=rngs)
                           if cfg.positions == "learned" else None)
         if cfg.scan_layers:
-            self.blocks = _stacked_blocks(cfg, rngs)  # one Block whose weights have a leading (L,) axis
+            self.blocks = _stacked_blocks(cfg, rngs, p)  # one Block whose weights have a leading (L,) axis
         else:
-            self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+            self.blocks = nnx.List([Block(cfg, rngs=rngs, parametrization=p) for _ in range(cfg.n_layers)])
         self.final_norm = make_norm(cfg, rngs) if cfg.final_norm else None
         self.unembed = (None if cfg.tie_embeddings else
-                        Unembed(cfg.d_model, vocab_size, std=cfg.init_std, param_dtype=param_dtype, dtype=dtype,
-                                rngs=rngs))
+                        Unembed(cfg.d_model, vocab_size, std=p.readout_std(cfg.init_std), param_dtype=param_dtype,
+                                dtype=dtype, rngs=rngs))
 
     def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None, bidirectional: jax.Array | None = None) -> jax.Array:
@@ -96,13 +108,15 @@ class Decoder(nnx.Module):
         x = self.embed(tokens)  # (B, T, D)
         if self.positions is not None:
             x = x + self.positions(positions)
+        x = record(self, "embed", scale(x, self.parametrization.input_mult))
         rope = None
         if self.cfg.positions == "rope":  # (sin, cos), computed once and shared by every layer
             rope = rope_angles(positions, self.cfg.head_size, self.cfg.rope_theta)
         x = self._run_blocks(x, mask, rope)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return self.embed.attend(x) if self.unembed is None else self.unembed(x)  # (B, T, V) float32
+        logits = self.embed.attend(x) if self.unembed is None else self.unembed(x)  # (B, T, V) float32
+        return record(self, "logits", scale(logits, self.parametrization.output_mult))
 
     def _run_blocks(self, x: jax.Array, mask: jax.Array, rope) -> jax.Array:
         run = _run_block
@@ -119,12 +133,12 @@ class Decoder(nnx.Module):
         return x
 
 
-def _stacked_blocks(cfg: ModelSection, rngs: nnx.Rngs) -> Block:
+def _stacked_blocks(cfg: ModelSection, rngs: nnx.Rngs, parametrization: Parametrization) -> Block:
     """n_layers Blocks built at once: every weight gets a leading (L,) axis named 'layers'."""
 
     @nnx.split_rngs(splits=cfg.n_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
     def create(rngs: nnx.Rngs) -> Block:
-        return Block(cfg, rngs=rngs)
+        return Block(cfg, rngs=rngs, parametrization=parametrization)
 
     return create(rngs)

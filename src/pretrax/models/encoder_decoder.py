@@ -23,6 +23,8 @@ Choices, where T5 differs from the decoder-only model in this package:
     (to load tied T5 weights, scale the final norm by d_model^-0.5). Untied: x · W_out.
   * weights start at normal(init_std), residual outputs at init_std / sqrt(2 n_layers)
     (of their own stack), as in the decoder, rather than T5's per-matrix fan-in init.
+    Under muP (parametrization.py) both stacks follow the decoder's rules; the
+    embedding multiplier applies to both stacks' inputs.
 
 Packed rows: segment ids keep encoder self-attention inside one encoder segment
 (bidirectional), decoder self-attention causal inside one decoder segment, and
@@ -39,44 +41,53 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pretrax.config import ModelSection
+from pretrax.config import ModelSection, ParametrizationSection
 from pretrax.errors import ConfigError
 from pretrax.models.attention import Attention, attention_mask
 from pretrax.models.decoder import REMAT_POLICIES
-from pretrax.models.layers import MLP, Embed, Unembed, make_norm
+from pretrax.models.layers import MLP, Embed, Unembed, make_norm, record
+from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.relative_position import RelativePositionBias
 
 
 class EncoderBlock(nnx.Module):
     """Bidirectional self-attention then MLP, each pre-normed and added to the residual stream."""
 
-    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD):
+        self.branch_mult = parametrization.branch_mult  # depth transfer; 1 otherwise
         self.attn_norm = make_norm(cfg, rngs)
-        self.attn = Attention(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs, parametrization=parametrization)
         self.mlp_norm = make_norm(cfg, rngs)
-        self.mlp = MLP(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs, parametrization=parametrization)
 
     def __call__(self, x: jax.Array, mask: jax.Array, bias: jax.Array | None) -> jax.Array:
-        x = x + self.attn(self.attn_norm(x), mask, bias=bias)
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, bias=bias))
+        return x + self.branch("mlp", self.mlp(self.mlp_norm(x)))
+
+    def branch(self, name: str, y: jax.Array) -> jax.Array:
+        """A residual branch's output as added to the stream: scaled for depth transfer, seen by coordcheck."""
+        return record(self, name, scale(y, self.branch_mult))
 
 
 class DecoderBlock(nnx.Module):
     """Causal self-attention, cross-attention to the encoder's output, MLP; all pre-normed."""
 
-    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD):
+        self.branch_mult = parametrization.branch_mult
         self.attn_norm = make_norm(cfg, rngs)
-        self.attn = Attention(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs, parametrization=parametrization)
         self.cross_norm = make_norm(cfg, rngs)
-        self.cross = Attention(cfg, rngs=rngs)
+        self.cross = Attention(cfg, rngs=rngs, parametrization=parametrization)
         self.mlp_norm = make_norm(cfg, rngs)
-        self.mlp = MLP(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs, parametrization=parametrization)
 
     def __call__(self, x: jax.Array, encoded: jax.Array, mask: jax.Array, cross_mask: jax.Array,
                  bias: jax.Array | None) -> jax.Array:
-        x = x + self.attn(self.attn_norm(x), mask, bias=bias)
-        x = x + self.cross(self.cross_norm(x), cross_mask, kv=encoded)
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, bias=bias))
+        x = x + self.branch("cross", self.cross(self.cross_norm(x), cross_mask, kv=encoded))
+        return x + self.branch("mlp", self.mlp(self.mlp_norm(x)))
+
+    branch = EncoderBlock.branch
 
 
 def _call_block(block, x, *args):
@@ -90,7 +101,8 @@ class Stack(nnx.Module):
     axis named 'layers', applied by nnx.scan; otherwise a list of blocks.
     """
 
-    def __init__(self, block_type, cfg: ModelSection, n_layers: int, *, bidirectional: bool, rngs: nnx.Rngs):
+    def __init__(self, block_type, cfg: ModelSection, n_layers: int, *, bidirectional: bool, rngs: nnx.Rngs,
+                 parametrization: Parametrization = STANDARD):
         cfg = dataclasses.replace(cfg, n_layers=n_layers)  # residual_std scales with this stack's depth
         self.cfg = cfg
         self.relpos = (RelativePositionBias(cfg.n_heads, num_buckets=cfg.relative_buckets,
@@ -101,11 +113,12 @@ class Stack(nnx.Module):
             @nnx.split_rngs(splits=n_layers)
             @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
             def create(rngs: nnx.Rngs):
-                return block_type(cfg, rngs=rngs)
+                return block_type(cfg, rngs=rngs, parametrization=parametrization)
 
             self.blocks = create(rngs)
         else:
-            self.blocks = nnx.List([block_type(cfg, rngs=rngs) for _ in range(n_layers)])
+            self.blocks = nnx.List([block_type(cfg, rngs=rngs, parametrization=parametrization)
+                                    for _ in range(n_layers)])
         self.final_norm = make_norm(cfg, rngs)
 
     def __call__(self, x: jax.Array, positions: jax.Array | None, *args) -> jax.Array:
@@ -133,7 +146,8 @@ class Stack(nnx.Module):
 class EncoderDecoder(nnx.Module):
     """The model. vocab_size is the resolved size (ModelSection allows 0 for "derive it")."""
 
-    def __init__(self, cfg: ModelSection, *, vocab_size: int, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelSection, *, vocab_size: int, rngs: nnx.Rngs,
+                 parametrization: ParametrizationSection | None = None):
         if vocab_size < 1:
             raise ConfigError(f"the encoder-decoder needs a vocabulary size >= 1, got {vocab_size} (model.vocab_size)")
         if cfg.positions not in ("relative", "none"):
@@ -144,13 +158,15 @@ class EncoderDecoder(nnx.Module):
             raise ConfigError("model.n_encoder_layers must be >= 0, model.relative_buckets >= 2 and "
                               "model.relative_max_distance >= 1")
         self.cfg = cfg
+        p = self.parametrization = resolve(cfg, parametrization)  # sp or mup: models/parametrization.py
         param_dtype, dtype = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.dtype)
         self.embed = Embed(vocab_size, cfg.d_model, std=cfg.init_std, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
-        self.encoder = Stack(EncoderBlock, cfg, cfg.n_encoder_layers or cfg.n_layers, bidirectional=True, rngs=rngs)
-        self.decoder = Stack(DecoderBlock, cfg, cfg.n_layers, bidirectional=False, rngs=rngs)
+        self.encoder = Stack(EncoderBlock, cfg, cfg.n_encoder_layers or cfg.n_layers, bidirectional=True, rngs=rngs,
+                             parametrization=p)
+        self.decoder = Stack(DecoderBlock, cfg, cfg.n_layers, bidirectional=False, rngs=rngs, parametrization=p)
         self.unembed = (None if cfg.tie_embeddings else
-                        Unembed(cfg.d_model, vocab_size, std=cfg.init_std, param_dtype=param_dtype, dtype=dtype,
-                                rngs=rngs))
+                        Unembed(cfg.d_model, vocab_size, std=p.readout_std(cfg.init_std), param_dtype=param_dtype,
+                                dtype=dtype, rngs=rngs))
 
     def __call__(self, encoder_tokens: jax.Array, decoder_tokens: jax.Array, *,
                  encoder_segment_ids: jax.Array | None = None, decoder_segment_ids: jax.Array | None = None,
@@ -170,7 +186,8 @@ class EncoderDecoder(nnx.Module):
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
         mask = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, S, S): bidirectional within a segment
-        return self.encoder(self.embed(tokens), positions, mask)
+        x = record(self, "encoder_embed", scale(self.embed(tokens), self.parametrization.input_mult))
+        return self.encoder(x, positions, mask)
 
     def decode(self, encoded: jax.Array, tokens: jax.Array, *, encoder_segment_ids: jax.Array | None = None,
                segment_ids: jax.Array | None = None, positions: jax.Array | None = None) -> jax.Array:
@@ -184,5 +201,7 @@ class EncoderDecoder(nnx.Module):
         # (B, T, S): decoder segment k reads encoder segment k. A decoder row with no matching
         # encoder token (padding) gets a uniform average over masked scores: finite, unused.
         cross_mask = segment_ids[:, :, None] == encoder_segment_ids[:, None, :]
-        x = self.decoder(self.embed(tokens), positions, encoded, mask, cross_mask)
-        return self.embed.attend(x) if self.unembed is None else self.unembed(x)  # (B, T, V) float32
+        x = record(self, "decoder_embed", scale(self.embed(tokens), self.parametrization.input_mult))
+        x = self.decoder(x, positions, encoded, mask, cross_mask)
+        logits = self.embed.attend(x) if self.unembed is None else self.unembed(x)  # (B, T, V) float32
+        return record(self, "logits", scale(logits, self.parametrization.output_mult))

@@ -11,13 +11,12 @@ Precision: weights are stored in ``param_dtype`` and cast to the compute
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from pretrax.config import ModelSection
+from pretrax.models.parametrization import STANDARD, Parametrization
 
 
 def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
@@ -33,14 +32,19 @@ def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...], d
     return nnx.Param(init(rngs.params(), shape, dtype))
 
 
-def residual_std(cfg: ModelSection) -> float:
-    """Init std of the projections that write into the residual stream.
+def normal_or_zeros(std: float):
+    """normal(std), or exact zeros for std 0 (muP's zero-init query and readout)."""
+    return nnx.initializers.normal(std) if std else nnx.initializers.zeros_init()
 
-    Each block adds two such outputs (attention, MLP) to the residual stream, so at
-    init its variance grows with 2 * n_layers; scaling these weights by
-    1/sqrt(2 * n_layers), as GPT-2 does, keeps the stream's scale independent of depth.
+
+def record(module: nnx.Module, name: str, value: jax.Array) -> jax.Array:
+    """Hand `value` to an enclosing nnx.capture(..., nnx.Intermediate) (pretrax coordcheck).
+
+    Outside a capture nothing is stored or traced: training pays nothing for it.
     """
-    return cfg.init_std / math.sqrt(2 * cfg.n_layers)
+    if hasattr(module, "__captures__"):  # set on every module by nnx.capture for the call's duration
+        module.sow(nnx.Intermediate, name, value)
+    return value
 
 
 class Einsum(nnx.Module):
@@ -53,7 +57,7 @@ class Einsum(nnx.Module):
     def __init__(self, spec: str, shape, axes, *, std: float, use_bias: bool, param_dtype, dtype,
                  rngs: nnx.Rngs):
         self.spec, self.dtype = spec, dtype
-        self.kernel = param(rngs, nnx.initializers.normal(std), tuple(shape), tuple(axes), param_dtype)
+        self.kernel = param(rngs, normal_or_zeros(std), tuple(shape), tuple(axes), param_dtype)
         inputs, out = spec.split("->")
         w = inputs.split(",")[1]  # the kernel's letters, e.g. 'DNH'
         keep = [i for i, c in enumerate(w) if c in out]  # kernel axes that reach the output, e.g. N, H
@@ -129,7 +133,7 @@ class Unembed(nnx.Module):
 
     def __init__(self, dim: int, vocab_size: int, *, std: float, param_dtype, dtype, rngs: nnx.Rngs):
         self.dtype = dtype
-        self.kernel = param(rngs, nnx.initializers.normal(std), (dim, vocab_size), ("embed", "vocab"), param_dtype)
+        self.kernel = param(rngs, normal_or_zeros(std), (dim, vocab_size), ("embed", "vocab"), param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.kernel[...].astype(self.dtype)
@@ -144,15 +148,17 @@ class MLP(nnx.Module):
     """Position-wise feed-forward: out(act(x W_in)), or with a gate (GLU variants,
     Shazeer 2020): out(act(x W_gate) * x W_in)."""
 
-    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs):
-        D, F = cfg.d_model, cfg.d_ff
+    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD):
+        D, F, p = cfg.d_model, cfg.d_ff, parametrization
         kw = dict(use_bias=cfg.use_bias, param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype),
                   rngs=rngs)
         self.activation = cfg.activation
         gated = cfg.activation in ("swiglu", "geglu")
-        self.gate = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), std=cfg.init_std, **kw) if gated else None
-        self.up = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), std=cfg.init_std, **kw)
-        self.down = Einsum("BTF,FD->BTD", (F, D), ("mlp", "embed"), std=residual_std(cfg), **kw)
+        std = p.hidden_std(cfg.init_std)
+        self.gate = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), std=std, **kw) if gated else None
+        self.up = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), std=std, **kw)
+        self.down = Einsum("BTF,FD->BTD", (F, D), ("mlp", "embed"), std=p.residual_std(cfg.init_std, cfg.n_layers),
+                           **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]

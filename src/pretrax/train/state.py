@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from pretrax.config import Config
 from pretrax.models import EncoderDecoder, make_model
 from pretrax.models.decoder import Decoder
+from pretrax.models.parametrization import lr_multipliers
 from pretrax.parallel.rules import tree_shardings
 from pretrax.train.optimizer import make_optimizer
 
@@ -38,7 +39,8 @@ def max_positions(cfg: Config) -> int:
 
 
 def build_model(cfg: Config, vocab_size: int, seed: int) -> Decoder | EncoderDecoder:
-    return make_model(cfg.model, vocab_size=vocab_size, max_seq_len=max_positions(cfg), rngs=nnx.Rngs(params=seed))
+    return make_model(cfg.model, vocab_size=vocab_size, max_seq_len=max_positions(cfg), rngs=nnx.Rngs(params=seed),
+                      parametrization=cfg.parametrization)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +68,8 @@ def make_setup(cfg: Config, mesh: Mesh, vocab_size: int) -> TrainSetup:
     abstract_model = nnx.eval_shape(lambda: build_model(cfg, vocab_size, 0))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
     logical_specs = nnx.get_partition_spec(abstract_params)
-    tx = make_optimizer(cfg.optim, cfg.train.steps, logical_specs)
+    lr_mults = lr_multipliers(logical_specs, abstract_model.parametrization)  # None under sp
+    tx = make_optimizer(cfg.optim, cfg.train.steps, logical_specs, lr_mults)
     rules = dict(cfg.mesh.rules)
     param_shardings = tree_shardings(abstract_params, logical_specs, mesh, rules)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)

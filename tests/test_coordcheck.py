@@ -1,0 +1,91 @@
+"""`pretrax coordcheck`: under muP every hidden layer's mean |x| stays flat across widths
+during the first Adam steps (microsoft/mup's own criterion: the l1 ratio between
+consecutive widths within (1/1.2, 1.2)); under SP some layer clearly grows."""
+
+import contextlib
+import csv
+import io
+import itertools
+import json
+from collections import defaultdict
+
+import pytest
+
+from pretrax.cli import main
+
+WIDTHS = (128, 256, 512)
+STEPS = 3
+# one layer, a short sequence: six compiles (sp, mup x 3 widths); 4 seeds averaged per width
+# so that the smallest width's seed-to-seed spread (about 8% at 128) stays well inside the band
+OVERRIDES = ["model.n_layers=1", "model.n_heads=4", "model.d_model=128", "model.d_ff=512", "data.seq_len=64",
+             "train.batch_size=8", "optim.lr=3e-3"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("coordcheck")
+    config = out / "tiny.yaml"
+    config.write_text(f"run:\n  dir: {out / 'run'}\n")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["coordcheck", str(config), *OVERRIDES, "--widths", ",".join(map(str, WIDTHS)),
+                     "--steps", str(STEPS), "--seeds", "4", "--json", "--out", str(out)])
+    assert code == 0
+    coords = defaultdict(list)  # (kind, step, layer) -> mean |x| per width, in width order
+    with open(out / "coordcheck.csv") as f:
+        for row in csv.DictReader(f):
+            coords[row["kind"], int(row["step"]), row["layer"]].append((int(row["width"]), float(row["mean_abs"])))
+    coords = {k: [v for _, v in sorted(vals)] for k, vals in coords.items()}
+    return json.loads(stdout.getvalue()), coords, out
+
+
+def _ratios(values):
+    return [b / a for a, b in itertools.pairwise(values)]
+
+
+def test_mup_is_flat_and_sp_is_not(run):
+    _, coords, _ = run
+    layers = {layer for (_, _, layer) in coords}
+    hidden = layers - {"logits"}
+    assert hidden == {"embed", "blocks.0.attn", "blocks.0.mlp"}
+    for step in range(1, STEPS + 1):
+        for layer in hidden:
+            for r in _ratios(coords["mup", step, layer]):
+                assert 1 / 1.2 < r < 1.2, ("mup", step, layer, coords["mup", step, layer])
+    # SP: the attention and MLP outputs grow at least 1.5x per doubling of width at every step
+    for step in range(1, STEPS + 1):
+        for layer in ("blocks.0.attn", "blocks.0.mlp"):
+            assert min(_ratios(coords["sp", step, layer])) > 1.5, ("sp", step, layer, coords["sp", step, layer])
+
+
+def test_json_reports_last_step_slopes(run):
+    slopes, coords, _ = run
+    assert set(slopes) == {"sp", "mup"} and set(slopes["sp"]) == set(slopes["mup"]) == {
+        layer for (_, _, layer) in coords}
+    for layer in ("embed", "blocks.0.attn", "blocks.0.mlp", "logits"):
+        assert abs(slopes["mup"][layer]) < 0.1, layer  # flat: |slope| well under SP's
+    assert slopes["sp"]["blocks.0.mlp"] > 0.5 and slopes["sp"]["blocks.0.attn"] > 0.5
+
+
+def test_writes_table_slopes_and_figure(run):
+    _, coords, out = run
+    assert (out / "coordcheck.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "coordcheck.png").stat().st_size > 20_000
+    md = (out / "coordcheck.md").read_text()
+    assert md.startswith("| layer | sp t=0 |") and "| blocks.0.mlp |" in md
+    assert len(coords) == 2 * (STEPS + 1) * 4 and all(len(v) == len(WIDTHS) for v in coords.values())
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--widths", "128,250"], "width 250 is not divisible by model.n_heads (4)"),
+    (["--widths", "128"], "two or more distinct positive widths"),
+    (["--widths", "128,abc"], "comma-separated integers"),
+    (["--widths", "128,256", "--steps", "0"], "--steps and --seeds must be >= 1"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, args, words):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"run:\n  dir: {tmp_path / 'run'}\n")
+    assert main(["coordcheck", str(config), "model.n_heads=4", *args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # nothing written
