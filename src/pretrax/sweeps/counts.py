@@ -1,0 +1,38 @@
+"""A point's size for the results table: parameters (total and non-embedding), tokens and training FLOPs.
+
+Computed from the config alone (nnx.eval_shape allocates nothing), so a dry
+run shows them too. Non-embedding parameters leave out every lookup or
+output table over the vocabulary and every position table (Kaplan et al.
+2020's N): the input embedding, an untied output layer, learned positions and
+the T5 relative position buckets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+from flax import nnx
+
+from pretrax.config import Config
+from pretrax.data.tokenizer import load_tokenizer
+from pretrax.flops import step_flops
+from pretrax.train.loop import row_tokens
+from pretrax.train.state import build_model, model_vocab_size
+
+EMBEDDING_NAMES = {"embed", "unembed", "positions", "relpos"}  # parameter path names of those tables
+
+
+def point_counts(cfg: Config) -> dict[str, int | float]:
+    vocab = model_vocab_size(cfg, load_tokenizer(cfg.data.tokenizer).vocab_size)
+    params = nnx.state(nnx.eval_shape(lambda: build_model(cfg, vocab, 0)), nnx.Param)
+    total = embedding = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        size = math.prod(leaf.shape)
+        total += size
+        if EMBEDDING_NAMES & {str(getattr(k, "key", "")) for k in path}:
+            embedding += size
+    tokens = cfg.train.steps * cfg.train.batch_size * row_tokens(cfg)  # encoder-decoder: decoder tokens
+    per_token = step_flops(cfg, vocab, params).per_token  # both model kinds; causal attention counted as half
+    return {"params": total, "params_non_embedding": total - embedding, "tokens": tokens,
+            "flops": per_token * tokens}

@@ -1,0 +1,191 @@
+"""pretrax sweep: a real 2x2 grid of tiny runs, skip on rerun, resume of an interrupted point, failures, bad sweeps."""
+
+import csv
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+
+import pytest
+from conftest import TINY
+
+from pretrax import config as config_lib
+from pretrax.cli import main
+from pretrax.flops import flops_per_token
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_YAML = os.path.join(REPO, "configs", "tiny.yaml")
+COMMON = [*TINY, "model.n_layers=1", "train.steps=4", "checkpoint.every=2", "checkpoint.keep=3"]
+
+
+def write_sweep(path, grid, overrides=COMMON, base=TINY_YAML, out="runs"):
+    spec = {"base": base, "dir": str(path.parent / out), "overrides": list(overrides), "grid": grid}
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return str(path)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def steps(metrics_path):
+    return [json.loads(line)["step"] for line in text(metrics_path).splitlines()]
+
+
+def sweep_cli(capsys, *args):
+    code = main(["sweep", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """The 2x2 sweep (widths x learning rates), run once for the tests below."""
+    root = tmp_path_factory.mktemp("sweep")
+    path = write_sweep(root / "sweep.yaml", {"product": {"model.d_model": [16, 32], "optim.lr": [1e-3, 1e-2]}})
+    assert main(["sweep", path]) == 0
+    return path, root / "runs"
+
+
+NAMES = ["d_model=16,lr=0.001", "d_model=16,lr=0.01", "d_model=32,lr=0.001", "d_model=32,lr=0.01"]
+
+
+def test_sweep_writes_one_sane_row_per_point(done):
+    _, out = done
+    with open(out / "results.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header == ["point", "model.d_model", "optim.lr", "params", "params_non_embedding", "tokens", "flops",
+                      "eval_loss", "eval_bits_per_byte", "status", "run_dir"]
+    rows = read_csv(out / "results.csv")
+    assert [r["point"] for r in rows] == NAMES
+    for row in rows:
+        assert row["status"] == "ok"
+        cfg = config_lib.load(os.path.join(row["run_dir"], "config.yaml"))  # what the run really trained
+        assert cfg.model.d_model == int(row["model.d_model"]) and cfg.optim.lr == float(row["optim.lr"])
+        assert row["run_dir"] == str(out / row["point"])
+        assert int(row["tokens"]) == 4 * 8 * 32  # steps x batch x seq_len
+        params, non_embedding = int(row["params"]), int(row["params_non_embedding"])
+        vocab = 384  # byte tokenizer (259 ids + 100 sentinels) rounded up to 128
+        assert params - non_embedding == vocab * cfg.model.d_model  # the tied embedding table
+        assert float(row["flops"]) == flops_per_token(params, cfg.model, vocab, 32, 32) * int(row["tokens"])
+        last = json.loads(text(os.path.join(row["run_dir"], "metrics.jsonl")).splitlines()[-1])
+        assert last["step"] == 4 and float(row["eval_loss"]) == last["eval_loss"]
+        assert float(row["eval_bits_per_byte"]) == last["eval_bits_per_byte"]
+        assert 0 < float(row["eval_loss"]) < 1.5 * math.log(vocab)
+    by_name = {r["point"]: r for r in rows}
+    assert int(by_name[NAMES[2]]["params"]) > int(by_name[NAMES[0]]["params"])
+    assert by_name[NAMES[0]]["eval_loss"] != by_name[NAMES[1]]["eval_loss"]  # the learning rate took effect
+
+
+def test_rerun_skips_finished_points(done, capsys):
+    path, out = done
+    before = {p: text(out / p / "metrics.jsonl") for p in NAMES}
+    table = text(out / "results.csv")
+    code, stdout, _ = sweep_cli(capsys, path)
+    assert code == 0
+    assert stdout.count("skipped") == 4 and "training" not in stdout
+    assert {p: text(out / p / "metrics.jsonl") for p in NAMES} == before
+    assert text(out / "results.csv") == table
+
+
+def test_interrupted_point_resumes_from_its_checkpoint(done, capsys):
+    """A point killed after its step-2 checkpoint (no step 4, no row) continues from step 2 to the same loss."""
+    path, out = done
+    rows = read_csv(out / "results.csv")
+    victim = NAMES[3]
+    original = next(r for r in rows if r["point"] == victim)
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["point"] != victim)
+    shutil.rmtree(out / victim / "checkpoints" / "4")
+    metrics = out / victim / "metrics.jsonl"
+    metrics.write_text("".join(line for line in text(metrics).splitlines(True) if json.loads(line)["step"] <= 2))
+
+    code, stdout, _ = sweep_cli(capsys, path)
+    assert code == 0
+    assert stdout.count("skipped") == 3 and "resumed from step 2" in stdout
+    again = next(r for r in read_csv(out / "results.csv") if r["point"] == victim)
+    assert again["status"] == "ok" and again["eval_loss"] == original["eval_loss"]  # bit-for-bit resume
+    assert steps(metrics) == [1, 2, 3, 4]
+    assert [r["point"] for r in read_csv(out / "results.csv")] == NAMES  # grid order kept
+
+
+def test_failed_points_are_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    # valid configs, but 4 and 12 sequences do not split over the 8 data-parallel devices: train() refuses
+    path = write_sweep(tmp_path / "s.yaml", {"zip": {"train.batch_size": [4, 12]}})
+    code, stdout, _ = sweep_cli(capsys, path, "--dir", str(tmp_path / "elsewhere"))
+    assert code == 1
+    assert not (tmp_path / "runs").exists()  # --dir replaced the sweep's dir
+    rows = read_csv(tmp_path / "elsewhere" / "results.csv")
+    assert [r["point"] for r in rows] == ["batch_size=4", "batch_size=12"]
+    for row in rows:
+        assert row["status"].startswith("failed: train.batch_size / train.grad_accum =")
+        assert "not divisible by the data-parallel size 8" in row["status"]
+        assert row["eval_loss"] == "" and int(row["params"]) > 0
+    assert "0 ok, 2 failed" in stdout
+
+
+@pytest.mark.parametrize(
+    "grid, overrides, message",
+    [
+        ({"product": {"model.d_modle": [16, 32]}}, COMMON,
+         "unknown config key 'model.d_modle'; did you mean 'model.d_model'?"),
+        ({}, COMMON, "has an empty grid"),
+        ({"product": {"model.d_model": []}}, COMMON, "grid.product.model.d_model must be a non-empty list"),
+        ({"zip": {"model.d_model": [16, 32], "optim.lr": [0.1]}}, COMMON,
+         "grid.zip lists must have the same length (model.d_model has 2, optim.lr has 1)"),
+        ({"product": {"model.d_model": [16, 30]}}, COMMON,
+         "point model.d_model=30: model.d_model (30) must be divisible by model.n_heads (4)"),
+        ({"product": {"run.dir": ["a", "b"]}}, COMMON, "run.dir cannot be set"),
+        ({"prodcut": {"model.d_model": [16]}}, COMMON, "unknown key 'grid.prodcut'; did you mean 'grid.product'?"),
+        ({"product": {"model.d_model": [16, 16]}}, COMMON, "has the same point more than once: d_model=16"),
+    ],
+)
+def test_bad_sweeps_fail_before_anything_runs(tmp_path, capsys, grid, overrides, message):
+    path = write_sweep(tmp_path / "bad.yaml", grid, overrides)
+    code, _, err = sweep_cli(capsys, path)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_emit_jobs_writes_one_launch_command_per_point(tmp_path, capsys):
+    grid = {"zip": {"model.d_model": [16, 32], "model.d_ff": [32, 64]}, "product": {"optim.lr": [1e-3, 3e-4]}}
+    path = write_sweep(tmp_path / "s.yaml", grid, overrides=["model.n_heads=4", "train.steps=7"])
+    jobs = tmp_path / "jobs.sh"
+    code, stdout, _ = sweep_cli(capsys, path, "--emit-jobs", str(jobs))
+    assert code == 0 and "wrote 4 launch command(s)" in stdout
+    assert not (tmp_path / "runs").exists()  # nothing ran
+    lines = [line for line in jobs.read_text().splitlines() if not line.startswith(("#", ":"))]
+    assert len(lines) == 4
+    seen = []
+    for line in lines:
+        assert line.startswith('tpu_scripts/launch.sh --name "${TPU_NAME}" --zone "${ZONE}" --config ')
+        args = shlex.split(line)
+        assert args[args.index("--config") + 1] == os.path.normpath(TINY_YAML)
+        overrides = args[args.index("--") + 1:]
+        cfg = config_lib.load(TINY_YAML, overrides)  # the launched job builds exactly the point's config
+        seen.append((cfg.model.d_model, cfg.model.d_ff, cfg.optim.lr, cfg.train.steps))
+        assert cfg.run.dir == str(tmp_path / "runs" / f"d_model={cfg.model.d_model},d_ff={cfg.model.d_ff},"
+                                                         f"lr={cfg.optim.lr!r}")
+    assert seen == [(16, 32, 1e-3, 7), (16, 32, 3e-4, 7), (32, 64, 1e-3, 7), (32, 64, 3e-4, 7)]
+    env = {**os.environ, "TPU_NAME": "t", "ZONE": "z"}
+    assert subprocess.run(["sh", "-n", str(jobs)], env=env, check=False).returncode == 0  # valid shell
+
+
+def test_shipped_example_sweeps_validate(capsys):
+    for name in ("tiny_widths.yaml", "tiny_scaling.yaml"):
+        code, stdout, _ = sweep_cli(capsys, os.path.join(REPO, "configs", "sweeps", name), "--dry-run")
+        assert code == 0
+        assert f"from {TINY_YAML} into runs/sweeps/" in stdout  # the base is found next to the sweep file
+        assert len([line for line in stdout.splitlines() if line.endswith(("  to run", "  done (skipped)"))]) == 9
