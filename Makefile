@@ -12,12 +12,14 @@ install: $(STAMP)
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,tpu]"
 	touch $(STAMP)
 
 # Extra overrides: make train ARGS="train.steps=100 run.dir=runs/try"
+# JAX_PLATFORMS=cpu: the tiny run is a CPU run, and the TPU compiler the test extra installs
+# (for `pretrax compile`) would otherwise look for a TPU first and print warnings.
 train: $(STAMP)
-	$(BIN)/pretrax train configs/tiny.yaml $(ARGS)
+	JAX_PLATFORMS=cpu $(BIN)/pretrax train configs/tiny.yaml $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests

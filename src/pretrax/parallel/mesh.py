@@ -2,6 +2,11 @@
 
 One size may be -1, meaning "all devices the other axes leave over". A mesh
 whose product is not the device count is refused before anything runs.
+
+Several TPU slices (mesh.dcn_data > 1): data, fsdp and tensor describe the
+mesh inside one slice (fast ICI links); the slices add an outer factor to the
+data axis, so only the data-parallel gradient reduction crosses the slower
+data-centre network (DCN), and the batch rule needs no change.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import math
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 from pretrax.config import MESH_AXES, MeshSection
@@ -37,14 +43,36 @@ def resolve_mesh_shape(mesh_cfg: MeshSection, num_devices: int) -> tuple[int, ..
 def make_mesh(mesh_cfg: MeshSection, devices: list | None = None) -> Mesh:
     """A Mesh over all (or the given) devices with axes (data, fsdp, tensor)."""
     devices = list(jax.devices()) if devices is None else list(devices)
-    shape = resolve_mesh_shape(mesh_cfg, len(devices))
     # Auto axes: shardings are given at the jit boundary and XLA propagates them
-    # inside, so model code needs no per-op sharding annotations.
+    # inside. (At pod scale XLA may then keep a whole fsdp group's batch on every
+    # chip: docs/benchmarks.md, "pretrax compile".)
     auto = (AxisType.Auto,) * len(MESH_AXES)
+    slices = getattr(mesh_cfg, "dcn_data", 1)
+    if slices > 1:
+        return Mesh(_multi_slice_grid(mesh_cfg, devices, slices), MESH_AXES, axis_types=auto)
+    shape = resolve_mesh_shape(mesh_cfg, len(devices))
+    if devices[0].platform == "tpu":
+        # ICI neighbours next to each other; a mesh axis may take part of a physical one (tensor 8 on 4x4x4)
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, MESH_AXES, axis_types=auto)
     if devices == list(jax.devices()):
-        # lets jax pick a topology-aware device order (ICI neighbours on TPU)
         return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=auto)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def _multi_slice_grid(mesh_cfg: MeshSection, devices: list, slices: int) -> np.ndarray:
+    """Devices as (slices x data, fsdp, tensor): slice s holds data rows [s*data, (s+1)*data)."""
+    found = {getattr(d, "slice_index", None) for d in devices}
+    need = f"mesh.dcn_data={slices} needs devices from {slices} TPU slices, but these {len(devices)} devices"
+    if None in found:
+        raise ConfigError(f"{need} have no slice index (not a multi-slice TPU job); use mesh.dcn_data=1")
+    if len(found) != slices:
+        raise ConfigError(f"{need} are in {len(found)}; set mesh.dcn_data={len(found)}")
+    try:
+        per_slice = resolve_mesh_shape(mesh_cfg, len(devices) // slices)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (per slice: {len(devices)} devices in mesh.dcn_data={slices} slices)") from None
+    return mesh_utils.create_hybrid_device_mesh(per_slice, (slices, 1, 1), devices, allow_split_physical_axes=True)
 
 
 def batch_parallelism(mesh: Mesh, rules: dict) -> int:
