@@ -20,3 +20,7 @@ class DataError(PretraxError):
 
 class CheckpointError(PretraxError):
     """A checkpoint that is missing, incomplete or does not fit this run."""
+
+
+class TrainingError(PretraxError):
+    """Training cannot go on as configured (a non-finite loss under train.nan_policy=stop, ...)."""

@@ -4,38 +4,98 @@ Each checkpoint is one Orbax step directory with three items:
   state   the train-state pytree (sharded arrays; every process writes its shards)
   data    the data iterator's state (JSON), so a resume reads exactly the next batch
   config  the resolved config (JSON), so an incompatible resume is refused
-Orbax writes into a temporary directory and renames it when complete, so the
-newest *complete* checkpoint is always the one restored; saves are
-asynchronous and overlap with the following train steps.
+Orbax writes into a temporary directory and renames it when complete, so a
+save cut short (kill -9, full disk) never looks complete; saves are
+asynchronous and overlap with the following train steps. A resume takes the
+newest checkpoint that restores: damaged newer ones are skipped (said in one
+line on stderr) and set aside in RUN_DIR/damaged_checkpoints/, never deleted.
+A save that fails stops training with one CheckpointError line, and the older
+checkpoints stay: Orbax deletes the ones past `keep` only after a new one is
+complete. docs/reliability.md lists these promises and the tests that prove them.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from pretrax import config as config_lib
 from pretrax.config import CheckpointSection, Config
 from pretrax.errors import CheckpointError
+from pretrax.train.checkpoint_verify import (  # checkpoint_dir: used by callers too
+    checkpoint_dir,
+    find_problem,
+    list_steps,
+)
 
 ITEMS = ("state", "data", "config")
 
 
-def checkpoint_dir(run_dir: str) -> str:
-    return os.path.join(os.path.abspath(run_dir), "checkpoints")
+def damaged_dir(run_dir: str) -> str:
+    return os.path.join(os.path.abspath(run_dir), "damaged_checkpoints")
 
 
-def open_manager(run_dir: str, cfg: CheckpointSection, *, read_only: bool = False) -> ocp.CheckpointManager:
+def open_manager(run_dir: str, cfg: CheckpointSection, *, read_only: bool = False,
+                 set_aside: Iterable[int] = ()) -> ocp.CheckpointManager:
+    """The run's checkpoint manager; a writer first moves the damaged steps in set_aside out of its way.
+
+    A writer also removes the temporary directories of saves that never
+    finished (a kill -9 mid-save): they were never complete, so nothing is lost.
+    """
+    if not read_only:
+        _check_writable(checkpoint_dir(run_dir))
+        _set_aside(run_dir, set_aside)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=cfg.keep,
         enable_async_checkpointing=cfg.async_save,
         create=not read_only,
         read_only=read_only,
+        cleanup_tmp_directories=not read_only,
     )
-    return ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_names=ITEMS)
+    try:
+        return ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_names=ITEMS)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot use checkpoint dir {checkpoint_dir(run_dir)}: {_reason(e)}; "
+                              "give a run.dir whose checkpoints/ is a writable directory") from e
+
+
+def _check_writable(directory: str) -> None:
+    """Fail before the first train step, not at the first save, when checkpoints cannot be written at all."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"checkpoint dir {directory} is a file; move it away or give another run.dir")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".pretrax-write-test-"):
+            pass
+    except OSError as e:
+        raise CheckpointError(f"cannot write in checkpoint dir {directory}: {_reason(e)}; "
+                              "give a run.dir on a writable disk") from e
+
+
+def _set_aside(run_dir: str, steps: Iterable[int]) -> None:
+    """Move damaged step directories to RUN_DIR/damaged_checkpoints/ (kept, out of the way of new saves)."""
+    steps = sorted(steps)
+    if steps and jax.process_index() == 0:
+        os.makedirs(damaged_dir(run_dir), exist_ok=True)
+        for step in steps:
+            target = os.path.join(damaged_dir(run_dir), str(step))
+            n = 1
+            while os.path.exists(target):
+                target, n = os.path.join(damaged_dir(run_dir), f"{step}.{n}"), n + 1
+            shutil.move(os.path.join(checkpoint_dir(run_dir), str(step)), target)
+    if steps and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("pretrax: damaged checkpoints set aside")
 
 
 def latest_step(run_dir: str) -> int | None:
@@ -49,15 +109,55 @@ def latest_step(run_dir: str) -> int | None:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict, data_state: dict, cfg: Config, *, force=False):
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state),
-            config=ocp.args.JsonSave(cfg.to_dict()),
-        ),
-        force=force,
-    )
+    """Start writing checkpoint `step`; it completes in the background while training goes on.
+
+    A write that fails (this one, or the previous one still finishing) raises
+    one CheckpointError line naming the directory and the cause, so the run
+    stops; no failed step ever gets its final name, and older steps stay.
+    """
+    _finish_writing(manager)
+    try:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                config=ocp.args.JsonSave(cfg.to_dict()),
+            ),
+            force=force,
+        )
+    except Exception as e:  # OSError from a mkdir, ValueError from TensorStore, ...
+        raise _write_error(manager, step, e) from e
+
+
+def _finish_writing(manager: ocp.CheckpointManager) -> None:
+    """Wait for the save in flight; its failure becomes a CheckpointError naming its step."""
+    in_flight = manager.latest_step() if manager.is_saving_in_progress() else None
+    try:
+        manager.wait_until_finished()
+    except Exception as e:
+        raise _write_error(manager, in_flight, e) from e
+
+
+def _write_error(manager: ocp.CheckpointManager, step: int | None, e: Exception) -> CheckpointError:
+    # from disk: after a failed save Orbax's own list has already dropped the steps past `keep`, which are still there
+    older = [r.step for r in list_steps(str(manager.directory), verify=False)
+             if r.complete and (step is None or r.step < step)]
+    kept = f"the newest complete checkpoint (step {max(older)}) is untouched" if older else "no earlier checkpoint exists"
+    what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+    return CheckpointError(f"could not write {what} in {manager.directory}: {_reason(e)}; training stopped and "
+                           f"{kept}; free space or fix the directory, then run the same command to resume")
+
+
+def _reason(e: BaseException) -> str:
+    """The cause in a few words: the OS error when there is one, else the first line."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror} ({e.filename})" if e.filename else e.strerror
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    os_error = re.search(r"([^:]+) \[os_error_code='(\d+)'\]", text)  # TensorStore's wording of an OS error
+    if os_error:
+        return f"{os_error.group(1).strip()} (errno {os_error.group(2)})"
+    return text[:300]
 
 
 def gather_data_state(data) -> dict:
@@ -70,7 +170,6 @@ def gather_data_state(data) -> dict:
     state = data.get_state()
     if jax.process_count() == 1:
         return state
-    import numpy as np
     from jax.experimental import multihost_utils
 
     from pretrax.data.pipeline import merge_states
@@ -89,27 +188,113 @@ def read_config(manager: ocp.CheckpointManager, step: int) -> dict:
 
 
 def check_compatible(saved: dict, cfg: Config, step: int) -> None:
-    """Refuse a resume whose model differs from the checkpoint's, naming the keys."""
-    differing = config_lib.diff(saved.get("model", {}), cfg.to_dict()["model"], prefix="model.")
+    """Refuse a resume whose model or parametrization differs from the checkpoint's, naming the keys."""
+    now = cfg.to_dict()
+    defaults = config_lib.Config().to_dict()  # a checkpoint from before a section existed had its defaults
+    differing = [key for section in ("model", "parametrization")
+                 for key in config_lib.diff(saved.get(section, defaults[section]), now[section], prefix=f"{section}.")]
     if differing:
-        details = ", ".join(f"{k} (checkpoint {_get(saved, k)!r}, now {_get(cfg.to_dict(), k)!r})" for k in differing)
+        details = ", ".join(f"{k} (checkpoint {_get({**defaults, **saved}, k)!r}, now {_get(now, k)!r})"
+                            for k in differing)
         raise CheckpointError(
             f"checkpoint at step {step} was written for a different model: {details}; "
             "use the checkpoint's values or a new run.dir"
         )
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A complete checkpoint whose files no longer read back whole (problem says what)."""
+
+    def __init__(self, step: int, problem: str):
+        super().__init__(f"checkpoint at step {step} is damaged ({problem})")
+        self.step, self.problem = step, problem
+
+
+def restore_latest_good(run_dir: str, cfg: Config, abstract_state: dict):
+    """Restore the newest checkpoint that reads back whole, skipping damaged newer ones.
+
+    Returns (step, state, data_state, skipped), skipped = {step: what is
+    damaged} for the newer steps passed over (a line on stderr says so), or
+    (None, None, None, {}) when the run holds no complete checkpoint. A
+    checkpoint written for a different model is refused, not skipped; when
+    every checkpoint is damaged nothing is restored and the error lists them.
+    Nothing is written here: the caller sets the skipped steps aside.
+    """
+    skipped: dict[int, str] = {}
+    if not os.path.isdir(checkpoint_dir(run_dir)):
+        return None, None, None, skipped
+    with open_manager(run_dir, cfg.checkpoint, read_only=True) as reader:
+        for step in sorted(reader.all_steps(), reverse=True):
+            error: CheckpointError | None = None
+            try:
+                state, data_state = _restore_step(reader, step, cfg, abstract_state)
+            except CheckpointError as e:
+                error = e
+            verdict = _agree(0 if error is None else 1 if isinstance(error, DamagedCheckpointError) else 2)
+            if verdict == 2:  # does not fit this run: an error, not a reason to go back further
+                if error is not None and not isinstance(error, DamagedCheckpointError):
+                    raise error
+                raise CheckpointError(f"checkpoint at step {step} does not match this run's state on another host")
+            if verdict == 1:
+                skipped[step] = error.problem if isinstance(error, DamagedCheckpointError) else "damaged on another host"
+                continue
+            if skipped and jax.process_index() == 0:
+                print(f"pretrax: {_describe(skipped)}; resuming from step {step}, the newest that restores "
+                      f"(the damaged ones are moved to {damaged_dir(run_dir)})", file=sys.stderr, flush=True)
+            return step, state, data_state, skipped
+    if not skipped:
+        return None, None, None, skipped
+    raise CheckpointError(f"no checkpoint in {checkpoint_dir(run_dir)} can be restored: {_describe(skipped)}; "
+                          "`pretrax checkpoints RUN_DIR` lists them; move them away to start afresh, or use a new run.dir")
+
+
+def _restore_step(reader: ocp.CheckpointManager, step: int, cfg: Config, abstract_state: dict):
+    # Orbax's own metadata files first: a restore with explicit args does not read them all
+    problem = find_problem(os.path.join(str(reader.directory), str(step)), read_arrays=False)
+    if problem:
+        raise DamagedCheckpointError(step, problem)
+    try:
+        saved = read_config(reader, step)
+    except Exception as e:
+        raise _restore_error(reader, step, e) from e
+    check_compatible(saved, cfg, step)
+    return restore(reader, step, abstract_state)
+
+
+def _describe(skipped: dict[int, str]) -> str:
+    return "; ".join(f"checkpoint at step {s} is damaged ({p})" for s, p in skipped.items())
+
+
+def _agree(verdict: int) -> int:
+    """The worst verdict over all hosts (0 restored, 1 damaged, 2 does not fit), so every host picks the same step."""
+    if jax.process_count() == 1:
+        return verdict
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.int32(verdict))))
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict) -> tuple[dict, dict]:
-    """Restore state onto the shardings in abstract_state (any mesh), plus the data state."""
+    """Restore state onto the shardings in abstract_state (any mesh), plus the data state.
+
+    A failure is a DamagedCheckpointError when the step no longer reads back
+    whole (checkpoint_verify), else a CheckpointError: it does not fit this run.
+    """
     try:
         restored = manager.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
         )
-    except (ValueError, KeyError, TypeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint at step {step} does not match this run's state: {first}") from None
+    except Exception as e:  # TensorStore, tree-structure and JSON errors come in many types
+        raise _restore_error(manager, step, e) from e
     return restored["state"], restored["data"]
+
+
+def _restore_error(manager: ocp.CheckpointManager, step: int, e: Exception) -> CheckpointError:
+    problem = find_problem(os.path.join(str(manager.directory), str(step)))
+    if problem:
+        return DamagedCheckpointError(step, problem)
+    return CheckpointError(f"checkpoint at step {step} does not match this run's state: {_reason(e)}")
 
 
 def _get(tree: dict, dotted: str) -> Any:
@@ -119,5 +304,5 @@ def _get(tree: dict, dotted: str) -> Any:
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
-    manager.wait_until_finished()
+    _finish_writing(manager)
     jax.effects_barrier()

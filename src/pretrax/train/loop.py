@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -23,12 +23,15 @@ from pretrax.data.pipeline import eval_batches, make_train_iterator
 from pretrax.data.prefetch import Prefetcher
 from pretrax.data.tokenizer import load_tokenizer
 from pretrax.errors import ConfigError
-from pretrax.flops import flops_per_token
+from pretrax.flops import step_flops
 from pretrax.parallel.mesh import batch_parallelism, make_mesh
+from pretrax.perf import device_peak, flop_rates
 from pretrax.train import checkpoint as ckpt
 from pretrax.train.metrics import MetricsWriter
+from pretrax.train.nonfinite import MAX_ROLLBACKS, bad_steps, stop_error
+from pretrax.train.preemption import PreemptionWatcher
 from pretrax.train.optimizer import decay_mask
-from pretrax.train.state import init_state, make_setup, max_positions, model_vocab_size, param_count
+from pretrax.train.state import init_state, make_setup, model_vocab_size, param_count
 from pretrax.train.step import batch_keys, make_eval_step, make_train_step, to_global
 
 
@@ -63,8 +66,13 @@ def write_config(cfg: Config, run_dir: str) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = None) -> dict[str, Any]:
-    """Train (or resume) the run described by cfg; returns the final numbers."""
+def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = None,
+          batch_hook: Callable[[int, dict], dict] | None = None) -> dict[str, Any]:
+    """Train (or resume) the run described by cfg; returns the final numbers.
+
+    batch_hook(step, host_batch) -> host_batch runs on each batch before its step: the seam for
+    fault injection (tests put a NaN into a batch there) and for batch surgery.
+    """
     run_dir = check_run_dir(cfg.run.dir)
     eval_config(cfg)  # refuses an eval objective the model kind cannot be scored on
     tokenizer = load_tokenizer(cfg.data.tokenizer)
@@ -82,60 +90,92 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
     data = make_train_iterator(cfg, process_index=jax.process_index(), process_count=jax.process_count())
     if cfg.data.prefetch:
         data = Prefetcher(data, cfg.data.prefetch)
-    start = ckpt.latest_step(run_dir)
+    # the newest checkpoint that restores; damaged newer ones are skipped (one line on stderr), then set aside
+    start, state, data_state, damaged = ckpt.restore_latest_good(run_dir, cfg, setup.abstract_state())
     if start is not None:
-        with ckpt.open_manager(run_dir, cfg.checkpoint, read_only=True) as reader:
-            ckpt.check_compatible(ckpt.read_config(reader, start), cfg, start)
-            state, data_state = ckpt.restore(reader, start, setup.abstract_state())
         data.set_state(data_state)
     else:
         start = 0
         state = init_state(setup, cfg.run.seed)
     os.makedirs(run_dir, exist_ok=True)
     write_config(cfg, run_dir)
-    manager = ckpt.open_manager(run_dir, cfg.checkpoint)
+    manager = ckpt.open_manager(run_dir, cfg.checkpoint, set_aside=damaged)
 
     total = cfg.train.steps
     end = min(total, stop_at) if stop_at else total
     out = MetricsWriter(run_dir, total, start, progress=progress)
     n_params = param_count(setup.abstract_params)
     tokens_per_step = cfg.train.batch_size * row_tokens(cfg)
-    fpt = flops_per_token(n_params, cfg.model, vocab_size, cfg.data.seq_len, max_positions(cfg))
+    fpt = step_flops(cfg, vocab_size, setup.abstract_params).per_token  # causal attention counted as half
+    peak = device_peak(cfg.train.peak)  # per-device TFLOP/s for MFU; unknown (no mfu) is said once at start-up
     out.print(startup_summary(cfg, setup, n_params, tokens_per_step, fpt, start))
 
     train_step = make_train_step(setup)
     evaluate = make_evaluator(cfg, setup, tokenizer)
-    result: dict[str, Any] = {"start_step": start, "losses": {}}
+    result: dict[str, Any] = {"start_step": start, "losses": {}, "skipped_steps": [], "rollbacks": 0}
     last_time, last_step = time.perf_counter(), start
     pending: list[tuple[int, Any]] = []  # metrics stay on device until a log step (no sync every step)
+    policy = cfg.train.nan_policy
+    step = start
     try:
-        for step in range(start + 1, end + 1):
-            state, metrics = train_step(state, to_global(setup, next(data)))
-            pending.append((step, metrics))
-            out.advance()
-            eval_due = step == total or (cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0)
-            if step % cfg.train.log_every == 0 or step == end or eval_due:
-                fetched = jax.device_get([m for _, m in pending])
-                now = time.perf_counter()
-                for (s, _), m in zip(pending, fetched):
-                    result["losses"][s] = float(m["loss"])
-                row = {k: float(fetched[-1][k]) for k in ("loss", "lr", "grad_norm")}
-                row.update(denoiser_losses(cfg, fetched[-1]))
-                row["tokens_per_s"] = tokens_per_step * (step - last_step) / max(now - last_time, 1e-9)
-                row["model_flops_per_s"] = row["tokens_per_s"] * fpt
-                if eval_due:
-                    result["eval"] = evaluate(state["params"])
-                    row.update(result["eval"])
-                out.write(step, row)
-                pending, last_step = [], step
-                last_time = time.perf_counter()  # eval time is not training time
-            if step % cfg.checkpoint.every == 0 or step == end:
-                ckpt.save(manager, step, state, ckpt.gather_data_state(data), cfg)
+        with PreemptionWatcher(sync_every=cfg.train.log_every) as preemption:  # SIGTERM: save, then stop
+            while step < end:
+                step += 1
+                batch = next(data) if batch_hook is None else batch_hook(step, next(data))
+                state, metrics = train_step(state, to_global(setup, batch))
+                pending.append((step, metrics))
+                out.advance()
+                eval_due = step == total or (cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0)
+                log_due = step % cfg.train.log_every == 0 or step == end or eval_due
+                save_due = step % cfg.checkpoint.every == 0 or step == end
+                preempted = preemption.requested(step)
+                bad = bad_steps(pending) if log_due or save_due or preempted else []
+                if bad:  # train.nan_policy (nonfinite.py); the weights never took the bad update
+                    if policy == "stop" or (policy == "rollback" and result["rollbacks"] >= MAX_ROLLBACKS):
+                        why = f", {MAX_ROLLBACKS} rollbacks already" if policy == "rollback" else ""
+                        ckpt.wait(manager)
+                        raise stop_error(policy, bad, manager.latest_step(), why)
+                    if policy == "rollback":
+                        ckpt.wait(manager)
+                        back = manager.latest_step()
+                        if back is None:
+                            raise stop_error(policy, bad, None, ", nothing to roll back to")
+                        state, _ = ckpt.restore(manager, back, setup.abstract_state())  # the data stream goes on
+                        out.print(f"step {bad[0]}: non-finite loss or gradients; rolled back to step {back} and "
+                                  f"skipped batches {back + 1}..{step}")
+                        result["rollbacks"] += 1
+                        pending, step, last_step, last_time = [], back, back, time.perf_counter()
+                        continue
+                    result["skipped_steps"] += bad
+                if log_due:
+                    fetched = jax.device_get([m for _, m in pending])
+                    now = time.perf_counter()
+                    for (s, _), m in zip(pending, fetched):
+                        result["losses"][s] = float(m["loss"])
+                    row = {k: float(fetched[-1][k]) for k in ("loss", "lr", "grad_norm")}
+                    row.update(denoiser_losses(cfg, fetched[-1]))
+                    if result["skipped_steps"]:
+                        row["skipped_steps"] = len(result["skipped_steps"])
+                    row["tokens_per_s"] = tokens_per_step * (step - last_step) / max(now - last_time, 1e-9)
+                    row.update(flop_rates(row["tokens_per_s"] * fpt, jax.device_count(), peak))  # TFLOP/s, mfu
+                    if eval_due:
+                        result["eval"] = evaluate(state["params"])
+                        row.update(result["eval"])
+                    out.write(step, row)
+                    pending, last_step = [], step
+                    last_time = time.perf_counter()  # eval time is not training time
+                if save_due or preempted:
+                    ckpt.save(manager, step, state, ckpt.gather_data_state(data), cfg)
+                if preempted:
+                    out.print(f"preempted (SIGTERM) after step {step}: checkpoint saved; run the same command to resume")
+                    result["preempted"] = True
+                    break
         ckpt.wait(manager)
     finally:
         data.close()  # the prefetch thread and any document worker processes
         manager.close()
         out.close()
+    end = step
     if end == total and "eval" not in result:  # resumed a finished run: nothing trained, still report
         result["eval"] = evaluate(state["params"])
     result.update(final_step=end, params=state["params"], setup=setup, tokenizer=tokenizer)
@@ -215,6 +255,6 @@ def startup_summary(cfg: Config, setup, n_params: int, tokens_per_step: int, fpt
         + (f" decoder tokens, {cfg.data.inputs_len or cfg.data.seq_len} encoder tokens per row"
            if cfg.model.kind == "encoder_decoder" else "") + "); "
         f"{per_device:g} sequences per device per micro-batch",
-        f"FLOPs per token: {fpt:.3g}",
+        f"FLOPs per token: {fpt:.3g} (causal attention counted as half); {device_peak(cfg.train.peak).describe()}",
     ]
     return "\n".join(lines)

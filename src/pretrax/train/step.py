@@ -101,13 +101,20 @@ def make_train_step(setup: TrainSetup) -> Callable[[dict, dict], tuple[dict, dic
         loss_sum, stats, grads = _grads(setup, state["params"], batch)
         count = jnp.maximum(stats.pop("count"), 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = setup.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        # A non-finite loss or gradient never reaches the weights or the Adam moments: the step keeps the
+        # old ones (XLA fuses the select into the update) and says so; train.nan_policy decides the rest.
+        finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        params, opt_state = jax.tree.map(keep, params, state["params"]), jax.tree.map(keep, opt_state, state["opt_state"])
         metrics = {
             "loss": loss_sum / count,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "lr": lr_at(state["step"]),
             "tokens": count,
+            "nonfinite": 1.0 - finite.astype(jnp.float32),
             **stats,  # per-denoiser loss sums and token counts, when the objective has denoisers
         }
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "rng": state["rng"]}

@@ -1,0 +1,71 @@
+"""Every bad input a user can give, in one table: the command, its exit code, and the one line it must print.
+
+Each row runs the real CLI entry point (pretrax.cli.main) in this process: the
+same code path as the `pretrax` command, which turns every PretraxError into
+one stderr line and exit 2 with no traceback (tests/test_cli.py runs a few of
+these as real subprocesses, and checks nothing written is damaged).
+"""
+
+import pytest
+
+from pretrax.cli import main
+
+TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=4", "model.d_ff=64", "data.seq_len=32",
+        "train.batch_size=8", "train.steps=2"]
+UL2 = ["data.objective=ul2", "data.seq_len=64"]
+ONE_DENOISER = "data.denoisers=[{{kind: span, mean_span: {mu}, noise_density: {r}, weight: {w}}}]"
+
+CASES = [
+    # config schema (foundation issue)
+    ("unknown key", ["train", "configs/tiny.yaml", "model.d_modle=64"], 2, "did you mean 'model.d_model'"),
+    ("wrong type", ["train", "configs/tiny.yaml", "model.d_model=wide"], 2, "'model.d_model' expects int"),
+    ("bad choice", ["train", "configs/tiny.yaml", "model.kind=encoder"], 2, "must be one of 'decoder', 'encoder_decoder'"),
+    ("missing config file", ["train", "configs/nope.yaml"], 2, "config file 'configs/nope.yaml' does not exist"),
+    ("override without =", ["train", "configs/tiny.yaml", "model.d_model"], 2, "must look like key=value"),
+    ("heads do not divide width", ["info", "configs/tiny.yaml", "model.d_model=100", "model.n_heads=3"], 2,
+     "must be divisible by model.n_heads"),
+    ("bad nan policy", ["train", "configs/tiny.yaml", "train.nan_policy=ignore"], 2,
+     "'train.nan_policy' must be one of 'stop', 'skip', 'rollback'"),
+    ("bad MFU peak", ["train", "configs/tiny.yaml", "train.peak=fast"], 2,
+     "train.peak must be 'auto', 'measure' or a positive number"),
+    ("mesh does not match devices", ["train", "configs/tiny.yaml", *TINY, "mesh.data=3"], 2,
+     "has 3 devices but 8 are available"),
+    ("batch not divisible", ["train", "configs/tiny.yaml", *TINY, "train.batch_size=6"], 2,
+     "not divisible by the data-parallel size 8"),
+    ("stop-at zero", ["train", "configs/tiny.yaml", "--stop-at", "0"], 2, "--stop-at must be a positive step"),
+    # data (data issue)
+    ("missing tokenizer model", ["train", "configs/tiny.yaml", *TINY, "data.tokenizer=/nonexistent/spm.model"], 2,
+     "/nonexistent/spm.model"),
+    ("missing text files", ["train", "configs/tiny.yaml", *TINY, "data.source=text", "data.paths=[/nonexistent/*.txt]"],
+     2, "/nonexistent/*.txt"),
+    # UL2 (UL2 issue)
+    ("noise density out of range", ["train", "configs/tiny.yaml", *TINY, *UL2,
+                                    ONE_DENOISER.format(mu=3, r=1.5, w=1)], 2, "noise_density must be in (0, 1)"),
+    ("mean span below 1", ["train", "configs/tiny.yaml", *TINY, *UL2, ONE_DENOISER.format(mu=0.5, r=0.15, w=1)], 2,
+     "mean_span must be >= 1"),
+    ("weights sum to zero", ["train", "configs/tiny.yaml", *TINY, *UL2, ONE_DENOISER.format(mu=3, r=0.15, w=0)], 2,
+     "sum to a positive number"),
+    ("sequence too short for a denoiser", ["train", "configs/tiny.yaml", *TINY, "data.objective=ul2"], 2,
+     "data.seq_len=32 is too short for data.denoisers[1] (R, mean_span=8, noise_density=0.15): it needs data.seq_len >= 54"),
+    ("encoder rows too short", ["train", "configs/ul2_tiny_encdec.yaml", "data.inputs_len=300"], 2,
+     "it needs data.inputs_len >= 363 and data.targets_len >= 66"),
+    ("causal LM for an encoder-decoder", ["train", "configs/ul2_tiny_encdec.yaml", "data.objective=causal_lm",
+                                          "data.denoisers=[]"], 2, "causal_lm has no inputs for an encoder"),
+    ("mode token the tokenizer lacks", ["train", "configs/tiny.yaml", *TINY, *UL2,
+                                        "data.denoisers=[{kind: prefix, mode_token: '[XYZ]'}]"], 2,
+     "mode_token '[XYZ]'"),
+    # using a run
+    ("generate from a missing run", ["generate", "/nonexistent/run"], 2, "run dir '/nonexistent/run' does not exist"),
+    ("data stats of nothing", ["data", "stats", "configs/tiny.yaml", "--examples", "0"], 2, "--examples"),
+]
+
+
+@pytest.mark.parametrize("argv, code, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_line_and_its_exit_code(argv, code, message, capsys, tmp_path):
+    if argv[0] == "train":
+        argv = argv[:2] + [f"run.dir={tmp_path / 'run'}"] + argv[2:]
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("pretrax: error: "), err
+    assert message in err, err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
