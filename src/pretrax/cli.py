@@ -1,4 +1,4 @@
-"""Command line: `pretrax train | info | generate | tokenizer train | data prepare | inspect | stats`. Thin: parse, call one function, print.
+"""Command line: `pretrax train | info | bench | generate | checkpoints | compile | sweep | scaling fit | coordcheck | tokenizer train | data prepare | inspect | stats`. Thin: parse, call one function, print.
 
 Errors the user can fix (PretraxError) are printed as one line on stderr with
 exit code 2 and no traceback.
@@ -34,7 +34,19 @@ def _quiet_library_logs() -> None:
     """Orbax and absl log routine notices as warnings; a user should see only pretrax's own lines."""
     import logging
 
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    # CRITICAL, not ERROR: a failed checkpoint write is logged by Orbax (absl) and by asyncio ("Task exception was
+    # never retrieved") as ERROR tracebacks from several threads; pretrax raises it as one CheckpointError line.
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    default_hook = sys.unraisablehook
+
+    def hook(args):
+        # After a checkpoint read or write fails, TensorStore finishes the other reads/writes once Orbax's event
+        # loop has closed, and each reports this here; the failure itself is one CheckpointError line.
+        if not (isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == "Event loop is closed"):
+            default_hook(args)
+
+    sys.unraisablehook = hook
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's C++ notices
 
 
@@ -54,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bench", help="time train steps: step time, tokens/s, TFLOP/s per device, MFU, memory, compile")
+    p.add_argument("config", help="YAML config file (benchmarks/configs/ holds tiny, gpt2_small, decoder_1b)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.remat=full")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    p.add_argument("--peak", default=None, metavar="auto|measure|TFLOPS",
+                   help="the per-device peak MFU is measured against (sets train.peak)")
+    p.add_argument("--compile-only", action="store_true",
+                   help="only compile the train step against the state's shapes (allocates no model): compile time")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("tokenizer", help="SentencePiece tokenizers")
     tok = p.add_subparsers(dest="tokenizer_command", required=True)
@@ -98,8 +122,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="0: off")
     p.add_argument("--top-p", type=float, default=0.95, help="1.0: off")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", default=None, help="UL2 mode: R, S or X (or a mode token); the prompt becomes its inputs")
+    p.add_argument("--mode", default=None, help="UL2 mode: R, S or X (or a mode token); the prompt becomes its inputs. "
+                        "Default: the run's S denoiser's mode token, if it has one")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("sweep", help="run a grid of configs one after another (resumable) into DIR/results.csv")
+    p.add_argument("sweep", help="sweep YAML: base config, dir, grid (configs/sweeps/ has examples)")
+    p.add_argument("--emit-jobs", metavar="FILE", help="write one tpu_scripts/launch.sh command per point; run nothing")
+    p.add_argument("--dry-run", action="store_true", help="validate every point and list them; run nothing")
+    p.add_argument("--dir", default=None, help="put the runs and results.csv here instead of the sweep's dir")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("scaling", help="scaling laws from a sweep's results.csv")
+    scaling = p.add_subparsers(dest="scaling_command", required=True)
+    s = scaling.add_parser("fit", help="fit L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla approach 3), with "
+                                       "bootstrap intervals, compute-optimal N and D, and isoFLOP minima")
+    s.add_argument("results", help="results.csv (pretrax sweep writes one; rows whose status is not ok are left out)")
+    s.add_argument("--params", choices=("non_embedding", "total"), default="non_embedding",
+                   help="which parameter count is N")
+    s.add_argument("--budgets", default=None, metavar="C1,C2,...",
+                   help="training FLOPs to give the compute-optimal N and D for (default: decades over the runs)")
+    s.add_argument("--bootstrap", type=int, default=100, metavar="K", help="resamples for the intervals; 0: none")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--plot", metavar="OUT.png", help="also write a figure: runs, fitted law, frontier, isoFLOPs")
+    s.set_defaults(func=cmd_scaling_fit)
+
+    p = sub.add_parser("coordcheck", help="muP coordinate check: mean |x| of every layer over a few Adam steps "
+                                          "at several widths, sp vs mup; table, PNG and log-log slopes")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--widths", default="128,256,512,1024,2048", help="comma-separated d_model values (multiples "
+                   "of model.n_heads; heads stay fixed, head dim and d_ff scale)")
+    p.add_argument("--steps", type=int, default=3, help="Adam steps (mean |x| is measured at init and after each)")
+    p.add_argument("--seeds", type=int, default=1, help="model seeds averaged per width")
+    p.add_argument("--out", default=None, metavar="DIR", help="where coordcheck.{csv,md,png} go (default: "
+                   "RUN_DIR/coordcheck)")
+    p.add_argument("--json", action="store_true", help='print {"sp": {layer: slope}, "mup": {...}} at the last step')
+    p.set_defaults(func=cmd_coordcheck)
+
+    p = sub.add_parser("checkpoints", help="list a run's checkpoints: step, size and whether each verifies",
+                       description="List RUN_DIR's checkpoints. A checkpoint verifies when Orbax finished it (a save "
+                       "cut short keeps a temporary name and shows as incomplete), its metadata and JSON items parse, "
+                       "and every array its metadata names reads back in full with no chunk missing: every byte is "
+                       "read once on this host, no model or devices needed. This finds deleted or truncated files, "
+                       "not flipped bits (Orbax stores no checksums). Exit 0 when every complete checkpoint "
+                       "verifies, 1 when one does not.")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true", help="print one JSON object per checkpoint, as a list")
+    p.set_defaults(func=cmd_checkpoints)
+
+    p = sub.add_parser("compile", help="compile the train step for a TPU topology on this machine: per-chip memory "
+                                       "and FLOPs; exit 0 if it fits, 3 if not")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--topology", required=True, help="Cloud TPU accelerator type, e.g. v5p-256, v5e-16, v4-128, v6e-64")
+    p.add_argument("--num-slices", type=int, default=None, metavar="K",
+                   help="K slices joined over DCN (sets mesh.dcn_data; default: mesh.dcn_data)")
+    p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    p.set_defaults(func=cmd_compile)
     return parser
 
 
@@ -114,10 +195,16 @@ def cmd_train(args) -> int:
     from pretrax.parallel.distributed import initialize_from_env
 
     initialize_from_env()  # a no-op for one process; TPU pods, SLURM or PRETRAX_* variables otherwise
-    from pretrax.generate import sample
+    from pretrax.generate import default_mode, sample
     from pretrax.train.loop import train
 
     result = train(cfg, stop_at=args.stop_at)
+    if result.get("preempted"):
+        from pretrax.train.preemption import PREEMPTED_EXIT_CODE
+
+        print(f"pretrax: preempted at step {result['final_step']}; the checkpoint is saved, run the same command "
+              "to resume", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     if "eval" in result:
         print(f"held-out loss: {result['eval']['eval_loss']:.4f} nats/token")
         print(f"held-out bits per byte: {result['eval']['eval_bits_per_byte']:.4f}")
@@ -125,7 +212,7 @@ def cmd_train(args) -> int:
         print(f"stopped at step {result['final_step']} of {cfg.train.steps}; run the same command to resume")
     if cfg.train.sample_tokens and not args.no_sample and "eval" in result:
         text = sample(result["setup"], result["params"], result["tokenizer"], "def ",
-                      max_new_tokens=cfg.train.sample_tokens, seed=cfg.run.seed)
+                      max_new_tokens=cfg.train.sample_tokens, seed=cfg.run.seed, mode=default_mode(cfg))
         print("sample:\n" + "def " + text)
     return 0
 
@@ -138,9 +225,42 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import json
+
+    from pretrax import config as config_lib
+    from pretrax.parallel.distributed import initialize_from_env
+
+    overrides = list(args.overrides) + ([f"train.peak={args.peak}"] if args.peak is not None else [])
+    cfg = config_lib.load(args.config, overrides)
+    initialize_from_env()  # every host of a pod runs the same command
+    from pretrax.bench import format_bench, run_bench
+
+    result = run_bench(cfg, steps=args.steps, warmup=args.warmup, compile_only=args.compile_only)
+    print(json.dumps(result) if args.json else format_bench(result))
+    return 0
+
+
+def cmd_checkpoints(args) -> int:
+    import dataclasses
+    import json
+
+    from pretrax.errors import CheckpointError
+    from pretrax.train.checkpoint_verify import checkpoint_dir, format_reports, list_steps  # no jax: starts fast
+
+    reports = list_steps(checkpoint_dir(args.run_dir))
+    if not reports:
+        raise CheckpointError(f"{checkpoint_dir(args.run_dir)} holds no checkpoints; give a run dir that was trained")
+    if args.json:
+        print(json.dumps([{**dataclasses.asdict(r), "verifies": r.verifies} for r in reports]))
+    else:
+        print(format_reports(reports))
+    return 0 if all(r.verifies for r in reports if r.complete) else 1
+
+
 def cmd_generate(args) -> int:
     from pretrax.errors import ConfigError
-    from pretrax.generate import load_run, sample
+    from pretrax.generate import default_mode, load_run, sample
 
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -150,8 +270,83 @@ def cmd_generate(args) -> int:
         raise ConfigError("--temperature and --top-k must be >= 0")
     cfg, setup, tokenizer, params, step = load_run(args.run_dir)
     text = sample(setup, params, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, mode=args.mode)
+                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                  mode=args.mode or default_mode(cfg))
     print(args.prompt + text)
+    return 0
+
+
+def cmd_coordcheck(args) -> int:
+    import json
+    import os
+
+    from pretrax import config as config_lib
+    from pretrax.coordcheck import coordcheck, describe, parse_widths, write_outputs
+
+    cfg = config_lib.load(args.config, args.overrides)
+    widths = parse_widths(args.widths)
+    log = None if args.json else (lambda line: print(line, file=sys.stderr))
+    result = coordcheck(cfg, widths, args.steps, seeds=args.seeds, log=log)
+    paths = write_outputs(result, args.out or os.path.join(cfg.run.dir, "coordcheck"))
+    if args.json:
+        print(json.dumps(result.slopes()))
+    else:
+        print(describe(result))
+        print("wrote " + ", ".join(paths.values()))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from pretrax.sweeps.grid import load_sweep
+
+    sweep = load_sweep(args.sweep, args.dir)  # every point's config is validated before anything runs
+    if args.emit_jobs:
+        from pretrax.sweeps.jobs import write_jobs
+
+        print(f"wrote {write_jobs(sweep, args.emit_jobs)} launch command(s) to {args.emit_jobs}")
+        return 0
+    from pretrax.sweeps import runner
+
+    if args.dry_run:
+        print(runner.plan(sweep))
+        return 0
+    rows, preempted = runner.run_sweep(sweep)
+    if preempted:
+        from pretrax.train.preemption import PREEMPTED_EXIT_CODE
+
+        return PREEMPTED_EXIT_CODE
+    failed = [p.name for p in sweep.points if rows[p.name]["status"] != "ok"]
+    print(f"results: {runner.results_path(sweep)} ({len(sweep.points) - len(failed)} ok, {len(failed)} failed)")
+    return 1 if failed else 0
+
+
+def cmd_scaling_fit(args) -> int:
+    import json
+
+    from pretrax.errors import ConfigError
+    from pretrax.scaling.report import analyse, format_report
+    from pretrax.scaling.results import read_points
+
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    budgets = None
+    if args.budgets:
+        try:
+            budgets = [float(c) for c in args.budgets.split(",")]
+        except ValueError:
+            raise ConfigError(f"--budgets must be FLOP counts separated by commas, e.g. 1e18,1e19; "
+                              f"got {args.budgets!r}") from None
+        if not all(c > 0 for c in budgets):
+            raise ConfigError(f"--budgets must be positive FLOP counts, got {args.budgets!r}")
+    points = read_points(args.results, args.params)
+    report = analyse(points, budgets, resamples=args.bootstrap, seed=args.seed)
+    if args.plot:
+        from pretrax.scaling.plot import plot_fit
+
+        report["plot"] = plot_fit(points, report, args.plot)
+    print(json.dumps(report) if args.json else format_report(report))
+    if args.plot and not args.json:
+        print(f"plot: {args.plot}")
     return 0
 
 
@@ -198,6 +393,20 @@ def cmd_data_stats(args) -> int:
     stats = collect_stats(config_lib.load(args.config, args.overrides), args.examples)
     print(json.dumps(stats) if args.json else format_stats(stats))
     return 0
+
+
+def cmd_compile(args) -> int:
+    import json
+
+    # the host side of an ahead-of-time compile needs only the CPU; without this a machine with
+    # libtpu but no TPU first tries, noisily, to open a TPU
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from pretrax import config as config_lib
+    from pretrax.compile import compile_for_topology, exit_code, format_report
+
+    report = compile_for_topology(config_lib.load(args.config, args.overrides), args.topology, args.num_slices)
+    print(json.dumps(report) if args.json else format_report(report))
+    return exit_code(report)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ class ModelSection:
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype
     scan_layers: bool = False  # one compiled layer body scanned L times (fast compiles for deep models)
-    remat: Literal["none", "full", "dots"] = "none"  # rematerialise each layer in the backward pass
+    remat: Literal["none", "full", "dots", "attention"] = "none"  # rematerialise each layer in the backward pass
 
     @property
     def kv_heads(self) -> int:
@@ -155,6 +155,7 @@ class OptimSection:
     eps: float = 1e-8
     weight_decay: float = 0.1  # decoupled (AdamW); matrices only, never norms or biases
     clip_norm: float = 1.0  # global-norm clipping; 0: off
+    mu_dtype: Literal["float32", "bfloat16"] = "float32"  # Adam's first moment; bfloat16 halves its memory
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ class MeshSection:
     data: int = -1  # -1: all devices left over by the other axes
     fsdp: int = 1
     tensor: int = 1
+    dcn_data: int = 1  # TPU slices: an outer data axis over DCN; data, fsdp and tensor are then per slice
     rules: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RULES))
 
 
@@ -427,6 +429,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.max_seq_len ({m.max_seq_len}) is shorter than data.seq_len ({cfg.data.seq_len})"
         )
+    validate_parametrization(cfg.parametrization, m)
+    from pretrax.perf import check_peak  # here, so a bad train.peak is refused before a run dir is written
+
+    check_peak(cfg.train.peak)
     if cfg.train.batch_size % cfg.train.grad_accum:
         raise ConfigError(
             f"train.batch_size ({cfg.train.batch_size}) must be divisible by train.grad_accum ({cfg.train.grad_accum})"
@@ -435,6 +441,8 @@ def validate(cfg: Config) -> None:
         size = getattr(cfg.mesh, axis)
         if size == 0 or size < -1:
             raise ConfigError(f"config key 'mesh.{axis}' must be a positive integer or -1, got {size}")
+    if cfg.mesh.dcn_data < 1:
+        raise ConfigError(f"config key 'mesh.dcn_data' must be a positive integer (slices), got {cfg.mesh.dcn_data}")
     if sum(getattr(cfg.mesh, a) == -1 for a in MESH_AXES) > 1:
         raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
     for logical, target in cfg.mesh.rules.items():
@@ -444,6 +452,20 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(
                     f"mesh.rules.{logical} maps to unknown mesh axis {t!r}; valid: {', '.join(MESH_AXES)} or null"
                 )
+
+
+def validate_parametrization(p: ParametrizationSection, m: ModelSection) -> None:
+    """The base shape must be a whole model: a positive width whose head dim is whole."""
+    for key in ("base_d_model", "base_n_layers", "depth_alpha"):
+        if getattr(p, key) < 0:
+            raise ConfigError(f"config key 'parametrization.{key}' must be >= 0 (0: this model's), got {getattr(p, key)}")
+    if not (p.alpha_in > 0 and p.alpha_out > 0):
+        raise ConfigError(f"parametrization.alpha_in and alpha_out must be > 0, got {p.alpha_in} and {p.alpha_out}")
+    if p.kind == "mup" and p.base_d_model and m.head_dim == 0 and p.base_d_model % m.n_heads:
+        raise ConfigError(
+            f"parametrization.base_d_model ({p.base_d_model}) must be divisible by model.n_heads ({m.n_heads}): "
+            "the base model's head dim is base_d_model / n_heads (or set model.head_dim to keep it fixed)"
+        )
 
 
 # ---------------------------------------------------------------- helpers

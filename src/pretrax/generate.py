@@ -42,6 +42,16 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: floa
     return logits
 
 
+def default_mode(cfg) -> str | None:
+    """The mode a run samples with when none is given: its S (prefix) denoiser's mode token, if it has one.
+
+    A UL2 model never saw a bare document start; [S2S] + prompt is the continuation task it was trained on.
+    """
+    from pretrax.data.objectives import denoisers
+
+    return next((d.mode_token or None for d in denoisers(cfg.data) if d.kind == "prefix"), None)
+
+
 def _choose(logits: jax.Array, key, temperature: float, top_k: int, top_p: float) -> jax.Array:
     """The next token from float32 logits (V,): greedy at temperature 0, else a filtered sample."""
     if temperature == 0:
