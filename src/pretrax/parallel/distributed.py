@@ -1,7 +1,7 @@
 """Start JAX's multi-controller runtime (one process per host) from the environment.
 
-* TPU pods (several workers) and SLURM jobs (several tasks): jax.distributed
-  finds the coordinator itself.
+* TPU VMs (TPU chips on the PCI bus; GKE's TPU_WORKER_HOSTNAMES) and SLURM
+  jobs (several tasks): jax.distributed finds the coordinator itself.
 * Anywhere else, explicit variables: PRETRAX_COORDINATOR (host:port),
   PRETRAX_NUM_PROCESSES, PRETRAX_PROCESS_ID. On CPU the collectives go through
   gloo, which is how the multi-process tests run on one machine.
@@ -50,7 +50,7 @@ def initialize_from_env(environ=os.environ) -> bool:
         # only the CPU backend reads this; GPUs and TPUs keep their own collectives
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id, **timeouts)
-    elif _is_multi_host_tpu(environ) or _is_multi_task_slurm(environ):
+    elif _is_multi_host_tpu(environ) or _on_tpu_vm() or _is_multi_task_slurm(environ):
         jax.distributed.initialize(**_timeouts(environ))
     else:
         return False
@@ -100,6 +100,17 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
 
 def _is_multi_host_tpu(environ) -> bool:
     return "," in environ.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def _on_tpu_vm() -> bool:
+    """TPU chips on this host's PCI bus (jax's own check): a TPU VM, where jax.distributed finds its
+    workers through the metadata server (TPU_WORKER_HOSTNAMES is set on GKE only); one host is fine too."""
+    try:
+        from jax._src import hardware_utils
+
+        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+    except Exception:  # a jax without this helper: rely on the variables
+        return False
 
 
 def _is_multi_task_slurm(environ) -> bool:

@@ -47,7 +47,7 @@ def check_batch(cfg: Config, mesh) -> None:
     if micro % ways:
         raise ConfigError(
             f"train.batch_size / train.grad_accum = {micro} sequences per micro-batch is not divisible by the "
-            f"data-parallel size {ways} (mesh.data * mesh.fsdp); use a multiple of {ways}"
+            f"data-parallel size {ways} (mesh.data * mesh.fsdp, times mesh.dcn_data slices); use a multiple of {ways}"
         )
     if cfg.train.batch_size % jax.process_count():
         raise ConfigError(
