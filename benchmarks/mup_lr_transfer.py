@@ -1,0 +1,73 @@
+"""Learning-rate transfer, sp vs mup: final eval loss vs learning rate per width, from a sweep's results.csv.
+
+    python benchmarks/mup_lr_transfer.py runs/sweeps/mup_lr_transfer/results.csv --plot docs/figures/mup_lr_transfer.png
+
+Prints, per parametrization and width, the best learning rate and its loss, and how many grid
+steps (factors of 2) the best learning rate moves across the widths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from collections import defaultdict
+
+
+def load(path: str) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    curves: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["status"] != "ok":
+                continue
+            loss = float(row["eval_loss"])
+            key = (row["parametrization.kind"], int(row["model.d_model"]))
+            curves[key].append((float(row["optim.lr"]), loss if math.isfinite(loss) else float("nan")))
+    return {k: sorted(v) for k, v in curves.items()}
+
+
+def best(points: list[tuple[float, float]]) -> tuple[float, float]:
+    finite = [(lr, loss) for lr, loss in points if math.isfinite(loss)]
+    return min(finite, key=lambda p: p[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results")
+    parser.add_argument("--plot", default=None)
+    args = parser.parse_args()
+    curves = load(args.results)
+    for kind in ("sp", "mup"):
+        widths = sorted(w for k, w in curves if k == kind)
+        optima = [best(curves[(kind, w)]) for w in widths]
+        for w, (lr, loss) in zip(widths, optima):
+            print(f"{kind:4s} width {w:5d}: best lr {lr:.2e}, eval loss {loss:.4f}")
+        if optima:
+            shift = math.log2(max(lr for lr, _ in optima) / min(lr for lr, _ in optima))
+            print(f"{kind:4s} best lr moves {shift:.0f} grid step(s) (x2 each) across widths {widths}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+        for ax, kind in zip(axes, ("sp", "mup")):
+            for w in sorted(w for k, w in curves if k == kind):
+                lrs, losses = zip(*curves[(kind, w)])
+                line, = ax.plot(lrs, losses, marker="o", label=f"width {w}")
+                lr, loss = best(curves[(kind, w)])
+                ax.plot([lr], [loss], marker="*", markersize=14, color=line.get_color())
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("learning rate")
+            ax.set_title({"sp": "standard parametrization", "mup": "muP"}[kind])
+            ax.legend()
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("held-out loss (nats/token)")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
