@@ -294,3 +294,16 @@ def test_prepare_rejects_bad_arguments(tmp_path):
     with pytest.raises(DataError, match="missing.txt"):
         prepare([str(tmp_path / "missing.txt")], name="ok", data_dir=str(tmp_path / "d"))
     assert not (tmp_path / "d" / "ok").exists()
+
+
+def test_prepare_never_writes_an_empty_validation_split(tmp_path):
+    """Few documents and a small eval_percent: the hash may hold out none; one is held out instead."""
+    for i in range(3):
+        (tmp_path / f"d{i}.txt").write_text(f"document number {i}\n")
+    summary = prepare([str(tmp_path / "*.txt")], name="tiny_eval_corpus", data_dir=str(tmp_path / "tfds"),
+                      eval_percent=0.5)
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(tmp_path / "tfds" / "tiny_eval_corpus" / "1.0.0"))
+    sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
+    assert sizes == {"train": 2, "validation": 1}, (sizes, summary)

@@ -42,6 +42,7 @@ import os
 import re
 import shutil
 import tempfile
+import zlib
 from typing import Any, Literal, Sequence
 
 from pretrax.data.corpus import Corpus, is_heldout
@@ -164,11 +165,16 @@ def prepare(
                         f"string {text_field!r} field)")
 
     held = [is_heldout(corpus.name(i), eval_percent) for i in range(len(corpus))]
+    if eval_percent > 0 and not any(held) and len(corpus) > 1:
+        # few documents: the hash held out none (0.9^40 = 1.5% at 40 documents and 10%); an empty split
+        # cannot be written, so hold out the one whose hash bucket is lowest (the next one the hash would take)
+        lowest = min(range(len(corpus)), key=lambda i: zlib.crc32(corpus.name(i).encode("utf-8")) % 10_000)
+        held[lowest] = True
+        log.warning("prepare: eval_percent=%s held out no document by hash; holding out %r", eval_percent,
+                    corpus.name(lowest))
     splits: dict[str, Corpus] = {"train": corpus.take([i for i, h in enumerate(held) if not h])}
-    if eval_percent > 0:
+    if eval_percent > 0 and any(held):
         splits["validation"] = corpus.take([i for i, h in enumerate(held) if h])
-        if len(splits["validation"]) == 0:
-            log.warning("prepare: eval_percent=%s held out no documents; the validation split is empty", eval_percent)
     if len(splits["train"]) == 0:
         raise DataError(f"no training documents left after holding out eval_percent={eval_percent}% "
                         f"of {len(corpus)}; lower eval_percent")
