@@ -64,9 +64,9 @@ def start_training(run_dir, *overrides):
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
 
 
-def logged_losses(run_dir) -> dict[int, float]:
+def logged_losses(run_dir, name="metrics.jsonl") -> dict[int, float]:
     """{step: loss} from metrics.jsonl (a line still being written is ignored)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
+    path = os.path.join(run_dir, name)
     rows = {}
     if not os.path.exists(path):
         return rows
@@ -135,6 +135,11 @@ def test_kill_9_during_training_resumes_as_if_never_killed(reference, tmp_path):
         assert resumed["start_step"] == newest
         assert {s: resumed["losses"][s] for s in range(newest + 1, 41)} == {s: reference[s] for s in range(newest + 1, 41)}
         assert before == {s: reference[s] for s in before}  # what the killed process logged was right too
+        # the killed run's rows past its checkpoint moved aside: metrics.jsonl holds each step once
+        steps = [json.loads(line)["step"] for line in open(os.path.join(runs[seed], "metrics.jsonl"))]
+        assert steps == sorted(set(steps)) and steps[-1] == 40, steps
+        side = logged_losses(runs[seed], "metrics.superseded.jsonl")  # complete rows; a torn last line is there too
+        assert side and min(side) > newest and max(side) == max(before), (side, newest)
 
 
 def kill_inside_a_save(proc, checkpoint_dir, first_step):

@@ -2,7 +2,9 @@
 
 Only process 0 writes (on a pod every host computes the same replicated
 metrics). metrics.jsonl is opened for append, so a resumed run continues the
-same file and never loses what an earlier run wrote.
+same file. A run killed after its last checkpoint logged steps the resumed run
+will compute again: those rows (and a line cut off by the kill) move to
+metrics.superseded.jsonl, so metrics.jsonl holds each step once and nothing is lost.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ class MetricsWriter:
         self._bar = None
         if not self.enabled:
             return
-        self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        path = os.path.join(run_dir, "metrics.jsonl")
+        set_aside_rows_after(path, start_step)
+        self._jsonl = open(path, "a", encoding="utf-8")
         from tensorboardX import SummaryWriter
 
         self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"), flush_secs=10)
@@ -68,6 +72,41 @@ class MetricsWriter:
             self._tb.close()
         if self._jsonl is not None:
             self._jsonl.close()
+
+
+def set_aside_rows_after(path: str, step: int) -> int:
+    """Move rows logged after `step` (and unreadable lines) from `path` to metrics.superseded.jsonl.
+
+    The kept rows are written to a temporary file and renamed over `path`, after the
+    moved ones are safely appended to the side file: a crash at any point loses no row.
+    Returns how many rows moved.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines(keepends=True)
+    keep, moved = [], []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            later = int(row["step"]) > step
+        except (ValueError, KeyError, TypeError):
+            later = True  # a line cut off by a kill
+        (moved if later else keep).append(line if line.endswith("\n") else line + "\n")
+    if not moved:
+        return 0
+    side = os.path.join(os.path.dirname(path), "metrics.superseded.jsonl")
+    with open(side, "a", encoding="utf-8") as f:
+        f.writelines(moved)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(moved)
 
 
 def _plain(value: Any) -> Any:
