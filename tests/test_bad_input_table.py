@@ -54,6 +54,13 @@ CASES = [
     ("mode token the tokenizer lacks", ["train", "configs/tiny.yaml", *TINY, *UL2,
                                         "data.denoisers=[{kind: prefix, mode_token: '[XYZ]'}]"], 2,
      "mode_token '[XYZ]'"),
+    # attention backends (speed issue)
+    ("cuDNN attention on a CPU", ["train", "configs/tiny.yaml", *TINY, "model.attention=cudnn"], 2,
+     "model.attention=cudnn needs a GPU (this run's devices are cpu); valid here: xla, splash"),
+    ("splash with the T5 position bias", ["train", "configs/ul2_tiny_encdec.yaml", "model.attention=splash"], 2,
+     "model.attention=splash cannot add the T5 relative position bias"),
+    ("splash with lengths its tiles do not divide", ["train", "configs/tiny.yaml", *TINY, "model.attention=splash"], 2,
+     "model.attention=splash needs sequence lengths divisible by 128"),
     # using a run
     ("generate from a missing run", ["generate", "/nonexistent/run"], 2, "run dir '/nonexistent/run' does not exist"),
     ("data stats of nothing", ["data", "stats", "configs/tiny.yaml", "--examples", "0"], 2, "--examples"),

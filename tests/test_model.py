@@ -12,7 +12,8 @@ from flax import nnx
 from pretrax.config import DEFAULT_RULES, ModelSection
 from pretrax.errors import ConfigError
 from pretrax.models import Decoder, count_params
-from pretrax.models.attention import Attention, attention_mask
+from pretrax.models.attention import Attention
+from pretrax.models.attention_backends import AttentionMask
 from pretrax.models.positions import rope_angles
 
 V, T = 61, 12
@@ -119,7 +120,8 @@ def test_attention_matches_numpy_reference(mask, n_kv_heads, rope):
     positions = np.concatenate([np.arange(7), np.arange(5)])[None].repeat(2, 0).astype(np.int32)
     x = np.random.default_rng(2).normal(size=(2, T, 16)).astype(np.float32)
     angles = rope_angles(jnp.asarray(positions), 6, cfg.rope_theta) if rope else None
-    got = attn(jnp.asarray(x), attention_mask(jnp.asarray(segment_ids), jnp.asarray(bidirectional)), angles)
+    mask = AttentionMask.self_attention(jnp.asarray(segment_ids), prefix=jnp.asarray(bidirectional))
+    got = attn(jnp.asarray(x), mask, angles)
     want = reference_attention(attn, x, segment_ids, bidirectional, positions if rope else None, cfg.rope_theta)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
 

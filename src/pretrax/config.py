@@ -57,6 +57,7 @@ class ModelSection:
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype
     scan_layers: bool = False  # one compiled layer body scanned L times (fast compiles for deep models)
     remat: Literal["none", "full", "dots", "attention"] = "none"  # rematerialise each layer in the backward pass
+    attention: Literal["xla", "cudnn", "splash"] = "xla"  # backend: models/attention_backends.py
 
     @property
     def kv_heads(self) -> int:
@@ -178,6 +179,7 @@ DEFAULT_RULES: dict[str, Any] = {
     "layers": None,
     "norm": None,
     "relpos_buckets": None,
+    "act_embed": None,  # the residual stream's feature axis (activations only; weights use 'embed')
 }
 
 

@@ -170,7 +170,8 @@ def load_run(run_dir: str):
         raise CheckpointError(f"run dir {run_dir!r} holds no complete checkpoint; train it first")
     with ckpt.open_manager(run_dir, config_lib.CheckpointSection(), read_only=True) as reader:
         saved = ckpt.read_config(reader, step)
-        cfg = config_lib.from_dict(saved, ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"])
+        # sampling recomputes a short window per token: the reference attention serves every device
+        cfg = config_lib.from_dict(saved, ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1", "model.attention=xla"])
         tokenizer = load_tokenizer(cfg.data.tokenizer)
         setup = make_setup(cfg, make_mesh(cfg.mesh), model_vocab_size(cfg, tokenizer.vocab_size))
         abstract = setup.abstract_state()

@@ -19,10 +19,12 @@ from flax import nnx
 
 from pretrax.config import ModelSection, ParametrizationSection
 from pretrax.errors import ConfigError
-from pretrax.models.attention import Attention, attention_mask
-from pretrax.models.layers import MLP, Embed, Unembed, make_norm, record
+from pretrax.models.attention import Attention
+from pretrax.models.attention_backends import AttentionMask
+from pretrax.models.layers import MLP, RESIDUAL, Embed, Unembed, make_norm, record
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.positions import LearnedPositions, rope_angles
+from pretrax.parallel.activations import constrain
 
 
 class Block(nnx.Module):
@@ -36,7 +38,7 @@ class Block(nnx.Module):
         self.mlp_norm = make_norm(cfg, rngs)
         self.mlp = MLP(cfg, rngs=rngs, parametrization=parametrization)
 
-    def __call__(self, x: jax.Array, mask: jax.Array, rope=None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: AttentionMask, rope=None) -> jax.Array:
         if self.pre_norm:  # GPT-2 onwards: the residual stream itself is never normalised
             x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, rope))
             x = x + self.branch("mlp", self.mlp(self.mlp_norm(x)))
@@ -62,8 +64,8 @@ REMAT_POLICIES = {
 }
 
 
-def _run_block(block: Block, x: jax.Array, mask: jax.Array, rope) -> jax.Array:
-    return block(x, mask, rope)
+def _run_block(block: Block, x: jax.Array, mask: AttentionMask, rope) -> jax.Array:
+    return constrain(block(x, mask, rope), RESIDUAL)
 
 
 class Decoder(nnx.Module):
@@ -103,12 +105,12 @@ class Decoder(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         if segment_ids is None:
             segment_ids = jnp.ones((B, T), jnp.int32)
-        mask = attention_mask(segment_ids, bidirectional)  # (B, T, S)
+        mask = AttentionMask.self_attention(segment_ids, prefix=bidirectional)  # causal, prefix-LM, packed
 
         x = self.embed(tokens)  # (B, T, D)
         if self.positions is not None:
             x = x + self.positions(positions)
-        x = record(self, "embed", scale(x, self.parametrization.input_mult))
+        x = constrain(record(self, "embed", scale(x, self.parametrization.input_mult)), RESIDUAL)
         rope = None
         if self.cfg.positions == "rope":  # (sin, cos), computed once and shared by every layer
             rope = rope_angles(positions, self.cfg.head_size, self.cfg.rope_theta)
@@ -118,7 +120,7 @@ class Decoder(nnx.Module):
         logits = self.embed.attend(x) if self.unembed is None else self.unembed(x)  # (B, T, V) float32
         return record(self, "logits", scale(logits, self.parametrization.output_mult))
 
-    def _run_blocks(self, x: jax.Array, mask: jax.Array, rope) -> jax.Array:
+    def _run_blocks(self, x: jax.Array, mask: AttentionMask, rope) -> jax.Array:
         run = _run_block
         if self.cfg.remat != "none":
             # inside scan, CSE across iterations cannot happen, so its prevention only costs speed

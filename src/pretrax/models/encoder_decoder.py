@@ -43,11 +43,13 @@ from flax import nnx
 
 from pretrax.config import ModelSection, ParametrizationSection
 from pretrax.errors import ConfigError
-from pretrax.models.attention import Attention, attention_mask
+from pretrax.models.attention import Attention
+from pretrax.models.attention_backends import AttentionMask
 from pretrax.models.decoder import REMAT_POLICIES
-from pretrax.models.layers import MLP, Embed, Unembed, make_norm, record
+from pretrax.models.layers import MLP, RESIDUAL, Embed, Unembed, make_norm, record
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.relative_position import RelativePositionBias
+from pretrax.parallel.activations import constrain
 
 
 class EncoderBlock(nnx.Module):
@@ -60,7 +62,7 @@ class EncoderBlock(nnx.Module):
         self.mlp_norm = make_norm(cfg, rngs)
         self.mlp = MLP(cfg, rngs=rngs, parametrization=parametrization)
 
-    def __call__(self, x: jax.Array, mask: jax.Array, bias: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: AttentionMask, bias: jax.Array | None) -> jax.Array:
         x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, bias=bias))
         return x + self.branch("mlp", self.mlp(self.mlp_norm(x)))
 
@@ -81,7 +83,7 @@ class DecoderBlock(nnx.Module):
         self.mlp_norm = make_norm(cfg, rngs)
         self.mlp = MLP(cfg, rngs=rngs, parametrization=parametrization)
 
-    def __call__(self, x: jax.Array, encoded: jax.Array, mask: jax.Array, cross_mask: jax.Array,
+    def __call__(self, x: jax.Array, encoded: jax.Array, mask: AttentionMask, cross_mask: AttentionMask,
                  bias: jax.Array | None) -> jax.Array:
         x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, bias=bias))
         x = x + self.branch("cross", self.cross(self.cross_norm(x), cross_mask, kv=encoded))
@@ -91,7 +93,7 @@ class DecoderBlock(nnx.Module):
 
 
 def _call_block(block, x, *args):
-    return block(x, *args)
+    return constrain(block(x, *args), RESIDUAL)
 
 
 class Stack(nnx.Module):
@@ -185,8 +187,9 @@ class EncoderDecoder(nnx.Module):
         """Encoder tokens (B, S) -> encoded (B, S, D) in the compute dtype (after the encoder's final norm)."""
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
-        mask = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, S, S): bidirectional within a segment
-        x = record(self, "encoder_embed", scale(self.embed(tokens), self.parametrization.input_mult))
+        mask = AttentionMask.self_attention(segment_ids, causal=False)  # bidirectional within a segment
+        x = constrain(record(self, "encoder_embed", scale(self.embed(tokens), self.parametrization.input_mult)),
+                      RESIDUAL)
         return self.encoder(x, positions, mask)
 
     def decode(self, encoded: jax.Array, tokens: jax.Array, *, encoder_segment_ids: jax.Array | None = None,
@@ -197,11 +200,12 @@ class EncoderDecoder(nnx.Module):
             encoder_segment_ids = jnp.ones((B, S), jnp.int32)
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
-        mask = attention_mask(segment_ids)  # (B, T, T): causal within a segment
-        # (B, T, S): decoder segment k reads encoder segment k. A decoder row with no matching
-        # encoder token (padding) gets a uniform average over masked scores: finite, unused.
-        cross_mask = segment_ids[:, :, None] == encoder_segment_ids[:, None, :]
-        x = record(self, "decoder_embed", scale(self.embed(tokens), self.parametrization.input_mult))
+        mask = AttentionMask.self_attention(segment_ids)  # causal within a segment
+        # decoder segment k reads encoder segment k. A decoder row with no matching encoder
+        # token (padding) gets a uniform average over masked scores: finite, unused.
+        cross_mask = AttentionMask.cross_attention(segment_ids, encoder_segment_ids)
+        x = constrain(record(self, "decoder_embed", scale(self.embed(tokens), self.parametrization.input_mult)),
+                      RESIDUAL)
         x = self.decoder(x, positions, encoded, mask, cross_mask)
         logits = self.embed.attend(x) if self.unembed is None else self.unembed(x)  # (B, T, V) float32
         return record(self, "logits", scale(logits, self.parametrization.output_mult))

@@ -17,6 +17,12 @@ from flax import nnx
 
 from pretrax.config import ModelSection
 from pretrax.models.parametrization import STANDARD, Parametrization
+from pretrax.parallel.activations import constrain
+
+# The residual stream's logical axes (B, T, D): split over the batch axes only by default
+# (mesh.rules: act_embed -> null), whatever the weights' 'embed' axis is split over.
+RESIDUAL = ("batch", "length", "act_embed")
+LOGITS = ("batch", "length", "vocab")
 
 
 def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
@@ -51,12 +57,13 @@ class Einsum(nnx.Module):
     """A dense layer over named axes: y = einsum(spec, x, w) (+ b).
 
     The bias covers the kernel axes that survive into the output (the trailing
-    output axes), so 'BTD,DNH->BTNH' has a bias of shape (N, H).
+    output axes), so 'BTD,DNH->BTNH' has a bias of shape (N, H). out_axes: the
+    output's logical axes, which lay it out over the mesh in a sharded step.
     """
 
     def __init__(self, spec: str, shape, axes, *, std: float, use_bias: bool, param_dtype, dtype,
-                 rngs: nnx.Rngs):
-        self.spec, self.dtype = spec, dtype
+                 rngs: nnx.Rngs, out_axes: tuple[str, ...] | None = None):
+        self.spec, self.dtype, self.out_axes = spec, dtype, out_axes
         self.kernel = param(rngs, normal_or_zeros(std), tuple(shape), tuple(axes), param_dtype)
         inputs, out = spec.split("->")
         w = inputs.split(",")[1]  # the kernel's letters, e.g. 'DNH'
@@ -70,7 +77,7 @@ class Einsum(nnx.Module):
         y = jnp.einsum(self.spec, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
-        return y
+        return y if self.out_axes is None else constrain(y, self.out_axes)
 
 
 class RMSNorm(nnx.Module):
@@ -125,7 +132,8 @@ class Embed(nnx.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """float32 logits (B, T, V): accumulating over D in bf16 would round the softmax's inputs."""
         w = self.table[...].astype(self.dtype)
-        return jnp.einsum("BTD,VD->BTV", x.astype(self.dtype), w, preferred_element_type=jnp.float32)
+        return constrain(jnp.einsum("BTD,VD->BTV", x.astype(self.dtype), w, preferred_element_type=jnp.float32),
+                         LOGITS)
 
 
 class Unembed(nnx.Module):
@@ -137,7 +145,8 @@ class Unembed(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.kernel[...].astype(self.dtype)
-        return jnp.einsum("BTD,DV->BTV", x.astype(self.dtype), w, preferred_element_type=jnp.float32)
+        return constrain(jnp.einsum("BTD,DV->BTV", x.astype(self.dtype), w, preferred_element_type=jnp.float32),
+                         LOGITS)
 
 
 # GELU in its tanh form, as GPT-1/GPT-2 used it; GeGLU uses the same.
@@ -155,10 +164,11 @@ class MLP(nnx.Module):
         self.activation = cfg.activation
         gated = cfg.activation in ("swiglu", "geglu")
         std = p.hidden_std(cfg.init_std)
-        self.gate = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), std=std, **kw) if gated else None
-        self.up = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), std=std, **kw)
+        hidden = ("batch", "length", "mlp")
+        self.gate = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), std=std, out_axes=hidden, **kw) if gated else None
+        self.up = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), std=std, out_axes=hidden, **kw)
         self.down = Einsum("BTF,FD->BTD", (F, D), ("mlp", "embed"), std=p.residual_std(cfg.init_std, cfg.n_layers),
-                           **kw)
+                           out_axes=RESIDUAL, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]

@@ -187,12 +187,17 @@ def read_config(manager: ocp.CheckpointManager, step: int) -> dict:
     return restored["config"]
 
 
+# how the same weights are computed with, not what they are: free to change on a resume
+RUNTIME_MODEL_KEYS = frozenset({"model.remat", "model.attention"})
+
+
 def check_compatible(saved: dict, cfg: Config, step: int) -> None:
     """Refuse a resume whose model or parametrization differs from the checkpoint's, naming the keys."""
     now = cfg.to_dict()
     defaults = config_lib.Config().to_dict()  # a checkpoint from before a section existed had its defaults
     differing = [key for section in ("model", "parametrization")
-                 for key in config_lib.diff(saved.get(section, defaults[section]), now[section], prefix=f"{section}.")]
+                 for key in config_lib.diff(saved.get(section, defaults[section]), now[section], prefix=f"{section}.")
+                 if key not in RUNTIME_MODEL_KEYS]
     if differing:
         details = ", ".join(f"{k} (checkpoint {_get({**defaults, **saved}, k)!r}, now {_get(now, k)!r})"
                             for k in differing)

@@ -11,6 +11,7 @@ model ever exists on one device.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import jax
@@ -21,10 +22,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pretrax.config import Config
 from pretrax.models import EncoderDecoder, make_model
+from pretrax.models import splash
+from pretrax.models.attention_backends import check_backend
 from pretrax.models.decoder import Decoder
 from pretrax.models.parametrization import lr_multipliers
 from pretrax.parallel.rules import tree_shardings
 from pretrax.train.optimizer import make_optimizer
+
+log = logging.getLogger(__name__)
 
 
 def model_vocab_size(cfg: Config, tokenizer_vocab: int) -> int:
@@ -65,6 +70,7 @@ class TrainSetup:
 
 
 def make_setup(cfg: Config, mesh: Mesh, vocab_size: int) -> TrainSetup:
+    check_attention(cfg, mesh.devices.flat[0].platform)
     abstract_model = nnx.eval_shape(lambda: build_model(cfg, vocab_size, 0))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
     logical_specs = nnx.get_partition_spec(abstract_params)
@@ -84,6 +90,20 @@ def make_setup(cfg: Config, mesh: Mesh, vocab_size: int) -> TrainSetup:
     replicated = NamedSharding(mesh, P())
     state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings, "rng": replicated}
     return TrainSetup(cfg, mesh, vocab_size, graphdef, abstract_params, logical_specs, tx, state_shardings)
+
+
+def check_attention(cfg: Config, platform: str) -> None:
+    """Refuse, before anything is built, a model.attention backend that cannot run on `platform`."""
+    m = cfg.model
+    check_backend(m.attention, platform=platform, dtype=m.dtype, has_bias=m.positions == "relative")
+    if m.attention == "splash" and platform != "tpu":
+        log.warning("model.attention=splash on %s runs the TPU kernel interpreted: correct but very slow "
+                    "(for tests); model.attention=xla is the fast choice here", platform)
+    if m.attention == "splash":  # the kernel's tiles must divide the lengths
+        if m.kind == "encoder_decoder":
+            splash.block_sizes(cfg.data.targets_len, cfg.data.inputs_len)
+        else:
+            splash.block_sizes(cfg.data.seq_len, cfg.data.seq_len)
 
 
 def _init(setup: TrainSetup, seed: int) -> dict:

@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pretrax.data.objectives import denoiser_names
+from pretrax.parallel.activations import sharding_context
 from pretrax.parallel.rules import batch_sharding
 from pretrax.train.optimizer import learning_rate_schedule
 from pretrax.train.state import TrainSetup
@@ -122,7 +123,7 @@ def make_train_step(setup: TrainSetup) -> Callable[[dict, dict], tuple[dict, dic
 
     replicated = NamedSharding(setup.mesh, P())
     return jax.jit(
-        step,
+        _with_activation_sharding(setup, step),
         in_shardings=(setup.state_shardings, batch_shardings(setup)),
         out_shardings=(setup.state_shardings, replicated),
         donate_argnums=(0,),
@@ -143,10 +144,20 @@ def make_eval_step(setup: TrainSetup, token_bytes: jax.Array, eval_keys: tuple[s
 
     replicated = NamedSharding(setup.mesh, P())
     return jax.jit(
-        eval_step,
+        _with_activation_sharding(setup, eval_step),
         in_shardings=(setup.state_shardings["params"], batch_shardings(setup, eval_keys)),
         out_shardings=replicated,
     )
+
+
+def _with_activation_sharding(setup: TrainSetup, fn: Callable) -> Callable:
+    """fn traced with the model's activations laid out by mesh.rules (parallel/activations.py)."""
+
+    def traced(*args):
+        with sharding_context(setup.mesh, setup.cfg.mesh.rules):
+            return fn(*args)
+
+    return traced
 
 
 def batch_shardings(setup: TrainSetup, keys: tuple[str, ...] | None = None) -> dict:

@@ -1,0 +1,147 @@
+"""The attention computation itself, softmax(q k^T * scale + bias) v, by one of several backends.
+
+`model.attention` picks the backend; every one takes the same `AttentionMask` (who may
+attend to whom, described by segment ids rather than a dense (B, T, S) array, so the
+fused kernels can build their masks blockwise) and gives the same result:
+
+  xla     the reference: einsums and a dense mask, any device, any mask, any bias.
+  cudnn   cuDNN's fused flash attention through jax.nn.dot_product_attention: GPU only,
+          bfloat16/float16 only; any mask, any bias.
+  splash  the Pallas splash-attention kernel (models/splash.py): built for TPU, runs
+          interpreted (slowly: tests only) elsewhere; any mask, no bias.
+
+`check_backend` refuses a combination that cannot run, with a one-line ConfigError.
+
+Besides the axis legend (pretrax/__init__.py) this file uses G = N // K, the number of
+query heads that share one key/value head in grouped-query attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+
+from pretrax.errors import ConfigError
+from pretrax.models import splash
+
+BACKENDS = ("xla", "cudnn", "splash")
+_SPLASH_NO_BIAS = "model.attention=splash cannot add the T5 relative position bias (model.positions=relative)"
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class AttentionMask:
+    """Query t may attend to key s iff they share a segment id and, when causal, s <= t,
+    except that a prefix-LM prefix (prefix[t] and prefix[s] both true) sees all of itself.
+
+    q_segments: int (B, T); kv_segments: int (B, S); prefix: bool (B, T) or None (self-attention
+    only; the initial run of each document). Segment 0 is padding; it still attends to itself,
+    so no self-attention row is empty.
+    """
+
+    q_segments: jax.Array
+    kv_segments: jax.Array
+    prefix: jax.Array | None = None
+    causal: bool = field(default=True, metadata={"static": True})
+
+    @classmethod
+    def self_attention(cls, segment_ids: jax.Array, *, causal: bool = True,
+                       prefix: jax.Array | None = None) -> AttentionMask:
+        return cls(segment_ids, segment_ids, None if prefix is None else prefix.astype(bool), causal)
+
+    @classmethod
+    def cross_attention(cls, q_segments: jax.Array, kv_segments: jax.Array) -> AttentionMask:
+        """Decoder segment k reads encoder segment k (no causality across two sequences)."""
+        return cls(q_segments, kv_segments, None, False)
+
+    def same_segment(self) -> jax.Array:
+        """(B, T, S) bool: do query t and key s share a segment?"""
+        return self.q_segments[:, :, None] == self.kv_segments[:, None, :]
+
+    def dense(self) -> jax.Array:
+        """(B, T, S) bool: may query t attend to key s?"""
+        allowed = self.same_segment()
+        if self.causal:
+            T, S = self.q_segments.shape[1], self.kv_segments.shape[1]
+            causal = jnp.tril(jnp.ones((T, S), dtype=bool))[None]  # (1, T, S)
+            if self.prefix is not None:
+                causal = causal | (self.prefix[:, :, None] & self.prefix[:, None, :])  # (B, T, S)
+            allowed = allowed & causal
+        return allowed
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                  bias: jax.Array | None = None, scale: float | None = None) -> jax.Array:
+    """The reference. q: (B, T, N, H); k, v: (B, S, K, H); mask: (B, T, S) bool; bias: optional
+    float (B or 1, N, T, S) added to the scaled scores (T5's relative position bias); scale:
+    default 1/sqrt(H) (muP passes sqrt(base H) / H). Returns (B, T, N, H). Query head n reads
+    kv head n // G. Scores and softmax are float32.
+    """
+    B, T, N, H = q.shape
+    K = k.shape[2]
+    q = q.reshape(B, T, K, N // K, H)  # (B, T, K, G, H): group query heads by their kv head
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (H**-0.5 if scale is None else scale)
+    if bias is not None:  # (B', N, T, S) -> (B', K, G, T, S), as the query heads were grouped
+        scores = scores + bias.astype(jnp.float32).reshape(bias.shape[0], K, N // K, *bias.shape[2:])
+    # a finite minimum instead of -inf: a fully masked row (a padding decoder row in
+    # cross-attention) then gives a uniform average rather than NaN
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+    return out.reshape(B, T, N, H)
+
+
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, bias: jax.Array | None = None,
+                    scale: float | None = None, *, implementation: str = "cudnn") -> jax.Array:
+    """cuDNN flash attention; shapes as in xla_attention. The boolean mask reaches cuDNN as an
+    additive bias; for a plain causal mask only the (B, 1, T, S) segment part goes that way
+    and is_causal lets the kernel skip the upper triangle. implementation="xla" sends the same
+    arguments through jax's own path, which is how a CPU test checks them.
+    """
+    if mask.causal and mask.prefix is None:
+        allowed, is_causal = mask.same_segment(), True
+    else:
+        allowed, is_causal = mask.dense(), False
+    return jax.nn.dot_product_attention(
+        q, k, v, bias=None if bias is None else bias.astype(q.dtype), mask=allowed[:, None],  # (B, 1, T, S)
+        scale=scale, is_causal=is_causal, implementation=implementation)
+
+
+def _problem(backend: str, platform: str, dtype: str, has_bias: bool) -> str | None:
+    if backend not in BACKENDS:
+        return f"model.attention={backend} is not a backend"
+    if backend == "cudnn" and platform != "gpu":
+        return f"model.attention=cudnn needs a GPU (this run's devices are {platform})"
+    if backend == "cudnn" and dtype not in ("bfloat16", "float16"):
+        return f"model.attention=cudnn needs model.dtype=bfloat16 (cuDNN has no {dtype} flash attention)"
+    if backend == "splash" and has_bias:
+        return _SPLASH_NO_BIAS
+    return None
+
+
+def check_backend(backend: str, *, platform: str, dtype: str, has_bias: bool) -> None:
+    """Raise a one-line ConfigError if `backend` cannot run here: platform is jax.default_backend()
+    ("cpu", "gpu", "tpu"), dtype the compute dtype's name, has_bias whether scores get a position bias.
+    """
+    problem = _problem(backend, platform, dtype, has_bias)
+    if problem is not None:
+        valid = [b for b in BACKENDS if _problem(b, platform, dtype, has_bias) is None]
+        raise ConfigError(f"{problem}; valid here: {', '.join(valid)}")
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, bias: jax.Array | None = None,
+           scale: float | None = None, backend: str = "xla") -> jax.Array:
+    """Attention by `backend` (one of BACKENDS); shapes as in xla_attention."""
+    if backend == "xla":
+        return xla_attention(q, k, v, mask.dense(), bias, scale)
+    if backend == "cudnn":
+        return cudnn_attention(q, k, v, mask, bias, scale)
+    if backend == "splash":
+        if bias is not None:
+            raise ConfigError(f"{_SPLASH_NO_BIAS}; use xla or cudnn")
+        prefix = mask.prefix if mask.causal else None  # as in dense(): a prefix only lifts causality
+        return splash.attention(q, k, v, mask.q_segments, mask.kv_segments, prefix, causal=mask.causal, scale=scale)
+    raise ValueError(f"unknown attention backend {backend!r}; valid: {', '.join(BACKENDS)}")
