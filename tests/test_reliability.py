@@ -22,6 +22,7 @@ from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from pretrax import config as config_lib
 from pretrax.errors import CheckpointError
+from pretrax.generate import load_run
 from pretrax.train import checkpoint as ckpt
 from pretrax.train.checkpoint_verify import list_steps
 from pretrax.train.loop import train
@@ -209,7 +210,15 @@ def test_damaged_checkpoint_is_reported_listed_and_skipped(reference, tmp_path, 
     assert rows[30]["verifies"] and rows[35]["verifies"] and rows[35]["bytes"] > 0
     assert rows[40]["complete"] and not rows[40]["verifies"] and "state array" in rows[40]["problem"]
 
+    # sampling reads past the damaged checkpoint, says so in one line, and writes nothing
+    untouched = snapshot(run)
     capfd.readouterr()
+    assert load_run(run)[4] == 35
+    err = [line for line in capfd.readouterr().err.splitlines() if line.startswith("pretrax:")]
+    assert err == [f"pretrax: checkpoint at step 40 is damaged ({rows[40]['problem']}); sampling from step 35, "
+                   "the newest that restores"], err
+    assert snapshot(run) == untouched
+
     resumed = train(load(run, *LONG), progress=False)
     err = [line for line in capfd.readouterr().err.splitlines() if line.startswith("pretrax:")]
     assert len(err) == 1 and "checkpoint at step 40 is damaged" in err[0] and "resuming from step 35" in err[0], err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from typing import Any
 
 import jax
@@ -159,21 +160,35 @@ def _sample_encoder_decoder(setup, params, tokenizer, prompt, max_new_tokens, pi
 
 
 def load_run(run_dir: str):
-    """Config, setup and params of a run's newest checkpoint, on a mesh over the local devices."""
+    """Config, setup and params of a run's newest checkpoint that restores, on a mesh over the local
+    devices. A damaged newer checkpoint is named on stderr and passed over, as a resume does (the
+    run dir is only read: `pretrax train` is what sets damaged checkpoints aside)."""
     from pretrax.data.tokenizer import load_tokenizer
     from pretrax.parallel.mesh import make_mesh
 
     if not os.path.isdir(run_dir):
         raise ConfigError(f"run dir {run_dir!r} does not exist; give the run.dir of a training run")
-    step = ckpt.latest_step(run_dir)
-    if step is None:
+    if ckpt.latest_step(run_dir) is None:
         raise CheckpointError(f"run dir {run_dir!r} holds no complete checkpoint; train it first")
-    with ckpt.open_manager(run_dir, config_lib.CheckpointSection(), read_only=True) as reader:
-        saved = ckpt.read_config(reader, step)
-        # sampling recomputes a short window per token: the reference attention serves every device
-        cfg = config_lib.from_dict(saved, ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1", "model.attention=xla"])
-        tokenizer = load_tokenizer(cfg.data.tokenizer)
-        setup = make_setup(cfg, make_mesh(cfg.mesh), model_vocab_size(cfg, tokenizer.vocab_size))
-        abstract = setup.abstract_state()
-        state, _ = ckpt.restore(reader, step, abstract)
+    saved = _newest_readable_config(run_dir)
+    # sampling recomputes a short window per token: the reference attention serves every device
+    cfg = config_lib.from_dict(saved, ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1", "model.attention=xla"])
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    setup = make_setup(cfg, make_mesh(cfg.mesh), model_vocab_size(cfg, tokenizer.vocab_size))
+    step, state, _, skipped = ckpt.restore_latest_good(run_dir, cfg, setup.abstract_state(), announce=False)
+    if skipped:
+        print(f"pretrax: {ckpt.describe_skipped(skipped)}; sampling from step {step}, the newest that restores",
+              file=sys.stderr, flush=True)
     return cfg, setup, tokenizer, state["params"], step
+
+
+def _newest_readable_config(run_dir: str) -> dict:
+    """The config saved with the newest checkpoint whose config still reads (restore checks the rest)."""
+    with ckpt.open_manager(run_dir, config_lib.CheckpointSection(), read_only=True) as reader:
+        for step in sorted(reader.all_steps(), reverse=True):
+            try:
+                return ckpt.read_config(reader, step)
+            except Exception:  # a damaged checkpoint: restore_latest_good names it
+                continue
+    raise CheckpointError(f"no checkpoint in {ckpt.checkpoint_dir(run_dir)} has a readable config; "
+                          "`pretrax checkpoints RUN_DIR` lists them")

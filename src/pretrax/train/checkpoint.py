@@ -215,7 +215,7 @@ class DamagedCheckpointError(CheckpointError):
         self.step, self.problem = step, problem
 
 
-def restore_latest_good(run_dir: str, cfg: Config, abstract_state: dict):
+def restore_latest_good(run_dir: str, cfg: Config, abstract_state: dict, *, announce: bool = True):
     """Restore the newest checkpoint that reads back whole, skipping damaged newer ones.
 
     Returns (step, state, data_state, skipped), skipped = {step: what is
@@ -223,7 +223,8 @@ def restore_latest_good(run_dir: str, cfg: Config, abstract_state: dict):
     (None, None, None, {}) when the run holds no complete checkpoint. A
     checkpoint written for a different model is refused, not skipped; when
     every checkpoint is damaged nothing is restored and the error lists them.
-    Nothing is written here: the caller sets the skipped steps aside.
+    Nothing is written here: the caller sets the skipped steps aside (announce=False: and
+    says so itself).
     """
     skipped: dict[int, str] = {}
     if not os.path.isdir(checkpoint_dir(run_dir)):
@@ -243,13 +244,13 @@ def restore_latest_good(run_dir: str, cfg: Config, abstract_state: dict):
             if verdict == 1:
                 skipped[step] = error.problem if isinstance(error, DamagedCheckpointError) else "damaged on another host"
                 continue
-            if skipped and jax.process_index() == 0:
-                print(f"pretrax: {_describe(skipped)}; resuming from step {step}, the newest that restores "
+            if skipped and announce and jax.process_index() == 0:
+                print(f"pretrax: {describe_skipped(skipped)}; resuming from step {step}, the newest that restores "
                       f"(the damaged ones are moved to {damaged_dir(run_dir)})", file=sys.stderr, flush=True)
             return step, state, data_state, skipped
     if not skipped:
         return None, None, None, skipped
-    raise CheckpointError(f"no checkpoint in {checkpoint_dir(run_dir)} can be restored: {_describe(skipped)}; "
+    raise CheckpointError(f"no checkpoint in {checkpoint_dir(run_dir)} can be restored: {describe_skipped(skipped)}; "
                           "`pretrax checkpoints RUN_DIR` lists them; move them away to start afresh, or use a new run.dir")
 
 
@@ -266,7 +267,7 @@ def _restore_step(reader: ocp.CheckpointManager, step: int, cfg: Config, abstrac
     return restore(reader, step, abstract_state)
 
 
-def _describe(skipped: dict[int, str]) -> str:
+def describe_skipped(skipped: dict[int, str]) -> str:
     return "; ".join(f"checkpoint at step {s} is damaged ({p})" for s, p in skipped.items())
 
 
