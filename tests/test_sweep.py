@@ -183,9 +183,38 @@ def test_emit_jobs_writes_one_launch_command_per_point(tmp_path, capsys):
     assert subprocess.run(["sh", "-n", str(jobs)], env=env, check=False).returncode == 0  # valid shell
 
 
-def test_shipped_example_sweeps_validate(capsys):
-    for name in ("tiny_widths.yaml", "tiny_scaling.yaml"):
-        code, stdout, _ = sweep_cli(capsys, os.path.join(REPO, "configs", "sweeps", name), "--dry-run")
-        assert code == 0
-        assert f"from {TINY_YAML} into runs/sweeps/" in stdout  # the base is found next to the sweep file
-        assert len([line for line in stdout.splitlines() if line.endswith(("  to run", "  done (skipped)"))]) == 9
+def test_collect_gathers_the_results_of_emitted_jobs(tmp_path, capsys):
+    """--emit-jobs, the jobs run elsewhere (here: each line's `pretrax train` arguments, one finished, one
+    stopped at step 2, one never started), then --collect writes results.csv from their run dirs."""
+    path = write_sweep(tmp_path / "s.yaml", {"product": {"optim.lr": [1e-3, 3e-3, 1e-2]}})
+    jobs = tmp_path / "jobs.sh"
+    assert sweep_cli(capsys, path, "--emit-jobs", str(jobs))[0] == 0
+    lines = [shlex.split(line) for line in jobs.read_text().splitlines() if line.startswith("tpu_scripts")]
+    train_args = [["train", args[args.index("--config") + 1], *args[args.index("--") + 1:]] for args in lines]
+    assert main(train_args[0]) == 0
+    assert main([*train_args[1], "--stop-at", "2"]) == 0
+    capsys.readouterr()
+
+    code, stdout, _ = sweep_cli(capsys, path, "--collect")
+    assert code == 1 and "(1 ok, 2 not finished)" in stdout
+    rows = {r["point"]: r for r in read_csv(tmp_path / "runs" / "results.csv")}
+    assert [rows[n]["status"] for n in ("lr=0.001", "lr=0.003", "lr=0.01")] == \
+        ["ok", "incomplete (step 2 of 4)", "not started"]
+    last = json.loads(text(tmp_path / "runs" / "lr=0.001" / "metrics.jsonl").splitlines()[-1])
+    assert float(rows["lr=0.001"]["eval_loss"]) == last["eval_loss"] and int(rows["lr=0.001"]["tokens"]) == 4 * 8 * 32
+
+    assert main([*train_args[1]]) == 0  # the stopped job resumed and finished
+    capsys.readouterr()
+    code, stdout, _ = sweep_cli(capsys, path, "--collect")
+    assert "(2 ok, 1 not finished)" in stdout
+    assert read_csv(tmp_path / "runs" / "results.csv")[1]["status"] == "ok"
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(REPO, "configs", "sweeps"))))
+def test_shipped_sweeps_validate(capsys, name):
+    """Every point of every shipped sweep builds a valid config (a dry run validates them all)."""
+    code, stdout, _ = sweep_cli(capsys, os.path.join(REPO, "configs", "sweeps", name), "--dry-run")
+    assert code == 0
+    assert f"from {TINY_YAML} into runs/sweeps/" in stdout  # the base is found next to the sweep file
+    points = [line for line in stdout.splitlines() if line.endswith(("  to run", "  done (skipped)"))]
+    assert points and len(points) == {"tiny_widths.yaml": 9, "tiny_scaling.yaml": 9}.get(name, len(points))

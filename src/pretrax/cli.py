@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", help="sweep YAML: base config, dir, grid (configs/sweeps/ has examples)")
     p.add_argument("--emit-jobs", metavar="FILE", help="write one tpu_scripts/launch.sh command per point; run nothing")
     p.add_argument("--dry-run", action="store_true", help="validate every point and list them; run nothing")
+    p.add_argument("--collect", action="store_true",
+                   help="write results.csv from the points' run dirs (runs launched with --emit-jobs); train nothing")
     p.add_argument("--dir", default=None, help="put the runs and results.csv here instead of the sweep's dir")
     p.set_defaults(func=cmd_sweep)
 
@@ -310,13 +312,17 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         print(runner.plan(sweep))
         return 0
-    rows, preempted = runner.run_sweep(sweep)
+    if args.collect:
+        rows, preempted = runner.collect(sweep), False
+    else:
+        rows, preempted = runner.run_sweep(sweep)
     if preempted:
         from pretrax.train.preemption import PREEMPTED_EXIT_CODE
 
         return PREEMPTED_EXIT_CODE
     failed = [p.name for p in sweep.points if rows[p.name]["status"] != "ok"]
-    print(f"results: {runner.results_path(sweep)} ({len(sweep.points) - len(failed)} ok, {len(failed)} failed)")
+    print(f"results: {runner.results_path(sweep)} ({len(sweep.points) - len(failed)} ok, {len(failed)} "
+          f"{'not finished' if args.collect else 'failed'})")
     return 1 if failed else 0
 
 

@@ -13,6 +13,7 @@ and rows of points no longer in the grid are kept.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -98,6 +99,47 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> tuple[dict[st
         else:
             log(f"[{i}/{total}] {point.name}: {row['status']}")
     return rows, False
+
+
+def collect(sweep: Sweep) -> dict[str, dict[str, Any]]:
+    """results.csv from the points' run dirs, training nothing (--collect: after --emit-jobs ran them elsewhere).
+
+    A point is ok when its metrics.jsonl holds the held-out evaluation of its last step; otherwise it is
+    recorded as not started or incomplete (with the newest step logged). Rows of other points are kept.
+    """
+    path = results_path(sweep)
+    rows: dict[str, dict[str, Any]] = read_rows(path)
+    for point in sweep.points:
+        row: dict[str, Any] = {"point": point.name, **point.values, "run_dir": point.cfg.run.dir,
+                               **point_counts(point.cfg)}
+        final, newest = _final_eval(point.cfg.run.dir, point.cfg.train.steps)
+        if final is not None:
+            row.update(eval_loss=final["eval_loss"], eval_bits_per_byte=final["eval_bits_per_byte"], status="ok")
+        else:
+            row["status"] = "not started" if newest is None else f"incomplete (step {newest} of {point.cfg.train.steps})"
+        rows[point.name] = row
+    os.makedirs(sweep.dir, exist_ok=True)
+    write_rows(path, sweep, rows)
+    return rows
+
+
+def _final_eval(run_dir: str, steps: int) -> tuple[dict[str, Any] | None, int | None]:
+    """(the metrics row of step `steps` if it holds the evaluation, else None; the newest step logged or None)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return None, None
+    final, newest = None, None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                step = int(row["step"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut off by a kill
+            newest = step if newest is None else max(newest, step)
+            if step == steps and "eval_loss" in row:
+                final = row
+    return final, newest
 
 
 def plan(sweep: Sweep) -> str:
