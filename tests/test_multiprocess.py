@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ WORKER = textwrap.dedent(
     cfg = config_lib.load(None, json.loads(sys.argv[1]))
     result = train(cfg, stop_at=int(sys.argv[2]), progress=False)
     print("LOSSES " + json.dumps(result["losses"]), flush=True)
+    print("FINAL " + json.dumps([bool(result.get("preempted")), result["final_step"]]), flush=True)
     """
 )
 
@@ -108,6 +110,51 @@ def test_peer_death_makes_the_survivor_exit_with_an_error(tmp_path):
                 p.kill()
             p.wait()
             log.close()
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_and_saves(tmp_path):
+    """A pod worker gets SIGTERM (maintenance, preemption): every process stops after the same step, the
+    collective save completes, and a restart resumes from that step."""
+    from pretrax.train import checkpoint as ckpt
+    from pretrax.train.checkpoint_verify import list_steps
+
+    run_dir = tmp_path / "run"
+    overrides = TINY + ["train.steps=100000", "checkpoint.every=100000", "mesh.data=2", "mesh.fsdp=4",
+                        f"run.dir={run_dir}"]
+    port = free_port()
+    logs = [tmp_path / f"process{i}.log" for i in range(2)]
+    files = [open(path, "w") for path in logs]
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", WORKER, json.dumps(overrides), "100000"],
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+             "PRETRAX_COORDINATOR": f"127.0.0.1:{port}", "PRETRAX_NUM_PROCESSES": "2", "PRETRAX_PROCESS_ID": str(i),
+             "PRETRAX_INIT_TIMEOUT": "60"},
+        stdout=files[i], stderr=subprocess.STDOUT) for i in range(2)]
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.monotonic() + 240
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 3):  # a few steps in
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "training never started"
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)  # only the second worker hears it
+        for p in procs:
+            p.wait(timeout=120)
+    finally:
+        for p, f in zip(procs, files):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            f.close()
+    outs = [path.read_text() for path in logs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    finals = [json.loads(line.split(" ", 1)[1]) for out in outs for line in out.splitlines() if line.startswith("FINAL")]
+    assert len(finals) == 2 and finals[0] == finals[1] and finals[0][0] is True, finals  # both preempted, same step
+    stopped = finals[0][1]
+    assert 3 <= stopped < 100000
+    assert [(r.step, r.complete, r.verifies) for r in list_steps(ckpt.checkpoint_dir(str(run_dir)))] == \
+        [(stopped, True, True)]
+    resumed = train(config_lib.load(None, overrides), stop_at=stopped + 1, progress=False)
+    assert resumed["start_step"] == stopped and resumed["final_step"] == stopped + 1
 
 
 def test_unreachable_coordinator_is_a_one_line_error_after_the_timeout(tmp_path):
