@@ -1,5 +1,6 @@
 """Real multi-process JAX (2 processes x 4 CPU devices, gloo): same losses as 1 x 8, exact resume on 1 host."""
 
+import contextlib
 import json
 import os
 import signal
@@ -38,15 +39,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def worker_env(i: int, port: int, **extra: str) -> dict:
+    """Process i of 2 (4 CPU devices each), coordinated on 127.0.0.1:port."""
+    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+            "PRETRAX_COORDINATOR": f"127.0.0.1:{port}", "PRETRAX_NUM_PROCESSES": "2", "PRETRAX_PROCESS_ID": str(i),
+            "PRETRAX_INIT_TIMEOUT": "60", **extra}
+
+
+def open_ended(run_dir) -> list[str]:
+    """A 2-process run that trains until stopped (no checkpoint before then)."""
+    return TINY + ["train.steps=100000", "checkpoint.every=100000", "mesh.data=2", "mesh.fsdp=4", f"run.dir={run_dir}"]
+
+
+@contextlib.contextmanager
+def two_workers_training(tmp_path, rows: int, **extra_env: str):
+    """Two processes training open_ended(tmp_path / "run"), logging to tmp_path/process{i}.log (files: a
+    full pipe would block a process); yields them once metrics.jsonl has `rows` rows, kills what is left after."""
+    overrides = open_ended(tmp_path / "run")
+    port = free_port()
+    logs = [open(tmp_path / f"process{i}.log", "w") for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(overrides), "100000"],
+                              env=worker_env(i, port, **extra_env), stdout=logs[i], stderr=subprocess.STDOUT)
+             for i in range(2)]
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.monotonic() + 240
+        while not (metrics.exists() and metrics.read_text().count("\n") >= rows):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "training never started"
+            time.sleep(0.2)
+        yield procs
+    finally:
+        for p, log in zip(procs, logs):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            log.close()
+
+
 def run_two_processes(overrides, stop_at, timeout=240):
     port = free_port()
-    procs = []
-    for i in range(2):
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-               "PRETRAX_COORDINATOR": f"127.0.0.1:{port}", "PRETRAX_NUM_PROCESSES": "2",
-               "PRETRAX_PROCESS_ID": str(i), "PRETRAX_INIT_TIMEOUT": "60"}
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(overrides), str(stop_at)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(overrides), str(stop_at)],
+                              env=worker_env(i, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
     outs = []
     for p in procs:
         try:
@@ -82,34 +116,12 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path):
 
 def test_peer_death_makes_the_survivor_exit_with_an_error(tmp_path):
     """SIGKILL one of two training processes: the other exits non-zero within the heartbeat bound, not hangs."""
-    run_dir = tmp_path / "run"
-    overrides = TINY + ["train.steps=100000", "checkpoint.every=100000", "mesh.data=2", "mesh.fsdp=4",
-                        f"run.dir={run_dir}"]
-    port = free_port()
-    logs = [open(tmp_path / f"process{i}.log", "w") for i in range(2)]  # files: a full pipe would block a process
-    procs = [subprocess.Popen(
-        [sys.executable, "-c", WORKER, json.dumps(overrides), "100000"],
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-             "PRETRAX_COORDINATOR": f"127.0.0.1:{port}", "PRETRAX_NUM_PROCESSES": "2", "PRETRAX_PROCESS_ID": str(i),
-             "PRETRAX_INIT_TIMEOUT": "60", "PRETRAX_HEARTBEAT_TIMEOUT": "10"},
-        stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
-    try:
-        metrics = run_dir / "metrics.jsonl"
-        deadline = time.monotonic() + 240
-        while not (metrics.exists() and metrics.read_text().count("\n") >= 1):  # training has begun
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "training never started"
-            time.sleep(0.2)
+    with two_workers_training(tmp_path, rows=1, PRETRAX_HEARTBEAT_TIMEOUT="10") as procs:
         procs[1].kill()  # SIGKILL: no handler, no goodbye, like a lost host
         killed = time.monotonic()
         procs[0].wait(timeout=90)  # raises TimeoutExpired if the survivor hangs
         assert time.monotonic() - killed < 60
         assert procs[0].returncode != 0, (tmp_path / "process0.log").read_text()[-2000:]
-    finally:
-        for p, log in zip(procs, logs):
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            log.close()
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step_and_saves(tmp_path):
@@ -119,32 +131,11 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_saves(tmp_path):
     from pretrax.train.checkpoint_verify import list_steps
 
     run_dir = tmp_path / "run"
-    overrides = TINY + ["train.steps=100000", "checkpoint.every=100000", "mesh.data=2", "mesh.fsdp=4",
-                        f"run.dir={run_dir}"]
-    port = free_port()
-    logs = [tmp_path / f"process{i}.log" for i in range(2)]
-    files = [open(path, "w") for path in logs]
-    procs = [subprocess.Popen(
-        [sys.executable, "-c", WORKER, json.dumps(overrides), "100000"],
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-             "PRETRAX_COORDINATOR": f"127.0.0.1:{port}", "PRETRAX_NUM_PROCESSES": "2", "PRETRAX_PROCESS_ID": str(i),
-             "PRETRAX_INIT_TIMEOUT": "60"},
-        stdout=files[i], stderr=subprocess.STDOUT) for i in range(2)]
-    try:
-        metrics = run_dir / "metrics.jsonl"
-        deadline = time.monotonic() + 240
-        while not (metrics.exists() and metrics.read_text().count("\n") >= 3):  # a few steps in
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "training never started"
-            time.sleep(0.2)
+    with two_workers_training(tmp_path, rows=3) as procs:  # a few steps in
         procs[1].send_signal(signal.SIGTERM)  # only the second worker hears it
         for p in procs:
             p.wait(timeout=120)
-    finally:
-        for p, f in zip(procs, files):
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            f.close()
+    logs = [tmp_path / f"process{i}.log" for i in range(2)]
     outs = [path.read_text() for path in logs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     finals = [json.loads(line.split(" ", 1)[1]) for out in outs for line in out.splitlines() if line.startswith("FINAL")]
@@ -153,7 +144,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_saves(tmp_path):
     assert 3 <= stopped < 100000
     assert [(r.step, r.complete, r.verifies) for r in list_steps(ckpt.checkpoint_dir(str(run_dir)))] == \
         [(stopped, True, True)]
-    resumed = train(config_lib.load(None, overrides), stop_at=stopped + 1, progress=False)
+    resumed = train(config_lib.load(None, open_ended(run_dir)), stop_at=stopped + 1, progress=False)
     assert resumed["start_step"] == stopped and resumed["final_step"] == stopped + 1
 
 

@@ -224,18 +224,28 @@ def load(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] 
     """Read a YAML config (or the defaults when path is None) and apply overrides."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path!r} does not exist (see configs/ for examples)")
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ConfigError(f"config file {path!r} is not valid YAML: {first}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path!r} must hold a mapping of sections, got {type(raw).__name__}")
+        raw = read_yaml_mapping(os.fspath(path), "config file", examples="see configs/ for examples",
+                                holds="a mapping of sections")
     return from_dict(raw, overrides)
+
+
+def read_yaml_mapping(path: str, what: str, *, examples: str, holds: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (a config, a sweep); one-line ConfigErrors otherwise.
+
+    what names the file in messages ("config file"), examples says where to find good ones,
+    holds what the mapping should be.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} {path!r} does not exist ({examples})")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{what} {path!r} is not valid YAML: {first}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {path!r} must hold {holds}, got {type(raw).__name__}")
+    return raw
 
 
 def from_dict(raw: Mapping[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:

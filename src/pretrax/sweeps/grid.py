@@ -96,15 +96,8 @@ def point_name(values: dict[str, Any]) -> str:
 
 
 def _read(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise ConfigError(f"sweep file {path!r} does not exist (configs/sweeps/ has examples)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            spec = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"sweep file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"sweep file {path!r} must hold a mapping with keys {', '.join(SWEEP_KEYS)}")
+    spec = config_lib.read_yaml_mapping(path, "sweep file", examples="configs/sweeps/ has examples",
+                                        holds=f"a mapping with keys {', '.join(SWEEP_KEYS)}")
     _known(path, spec, SWEEP_KEYS, "")
     if not spec.get("base"):
         raise ConfigError(f"sweep {path!r} needs `base:` (the config every point starts from, e.g. ../tiny.yaml)")

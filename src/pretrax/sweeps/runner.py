@@ -13,7 +13,6 @@ and rows of points no longer in the grid are kept.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from pretrax.errors import DataError, PretraxError
 from pretrax.sweeps.counts import point_counts
 from pretrax.sweeps.grid import Point, Sweep
+from pretrax.train.metrics import logged_rows
 
 RESULT_COLUMNS = ("params", "params_non_embedding", "tokens", "flops", "eval_loss", "eval_bits_per_byte", "status",
                   "run_dir")
@@ -128,18 +128,9 @@ def _final_eval(run_dir: str, steps: int) -> tuple[dict[str, Any] | None, int | 
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         return None, None
-    final, newest = None, None
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-                step = int(row["step"])
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut off by a kill
-            newest = step if newest is None else max(newest, step)
-            if step == steps and "eval_loss" in row:
-                final = row
-    return final, newest
+    rows = [row for _, row in logged_rows(path) if row is not None]  # a line cut off by a kill is skipped
+    final = next((r for r in reversed(rows) if r["step"] == steps and "eval_loss" in r), None)
+    return final, max((r["step"] for r in rows), default=None)
 
 
 def plan(sweep: Sweep) -> str:

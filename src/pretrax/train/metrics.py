@@ -74,6 +74,21 @@ class MetricsWriter:
             self._jsonl.close()
 
 
+def logged_rows(path: str) -> list[tuple[str, dict[str, Any] | None]]:
+    """Every line of a metrics.jsonl with its row, or None for a line a kill cut off (or no step)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines(keepends=True)
+    out = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            row["step"] = int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            row = None
+        out.append((line, row))
+    return out
+
+
 def set_aside_rows_after(path: str, step: int) -> int:
     """Move rows logged after `step` (and unreadable lines) from `path` to metrics.superseded.jsonl.
 
@@ -83,15 +98,9 @@ def set_aside_rows_after(path: str, step: int) -> int:
     """
     if not os.path.exists(path):
         return 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.read().splitlines(keepends=True)
     keep, moved = [], []
-    for line in lines:
-        try:
-            row = json.loads(line)
-            later = int(row["step"]) > step
-        except (ValueError, KeyError, TypeError):
-            later = True  # a line cut off by a kill
+    for line, row in logged_rows(path):
+        later = row is None or row["step"] > step  # a line cut off by a kill goes too
         (moved if later else keep).append(line if line.endswith("\n") else line + "\n")
     if not moved:
         return 0
