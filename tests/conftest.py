@@ -12,6 +12,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
+from gcs_fixture import gcs  # noqa: E402,F401  (sets the GCS emulator variables before gcsfs/tensorstore load)
+
 # A model small enough that a test step compiles and runs in well under a second.
 TINY = [
     "model.d_model=32",

@@ -24,3 +24,7 @@ class CheckpointError(PretraxError):
 
 class TrainingError(PretraxError):
     """Training cannot go on as configured (a non-finite loss under train.nan_policy=stop, ...)."""
+
+
+class StorageError(PretraxError):
+    """A run dir's storage that cannot be reached or used (a missing bucket, no answer, no permission)."""
