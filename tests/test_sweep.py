@@ -4,9 +4,7 @@ import csv
 import json
 import math
 import os
-import shlex
 import shutil
-import subprocess
 
 import pytest
 from conftest import TINY
@@ -14,6 +12,7 @@ from conftest import TINY
 from pretrax import config as config_lib
 from pretrax.cli import main
 from pretrax.flops import flops_per_token
+from pretrax.sweeps.grid import load_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_YAML = os.path.join(REPO, "configs", "tiny.yaml")
@@ -159,38 +158,13 @@ def test_bad_sweeps_fail_before_anything_runs(tmp_path, capsys, grid, overrides,
     assert not (tmp_path / "runs").exists()
 
 
-def test_emit_jobs_writes_one_launch_command_per_point(tmp_path, capsys):
-    grid = {"zip": {"model.d_model": [16, 32], "model.d_ff": [32, 64]}, "product": {"optim.lr": [1e-3, 3e-4]}}
-    path = write_sweep(tmp_path / "s.yaml", grid, overrides=["model.n_heads=4", "train.steps=7"])
-    jobs = tmp_path / "jobs.sh"
-    code, stdout, _ = sweep_cli(capsys, path, "--emit-jobs", str(jobs))
-    assert code == 0 and "wrote 4 launch command(s)" in stdout
-    assert not (tmp_path / "runs").exists()  # nothing ran
-    lines = [line for line in jobs.read_text().splitlines() if not line.startswith(("#", ":"))]
-    assert len(lines) == 4
-    seen = []
-    for line in lines:
-        assert line.startswith('tpu_scripts/launch.sh --name "${TPU_NAME}" --zone "${ZONE}" --config ')
-        args = shlex.split(line)
-        assert args[args.index("--config") + 1] == os.path.normpath(TINY_YAML)
-        overrides = args[args.index("--") + 1:]
-        cfg = config_lib.load(TINY_YAML, overrides)  # the launched job builds exactly the point's config
-        seen.append((cfg.model.d_model, cfg.model.d_ff, cfg.optim.lr, cfg.train.steps))
-        assert cfg.run.dir == str(tmp_path / "runs" / f"d_model={cfg.model.d_model},d_ff={cfg.model.d_ff},"
-                                                         f"lr={cfg.optim.lr!r}")
-    assert seen == [(16, 32, 1e-3, 7), (16, 32, 3e-4, 7), (32, 64, 1e-3, 7), (32, 64, 3e-4, 7)]
-    env = {**os.environ, "TPU_NAME": "t", "ZONE": "z"}
-    assert subprocess.run(["sh", "-n", str(jobs)], env=env, check=False).returncode == 0  # valid shell
-
-
-def test_collect_gathers_the_results_of_emitted_jobs(tmp_path, capsys):
-    """--emit-jobs, the jobs run elsewhere (here: each line's `pretrax train` arguments, one finished, one
-    stopped at step 2, one never started), then --collect writes results.csv from their run dirs."""
+def test_collect_gathers_the_results_of_runs_made_elsewhere(tmp_path, capsys):
+    """The points trained outside the sweep (here: `pretrax train` with each point's overrides and run.dir;
+    one finished, one stopped at step 2, one never started), then --collect writes results.csv from their
+    run dirs."""
     path = write_sweep(tmp_path / "s.yaml", {"product": {"optim.lr": [1e-3, 3e-3, 1e-2]}})
-    jobs = tmp_path / "jobs.sh"
-    assert sweep_cli(capsys, path, "--emit-jobs", str(jobs))[0] == 0
-    lines = [shlex.split(line) for line in jobs.read_text().splitlines() if line.startswith("tpu_scripts")]
-    train_args = [["train", args[args.index("--config") + 1], *args[args.index("--") + 1:]] for args in lines]
+    points = load_sweep(path).points
+    train_args = [["train", TINY_YAML, *p.overrides, f"run.dir={p.cfg.run.dir}"] for p in points]
     assert main(train_args[0]) == 0
     assert main([*train_args[1], "--stop-at", "2"]) == 0
     capsys.readouterr()
@@ -203,7 +177,7 @@ def test_collect_gathers_the_results_of_emitted_jobs(tmp_path, capsys):
     last = json.loads(text(tmp_path / "runs" / "lr=0.001" / "metrics.jsonl").splitlines()[-1])
     assert float(rows["lr=0.001"]["eval_loss"]) == last["eval_loss"] and int(rows["lr=0.001"]["tokens"]) == 4 * 8 * 32
 
-    assert main([*train_args[1]]) == 0  # the stopped job resumed and finished
+    assert main([*train_args[1]]) == 0  # the stopped run resumed and finished
     capsys.readouterr()
     code, stdout, _ = sweep_cli(capsys, path, "--collect")
     assert "(2 ok, 1 not finished)" in stdout

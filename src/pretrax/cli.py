@@ -126,13 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "Default: the run's S denoiser's mode token, if it has one")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("sweep", help="run a grid of configs one after another (resumable) into DIR/results.csv")
+    p = sub.add_parser("sweep", help="run a grid of configs (resumable) into DIR/results.csv; --worker: "
+                                     "one of many machines sharing it")
     p.add_argument("sweep", help="sweep YAML: base config, dir, grid (configs/sweeps/ has examples)")
-    p.add_argument("--emit-jobs", metavar="FILE", help="write one tpu_scripts/launch.sh command per point; run nothing")
-    p.add_argument("--dry-run", action="store_true", help="validate every point and list them; run nothing")
-    p.add_argument("--collect", action="store_true",
-                   help="write results.csv from the points' run dirs (runs launched with --emit-jobs); train nothing")
-    p.add_argument("--dir", default=None, help="put the runs and results.csv here instead of the sweep's dir")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--worker", action="store_true",
+                      help="be one of any number of workers (other processes or machines) sharing the sweep dir: "
+                           "claim a point, train it, take the next, until none is left")
+    mode.add_argument("--dry-run", action="store_true",
+                      help="validate every point and list them (done, running, to run); run nothing")
+    mode.add_argument("--collect", action="store_true",
+                      help="write results.csv from the points' run dirs; train nothing")
+    p.add_argument("--dir", default=None,
+                   help="put the runs and results.csv here (a local path or gs://bucket/path) instead of the sweep's dir")
+    p.add_argument("--stale-after", type=float, default=None, metavar="SECONDS",
+                   help="with --worker: take over a point whose worker wrote no heartbeat for this long "
+                        "(default 300)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="with --worker: retry the points that failed before this worker started")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("scaling", help="scaling laws from a sweep's results.csv")
@@ -299,19 +310,29 @@ def cmd_coordcheck(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from pretrax import storage
+    from pretrax.errors import ConfigError
     from pretrax.sweeps.grid import load_sweep
+    from pretrax.sweeps.runner import DEFAULT_STALE_AFTER_S
 
+    if not args.worker and (args.stale_after is not None or args.retry_failed):
+        raise ConfigError("--stale-after and --retry-failed are options of --worker")
+    stale_after = DEFAULT_STALE_AFTER_S if args.stale_after is None else args.stale_after
+    if not stale_after > 0:
+        raise ConfigError(f"--stale-after must be a positive number of seconds, got {args.stale_after:g}")
     sweep = load_sweep(args.sweep, args.dir)  # every point's config is validated before anything runs
-    if args.emit_jobs:
-        from pretrax.sweeps.jobs import write_jobs
-
-        print(f"wrote {write_jobs(sweep, args.emit_jobs)} launch command(s) to {args.emit_jobs}")
-        return 0
+    storage.check_reachable(sweep.dir, "sweep dir")  # a missing bucket: one line, before anything is written
     from pretrax.sweeps import runner
 
     if args.dry_run:
-        print(runner.plan(sweep))
+        print(runner.plan(sweep, stale_after))
         return 0
+    if args.worker:
+        from pretrax.parallel.distributed import initialize_from_env
+        from pretrax.sweeps.worker import run_worker
+
+        initialize_from_env()  # on a multi-host slice, all its hosts are one worker
+        return run_worker(sweep, stale_after, retry_failed=args.retry_failed)
     if args.collect:
         rows, preempted = runner.collect(sweep), False
     else:

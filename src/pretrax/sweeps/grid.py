@@ -3,7 +3,7 @@
 A sweep is YAML (configs/sweeps/tiny_widths.yaml is an example):
 
     base: ../tiny.yaml             # the base config: next to this file, else from the working directory
-    dir: runs/sweeps/tiny_widths   # point P trains in DIR/P; DIR/results.csv collects them
+    dir: runs/sweeps/tiny_widths   # point P trains in DIR/P; DIR/results.csv collects them (or gs://bucket/...)
     overrides: [train.steps=200]   # optional: applied to every point
     grid:
       product:                     # every combination of these lists
@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from pretrax import config as config_lib
+from pretrax import storage
 from pretrax.config import Config
 from pretrax.errors import ConfigError
 
@@ -67,6 +68,7 @@ def load_sweep(path: str, out_dir: str | None = None) -> Sweep:
     sweep_dir = out_dir or spec.get("dir")
     if not isinstance(sweep_dir, str) or not sweep_dir:
         raise ConfigError(f"sweep {path!r} needs `dir:` (where the points' runs and results.csv go)")
+    storage.check_url(sweep_dir, "sweep dir")  # s3://... is refused here, never made a local folder
     points = []
     for raw in rows:
         swept = [f"{k}={_dump(v)}" for k, v in raw.items()]
@@ -76,7 +78,7 @@ def load_sweep(path: str, out_dir: str | None = None) -> Sweep:
             raise ConfigError(f"sweep {path!r}, point {' '.join(swept)}: {e}") from None
         values = {k: _lookup(cfg.to_dict(), k) for k in keys}
         name = point_name(values)
-        cfg = cfg.replace(**{"run.dir": _join(sweep_dir, name)})
+        cfg = cfg.replace(**{"run.dir": storage.join(sweep_dir, name)})
         points.append(Point(name, values, (*fixed, *(f"{k}={_dump(v)}" for k, v in values.items())), cfg))
     names = [p.name for p in points]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -162,10 +164,6 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         tree = tree[part]
     return tree
-
-
-def _join(sweep_dir: str, name: str) -> str:
-    return sweep_dir.rstrip("/") + "/" + name  # also right for gs:// directories
 
 
 def _dump(value: Any) -> str:

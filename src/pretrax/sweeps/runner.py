@@ -5,62 +5,34 @@ train(), which resumes from the point's newest checkpoint when its run dir
 has one (a sweep stopped mid-point continues that point, not from scratch).
 A point that fails with a PretraxError is recorded as failed and the sweep
 goes on; rerunning the sweep retries it. A preempted point (SIGTERM: train()
-saves and returns early) stops the sweep unrecorded; rerunning resumes it. results.csv is rewritten after every
-point through a temporary file and a rename, so it is never half written,
-and rows of points no longer in the grid are kept.
+saves and returns early) stops the sweep unrecorded; rerunning resumes it.
+results.csv is replaced whole after every point (never half written), and
+rows of points no longer in the grid are kept. The sweep dir may be a local
+path or gs://bucket/path; everything goes through pretrax.storage.
+
+worker.py runs the same points as one of many workers sharing the dir.
 """
 
 from __future__ import annotations
 
-import csv
-import os
+import time
 from collections.abc import Callable
 from typing import Any
 
-from pretrax.errors import DataError, PretraxError
+from pretrax import storage
+from pretrax.errors import ConfigError, PretraxError
+from pretrax.sweeps.claims import Claims
 from pretrax.sweeps.counts import point_counts
 from pretrax.sweeps.grid import Point, Sweep
+from pretrax.sweeps.results import read_rows, results_path, write_rows
 from pretrax.train.metrics import logged_rows
 
-RESULT_COLUMNS = ("params", "params_non_embedding", "tokens", "flops", "eval_loss", "eval_bits_per_byte", "status",
-                  "run_dir")
-
-
-def results_path(sweep: Sweep) -> str:
-    return os.path.join(sweep.dir, "results.csv")
-
-
-def read_rows(path: str) -> dict[str, dict[str, str]]:
-    """An earlier results.csv as {point name: row}; empty when there is none."""
-    if not os.path.isfile(path):
-        return {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if "point" not in (reader.fieldnames or []):
-            raise DataError(f"{path} has no 'point' column, so it was not written by pretrax sweep; "
-                            "move it away or give the sweep another dir")
-        return {row["point"]: row for row in reader}
-
-
-def write_rows(path: str, sweep: Sweep, rows: dict[str, dict[str, Any]]) -> None:
-    """One row per point, grid order first; replaced atomically."""
-    names = [p.name for p in sweep.points]
-    order = [n for n in names if n in rows] + [n for n in rows if n not in names]
-    keys = list(sweep.keys)
-    for row in rows.values():  # swept keys of older grids, kept with their rows
-        keys += [k for k in row if k not in keys and k != "point" and k not in RESULT_COLUMNS]
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, ["point", *keys, *RESULT_COLUMNS], restval="", extrasaction="ignore")
-        writer.writeheader()
-        for name in order:
-            writer.writerow(rows[name])
-    os.replace(tmp, path)
+DEFAULT_STALE_AFTER_S = 300.0  # a worker's claim with no heartbeat for this long is taken over
 
 
 def run_point(point: Point) -> tuple[dict[str, Any] | None, int]:
     """Train one point (or resume it): its results row (None if preempted), and the step it resumed from."""
-    from pretrax.train.loop import train  # imported here: a dry run or --emit-jobs never needs it
+    from pretrax.train.loop import train  # imported here: a dry run or --collect never needs it
 
     row: dict[str, Any] = {"point": point.name, **point.values, "run_dir": point.cfg.run.dir}
     try:
@@ -69,17 +41,23 @@ def run_point(point: Point) -> tuple[dict[str, Any] | None, int]:
     except PretraxError as e:
         row["status"] = f"failed: {e}"
         return row, 0
-    if result.get("preempted") or "eval" not in result:
+    if result.get("preempted"):
         return None, result["start_step"]
+    if "eval" not in result:  # finished before (a worker died between its last step and its row): the logged eval
+        final, _ = final_eval(point.cfg.run.dir, point.cfg.train.steps)
+        if final is None:
+            return None, result["start_step"]
+        result["eval"] = {k: final[k] for k in ("eval_loss", "eval_bits_per_byte")}
     row.update(result["eval"], status="ok")
     return row, result["start_step"]
 
 
 def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> tuple[dict[str, dict[str, Any]], bool]:
     """Run every point not yet recorded ok; returns all rows by point name, and whether a preemption stopped it."""
+    refuse_if_workers_run(sweep)
     path = results_path(sweep)
     rows: dict[str, dict[str, Any]] = read_rows(path)
-    os.makedirs(sweep.dir, exist_ok=True)
+    storage.makedirs(sweep.dir)
     total = len(sweep.points)
     for i, point in enumerate(sweep.points, start=1):
         if rows.get(point.name, {}).get("status") == "ok":
@@ -92,17 +70,31 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> tuple[dict[st
             return rows, True
         rows[point.name] = row
         write_rows(path, sweep, rows)
-        if row["status"] == "ok":
-            resumed = f" (resumed from step {start})" if start else ""
-            log(f"[{i}/{total}] {point.name}: eval_loss {row['eval_loss']:.4f}, "
-                f"bits per byte {row['eval_bits_per_byte']:.4f}{resumed}")
-        else:
-            log(f"[{i}/{total}] {point.name}: {row['status']}")
+        log(f"[{i}/{total}] {point.name}: {describe(row, start)}")
     return rows, False
 
 
+def describe(row: dict[str, Any], start: int) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    resumed = f" (resumed from step {start})" if start else ""
+    return f"eval_loss {row['eval_loss']:.4f}, bits per byte {row['eval_bits_per_byte']:.4f}{resumed}"
+
+
+def refuse_if_workers_run(sweep: Sweep, stale_after: float = DEFAULT_STALE_AFTER_S) -> None:
+    """The one-process sweep claims nothing, so it must not run beside workers (--worker) of the same dir."""
+    claims = Claims(sweep.dir, stale_after)
+    states = claims.scan(p.name for p in sweep.points)
+    for name, state in states.items():
+        if state.attempt and state.outcome is None and not claims.is_stale(name, state):
+            owner = state.content or {}
+            raise ConfigError(f"workers are running sweep dir {sweep.dir} (point {name} on host "
+                              f"{owner.get('host', '?')}, pid {owner.get('pid', '?')}); join them with "
+                              f"`pretrax sweep {sweep.path} --worker`, or wait until they are done")
+
+
 def collect(sweep: Sweep) -> dict[str, dict[str, Any]]:
-    """results.csv from the points' run dirs, training nothing (--collect: after --emit-jobs ran them elsewhere).
+    """results.csv from the points' run dirs, training nothing (--collect: progress of runs made elsewhere).
 
     A point is ok when its metrics.jsonl holds the held-out evaluation of its last step; otherwise it is
     recorded as not started or incomplete (with the newest step logged). Rows of other points are kept.
@@ -112,36 +104,51 @@ def collect(sweep: Sweep) -> dict[str, dict[str, Any]]:
     for point in sweep.points:
         row: dict[str, Any] = {"point": point.name, **point.values, "run_dir": point.cfg.run.dir,
                                **point_counts(point.cfg)}
-        final, newest = _final_eval(point.cfg.run.dir, point.cfg.train.steps)
+        final, newest = final_eval(point.cfg.run.dir, point.cfg.train.steps)
         if final is not None:
             row.update(eval_loss=final["eval_loss"], eval_bits_per_byte=final["eval_bits_per_byte"], status="ok")
         else:
             row["status"] = "not started" if newest is None else f"incomplete (step {newest} of {point.cfg.train.steps})"
         rows[point.name] = row
-    os.makedirs(sweep.dir, exist_ok=True)
     write_rows(path, sweep, rows)
     return rows
 
 
-def _final_eval(run_dir: str, steps: int) -> tuple[dict[str, Any] | None, int | None]:
+def final_eval(run_dir: str, steps: int) -> tuple[dict[str, Any] | None, int | None]:
     """(the metrics row of step `steps` if it holds the evaluation, else None; the newest step logged or None)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    path = storage.join(run_dir, "metrics.jsonl")
+    if not storage.isfile(path):
         return None, None
     rows = [row for _, row in logged_rows(path) if row is not None]  # a line cut off by a kill is skipped
     final = next((r for r in reversed(rows) if r["step"] == steps and "eval_loss" in r), None)
     return final, max((r["step"] for r in rows), default=None)
 
 
-def plan(sweep: Sweep) -> str:
-    """What running the sweep would do (--dry-run): each point's size and whether it is done or still to run."""
+def plan(sweep: Sweep, stale_after: float = DEFAULT_STALE_AFTER_S) -> str:
+    """What running the sweep would do (--dry-run): each point's size, and whether it is done, running or to run."""
     rows = read_rows(results_path(sweep))
+    claims = Claims(sweep.dir, stale_after)
+    states = claims.scan(p.name for p in sweep.points)
+    now = time.time()
     lines = [f"sweep {sweep.path}: {len(sweep.points)} point(s) from {sweep.base} into {sweep.dir}",
              f"  {'point':<40} {'params':>10} {'non-emb':>10} {'tokens':>10} {'FLOPs':>10}  status"]
     for point in sweep.points:
         c = point_counts(point.cfg)
         status = rows.get(point.name, {}).get("status", "")
-        status = "done (skipped)" if status == "ok" else f"to retry ({status})" if status else "to run"
+        state = states[point.name]
+        if state.outcome == "ok" or (not state.attempt and status == "ok"):
+            status = "done (skipped)"
+        elif state.attempt and state.outcome is None:
+            owner = state.content or {}
+            age = state.age(now)
+            beat = "unreadable claim" if age is None else f"heartbeat {age:.0f} s ago"
+            where = f"host {owner.get('host', '?')} pid {owner.get('pid', '?')}, {beat}"
+            status = (f"stale (attempt {state.attempt}, {where}): the next worker takes it over"
+                      if claims.is_stale(point.name, state, now) else f"running (attempt {state.attempt}, {where})")
+        elif state.outcome == "failed":
+            status = f"failed (workers retry it with --retry-failed): {status.removeprefix('failed: ')}"
+        else:
+            status = f"to retry ({status})" if status else "to run"
         lines.append(f"  {point.name:<40} {c['params']:>10,} {c['params_non_embedding']:>10,} {c['tokens']:>10,} "
                      f"{c['flops']:>10.3g}  {status}")
     return "\n".join(lines)
