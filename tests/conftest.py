@@ -1,16 +1,29 @@
-"""Test set-up: 8 simulated CPU devices, so sharding code runs on a real mesh.
+"""Test set-up: the platform the tests run on, and the tiny run they share.
 
-XLA_FLAGS must be set before jax is first imported, which is why it is here.
+CPU by default, with 8 simulated devices, so sharding code runs on a real mesh; a
+caller picks another with PRETRAX_TEST_PLATFORM=gpu (or cuda, tpu), e.g. to run the real
+cuDNN kernel. Tests marked ``devices(n)`` skip, saying why, where fewer devices exist.
+XLA_FLAGS and JAX_PLATFORMS must be set before jax is first imported, which is why it is here.
 """
 
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import pytest
 
-import pytest  # noqa: E402
+PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "tpu": "tpu"}  # PRETRAX_TEST_PLATFORM -> JAX_PLATFORMS
+_chosen = os.environ.get("PRETRAX_TEST_PLATFORM", "cpu").strip().lower() or "cpu"
+if _chosen in PLATFORMS:  # else pytest_configure stops the run
+    # set, not defaulted: a JAX_PLATFORMS=cuda left in the shell must not move the CPU suite onto one GPU
+    os.environ["JAX_PLATFORMS"] = PLATFORMS[_chosen]
+if _chosen == "cpu":
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+elif _chosen in PLATFORMS:
+    # several test processes share the accelerator: none may take 75% of its memory up front
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    # float32 matmuls in float32 (GPUs default to TF32), so tolerances hold as on the CPU
+    os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 from gcs_fixture import gcs  # noqa: E402,F401  (sets the GCS emulator variables before gcsfs/tensorstore load)
 
@@ -30,6 +43,24 @@ TINY = [
     "optim.warmup_steps=2",
     "checkpoint.every=3",
 ]
+
+
+def pytest_configure(config):
+    if _chosen not in PLATFORMS:
+        raise pytest.UsageError(f"PRETRAX_TEST_PLATFORM={_chosen!r} is not one of {', '.join(PLATFORMS)}")
+
+
+def pytest_runtest_setup(item):
+    """``@pytest.mark.devices(n)``: skip, naming the shortfall, where fewer than n devices exist."""
+    marker = item.get_closest_marker("devices")
+    if marker is None:
+        return
+    import jax
+
+    need, have = marker.args[0], jax.devices()
+    if len(have) < need:
+        pytest.skip(f"needs {need} devices (the CPU default simulates 8); this host has {len(have)} "
+                    f"{have[0].platform}")
 
 
 @pytest.fixture

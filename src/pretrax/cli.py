@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tokenizer", default=None, metavar="bytes|PATH.model",
                    help="also store each document's token ids from this tokenizer (read instead of the text "
                         "when data.tokenizer is the same)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset of this name and version (only once the new one is complete)")
     d.set_defaults(func=cmd_data_prepare)
     d = data.add_parser("inspect", help="print training examples decoded, as the model sees them")
     d.add_argument("config")
@@ -222,7 +224,9 @@ def cmd_train(args) -> int:
         print(f"held-out loss: {result['eval']['eval_loss']:.4f} nats/token")
         print(f"held-out bits per byte: {result['eval']['eval_bits_per_byte']:.4f}")
     else:
-        print(f"stopped at step {result['final_step']} of {cfg.train.steps}; run the same command to resume")
+        # only --stop-at ends a run early; the same command with it would stop again at once
+        print(f"stopped at step {result['final_step']} of {cfg.train.steps}; run the same command without "
+              "--stop-at (or with a later step) to resume")
     if cfg.train.sample_tokens and not args.no_sample and "eval" in result:
         text = sample(result["setup"], result["params"], result["tokenizer"], "def ",
                       max_new_tokens=cfg.train.sample_tokens, seed=cfg.run.seed, mode=default_mode(cfg))
@@ -258,9 +262,11 @@ def cmd_checkpoints(args) -> int:
     import dataclasses
     import json
 
+    from pretrax import storage
     from pretrax.errors import CheckpointError
     from pretrax.train.checkpoint_verify import checkpoint_dir, format_reports, list_steps  # no jax: starts fast
 
+    storage.check_reachable(args.run_dir, "run dir")
     reports = list_steps(checkpoint_dir(args.run_dir))
     if not reports:
         raise CheckpointError(f"{checkpoint_dir(args.run_dir)} holds no checkpoints; give a run dir that was trained")
@@ -294,13 +300,14 @@ def cmd_coordcheck(args) -> int:
     import os
 
     from pretrax import config as config_lib
+    from pretrax import storage
     from pretrax.coordcheck import coordcheck, describe, parse_widths, write_outputs
 
     cfg = config_lib.load(args.config, args.overrides)
     widths = parse_widths(args.widths)
     log = None if args.json else (lambda line: print(line, file=sys.stderr))
     result = coordcheck(cfg, widths, args.steps, seeds=args.seeds, log=log)
-    paths = write_outputs(result, args.out or os.path.join(cfg.run.dir, "coordcheck"))
+    paths = write_outputs(result, args.out or storage.join(cfg.run.dir, "coordcheck"))
     if args.json:
         print(json.dumps(result.slopes()))
     else:
@@ -382,6 +389,8 @@ def cmd_tokenizer_train(args) -> int:
 
     path = train_sentencepiece(args.inputs, vocab_size=args.vocab_size, model_type=args.model_type, out=args.out)
     print(f"wrote {path}")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    print("train with it: " + _train_command(f"data.tokenizer={_absolute(path)}", f"run.dir=runs/{stem}"))
     return 0
 
 
@@ -390,11 +399,33 @@ def cmd_data_prepare(args) -> int:
 
     result = prepare(args.inputs, name=args.name, data_dir=args.data_dir, input_format=args.format,
                      text_field=args.text_field, text_split=args.text_split, eval_percent=args.eval_percent,
-                     tokenizer=args.tokenizer)
+                     tokenizer=args.tokenizer, overwrite=args.overwrite)
     print(f"prepared tfds dataset {args.name!r} in {args.data_dir}: {result}")
-    tokenizer = f" data.tokenizer={args.tokenizer}" if args.tokenizer else ""
-    print(f"train from it with: data.source=tfds data.tfds_name={args.name} data.data_dir={args.data_dir}{tokenizer}")
+    overrides = ["data.source=tfds", f"data.tfds_name={args.name}", f"data.data_dir={_absolute(args.data_dir)}"]
+    if args.tokenizer:  # the stored ids are read only when data.tokenizer is the same tokenizer
+        overrides.append(f"data.tokenizer={args.tokenizer if args.tokenizer == 'bytes' else _absolute(args.tokenizer)}")
+    held = "its validation split" if "validation" in result["splits"] else "data.heldout_percent of train"
+    print(f"train from it (evaluating on {held}) with: " + _train_command(*overrides, f"run.dir=runs/{args.name}"))
     return 0
+
+
+def _absolute(path: str) -> str:
+    """A local path as an absolute one (~ expanded), so a printed command works from any directory; URLs as given."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def _train_command(*overrides: str) -> str:
+    """A `pretrax train` command line a user can paste: the tiny CPU config (from here when present) + overrides.
+
+    A fresh run.dir among the overrides keeps it from resuming another run's checkpoints (runs/tiny).
+    """
+    import shlex
+
+    config = "configs/tiny.yaml"
+    checkout = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, config)  # an editable install's
+    if not os.path.isfile(config) and os.path.isfile(checkout):
+        config = os.path.abspath(checkout)
+    return shlex.join(["pretrax", "train", config, *overrides])
 
 
 def cmd_data_inspect(args) -> int:

@@ -25,7 +25,7 @@ from pretrax.errors import ConfigError
 
 @dataclass(frozen=True)
 class RunSection:
-    dir: str = "runs/tiny"  # where config.yaml, metrics, TensorBoard and checkpoints go
+    dir: str = "runs/tiny"  # where config.yaml, metrics, TensorBoard and checkpoints go: a local path or gs://bucket/path
     seed: int = 0  # one seed for parameters, data order and sampling
 
 
@@ -78,7 +78,9 @@ class SourceSection:
     text_split: Literal["file", "blank_lines"] = "file"  # text: one document per file, or per blank-line block
     tfds_name: str = ""  # tfds: name[:version], e.g. c4/en:3.0.1
     tfds_split: str = "train"
-    tfds_eval_split: str = ""  # tfds: split for held-out eval; "": hold out data.heldout_percent of tfds_split
+    # tfds: the split evaluated on; auto: "validation" when the dataset has one (what `pretrax data prepare`
+    # writes), else data.heldout_percent of tfds_split; "": always hold out data.heldout_percent of tfds_split
+    tfds_eval_split: str = "auto"
     data_dir: str = ""  # tfds: the data_dir holding the prepared dataset (local path or gs://)
     weight: float = 1.0  # share of documents drawn from this source in a mixture
 
@@ -442,6 +444,11 @@ def validate(cfg: Config) -> None:
             f"model.max_seq_len ({m.max_seq_len}) is shorter than data.seq_len ({cfg.data.seq_len})"
         )
     validate_parametrization(cfg.parametrization, m)
+    if not cfg.run.dir:
+        raise ConfigError("run.dir is empty; give a local directory or gs://bucket/path")
+    from pretrax.storage import check_url  # s3://, hdfs://: refused here, never a local folder named "s3:"
+
+    check_url(cfg.run.dir, "run.dir")
     from pretrax.perf import check_peak  # here, so a bad train.peak is refused before a run dir is written
 
     check_peak(cfg.train.peak)

@@ -22,13 +22,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pretrax import storage
 from pretrax.config import Config
 from pretrax.data.pipeline import make_train_iterator
 from pretrax.data.tokenizer import load_tokenizer
@@ -214,20 +214,19 @@ def plot(result: CoordCheck, path: str) -> None:
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
     fig.suptitle("coordinate check: sp (dashed) vs mup (solid)")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
+    storage.write_bytes(path, png.getvalue())
 
 
 def write_outputs(result: CoordCheck, out_dir: str) -> dict[str, str]:
-    """coordcheck.csv, coordcheck.md (slopes) and coordcheck.png in out_dir, each replaced atomically."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {name: os.path.join(out_dir, f"coordcheck.{name}") for name in ("csv", "md", "png")}
+    """coordcheck.csv, coordcheck.md (slopes) and coordcheck.png in out_dir (local or gs://), each replaced atomically."""
+    storage.check_url(out_dir, "--out")
+    storage.makedirs(out_dir)
+    paths = {name: storage.join(out_dir, f"coordcheck.{name}") for name in ("csv", "md", "png")}
     for name, text in (("csv", table_csv(result)), ("md", slopes_markdown(result))):
-        with open(paths[name] + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(paths[name] + ".tmp", paths[name])
+        storage.write_text(paths[name], text)
     plot(result, paths["png"])
     return paths
 

@@ -9,7 +9,6 @@ decoding path belongs with the speed work.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from pretrax import config as config_lib
+from pretrax import storage
 from pretrax.errors import CheckpointError, ConfigError
 from pretrax.train import checkpoint as ckpt
 from pretrax.train.state import make_setup, max_positions, model_vocab_size
@@ -166,7 +166,8 @@ def load_run(run_dir: str):
     from pretrax.data.tokenizer import load_tokenizer
     from pretrax.parallel.mesh import make_mesh
 
-    if not os.path.isdir(run_dir):
+    storage.check_reachable(run_dir, "run dir")
+    if not storage.isdir(run_dir):
         raise ConfigError(f"run dir {run_dir!r} does not exist; give the run.dir of a training run")
     if ckpt.latest_step(run_dir) is None:
         raise CheckpointError(f"run dir {run_dir!r} holds no complete checkpoint; train it first")

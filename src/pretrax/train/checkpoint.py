@@ -4,8 +4,10 @@ Each checkpoint is one Orbax step directory with three items:
   state   the train-state pytree (sharded arrays; every process writes its shards)
   data    the data iterator's state (JSON), so a resume reads exactly the next batch
   config  the resolved config (JSON), so an incompatible resume is refused
-Orbax writes into a temporary directory and renames it when complete, so a
-save cut short (kill -9, full disk) never looks complete; saves are
+On a disk Orbax writes into a temporary directory and renames it when
+complete; on GCS (no rename) it marks a finished step with a last
+commit_success.txt object; either way a save cut short (kill -9, full disk)
+never looks complete. The run dir may be local or gs:// (pretrax.storage); saves are
 asynchronous and overlap with the following train steps. A resume takes the
 newest checkpoint that restores: damaged newer ones are skipped (said in one
 line on stderr) and set aside in RUN_DIR/damaged_checkpoints/, never deleted.
@@ -16,11 +18,9 @@ complete. docs/reliability.md lists these promises and the tests that prove them
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import sys
-import tempfile
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,8 +29,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from pretrax import config as config_lib
+from pretrax import storage
 from pretrax.config import CheckpointSection, Config
-from pretrax.errors import CheckpointError
+from pretrax.errors import CheckpointError, StorageError
 from pretrax.train.checkpoint_verify import (  # checkpoint_dir: used by callers too
     checkpoint_dir,
     find_problem,
@@ -41,7 +42,7 @@ ITEMS = ("state", "data", "config")
 
 
 def damaged_dir(run_dir: str) -> str:
-    return os.path.join(os.path.abspath(run_dir), "damaged_checkpoints")
+    return storage.join(storage.absolute(run_dir), "damaged_checkpoints")
 
 
 def open_manager(run_dir: str, cfg: CheckpointSection, *, read_only: bool = False,
@@ -63,19 +64,22 @@ def open_manager(run_dir: str, cfg: CheckpointSection, *, read_only: bool = Fals
     )
     try:
         return ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_names=ITEMS)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # a StorageError passes through: it names the bucket
         raise CheckpointError(f"cannot use checkpoint dir {checkpoint_dir(run_dir)}: {_reason(e)}; "
                               "give a run.dir whose checkpoints/ is a writable directory") from e
 
 
 def _check_writable(directory: str) -> None:
     """Fail before the first train step, not at the first save, when checkpoints cannot be written at all."""
-    if os.path.exists(directory) and not os.path.isdir(directory):
+    if storage.isfile(directory):
         raise CheckpointError(f"checkpoint dir {directory} is a file; move it away or give another run.dir")
+    probe = storage.join(directory, f".pretrax-write-test-{uuid.uuid4().hex[:8]}")
     try:
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".pretrax-write-test-"):
-            pass
+        storage.makedirs(directory)
+        storage.write_bytes(probe, b"")
+        storage.remove(probe)
+    except StorageError:
+        raise
     except OSError as e:
         raise CheckpointError(f"cannot write in checkpoint dir {directory}: {_reason(e)}; "
                               "give a run.dir on a writable disk") from e
@@ -85,13 +89,13 @@ def _set_aside(run_dir: str, steps: Iterable[int]) -> None:
     """Move damaged step directories to RUN_DIR/damaged_checkpoints/ (kept, out of the way of new saves)."""
     steps = sorted(steps)
     if steps and jax.process_index() == 0:
-        os.makedirs(damaged_dir(run_dir), exist_ok=True)
+        storage.makedirs(damaged_dir(run_dir))
         for step in steps:
-            target = os.path.join(damaged_dir(run_dir), str(step))
+            target = storage.join(damaged_dir(run_dir), str(step))
             n = 1
-            while os.path.exists(target):
-                target, n = os.path.join(damaged_dir(run_dir), f"{step}.{n}"), n + 1
-            shutil.move(os.path.join(checkpoint_dir(run_dir), str(step)), target)
+            while storage.exists(target):
+                target, n = storage.join(damaged_dir(run_dir), f"{step}.{n}"), n + 1
+            storage.move(storage.join(checkpoint_dir(run_dir), str(step)), target)
     if steps and jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -100,7 +104,7 @@ def _set_aside(run_dir: str, steps: Iterable[int]) -> None:
 
 def latest_step(run_dir: str) -> int | None:
     """The newest complete checkpoint's step, or None (never creates anything)."""
-    if not os.path.isdir(checkpoint_dir(run_dir)):
+    if not storage.isdir(checkpoint_dir(run_dir)):
         return None
     with ocp.CheckpointManager(
         checkpoint_dir(run_dir), options=ocp.CheckpointManagerOptions(read_only=True, create=False), item_names=ITEMS
@@ -227,7 +231,7 @@ def restore_latest_good(run_dir: str, cfg: Config, abstract_state: dict, *, anno
     says so itself).
     """
     skipped: dict[int, str] = {}
-    if not os.path.isdir(checkpoint_dir(run_dir)):
+    if not storage.isdir(checkpoint_dir(run_dir)):
         return None, None, None, skipped
     with open_manager(run_dir, cfg.checkpoint, read_only=True) as reader:
         for step in sorted(reader.all_steps(), reverse=True):
@@ -256,7 +260,7 @@ def restore_latest_good(run_dir: str, cfg: Config, abstract_state: dict, *, anno
 
 def _restore_step(reader: ocp.CheckpointManager, step: int, cfg: Config, abstract_state: dict):
     # Orbax's own metadata files first: a restore with explicit args does not read them all
-    problem = find_problem(os.path.join(str(reader.directory), str(step)), read_arrays=False)
+    problem = find_problem(storage.join(str(reader.directory), str(step)), read_arrays=False)
     if problem:
         raise DamagedCheckpointError(step, problem)
     try:
@@ -297,7 +301,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict) -> 
 
 
 def _restore_error(manager: ocp.CheckpointManager, step: int, e: Exception) -> CheckpointError:
-    problem = find_problem(os.path.join(str(manager.directory), str(step)))
+    problem = find_problem(storage.join(str(manager.directory), str(step)))
     if problem:
         return DamagedCheckpointError(step, problem)
     return CheckpointError(f"checkpoint at step {step} does not match this run's state: {_reason(e)}")

@@ -1,15 +1,18 @@
 """Does a checkpoint read back whole? Asked by `pretrax checkpoints` and by the resume fallback.
 
 A checkpoint step *verifies* when
-  - it is complete: Orbax writes a step into `STEP.orbax-checkpoint-tmp` and
-    renames it to `STEP` only once every item is written, so a directory with
+  - it is complete: on a disk Orbax writes a step into `STEP.orbax-checkpoint-tmp`
+    and renames it to `STEP` only once every item is written, so a directory with
     the final name is complete and a temporary one is a save that never finished;
+    on GCS (no rename) it writes `STEP` directly and marks it complete with a
+    `commit_success.txt` object last, so a `STEP` without the marker never finished;
   - every item Orbax recorded in `_CHECKPOINT_METADATA` is there: the JSON
     items (data-iterator state, config) parse, and the state's `_METADATA`
     parses and every array it names reads back in full from its TensorStore
     files, with no chunk missing.
 That reads every stored byte once, on the host, one block of an array at a
-time, with no model, config or devices, so it works on any machine. It finds
+time, with no model, config or devices, so it works on any machine, for a
+local run dir or a gs:// one (through pretrax.storage and tensorstore's gcs driver). It finds
 deleted, truncated or emptied files; it cannot find flipped bits, because
 Orbax stores no checksums.
 """
@@ -18,15 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
-TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a step still being written
+from pretrax import storage
+from pretrax.errors import StorageError
+
+TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a step still being written (on a disk)
+COMMIT_MARK = "commit_success.txt"  # Orbax's last object of a finished step on object storage
 _BLOCK_BYTES = 64 << 20  # arrays are read in blocks of about this many bytes
 
 
 def checkpoint_dir(run_dir: str) -> str:
-    """RUN_DIR/checkpoints: one Orbax step directory per checkpoint."""
-    return os.path.join(os.path.abspath(run_dir), "checkpoints")
+    """RUN_DIR/checkpoints: one Orbax step directory per checkpoint (a local path made absolute, or a URL)."""
+    return storage.join(storage.absolute(storage.check_url(run_dir)), "checkpoints")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,15 +50,13 @@ class StepReport:
 
 def list_steps(directory: str, *, verify: bool = True) -> list[StepReport]:
     """Every step directory in a checkpoint directory, oldest first, complete or not."""
-    if not os.path.isdir(directory):
-        return []
     reports = []
-    for name in os.listdir(directory):
-        path = os.path.join(directory, name)
+    for name in storage.listdir(directory):
+        path = storage.join(directory, name)
         base = name.split(TMP_MARK)[0]
-        if not (base.isdigit() and os.path.isdir(path)):
+        if not (base.isdigit() and storage.isdir(path)):
             continue
-        complete = name == base
+        complete = name == base and (not storage.is_remote(path) or storage.exists(storage.join(path, COMMIT_MARK)))
         if complete:
             problem = find_problem(path) if verify else None
         else:
@@ -68,22 +72,22 @@ def find_problem(step_dir: str, *, read_arrays: bool = True) -> str | None:
     resume does that first, and its restore then reads the arrays itself.
     """
     try:
-        handlers = _read_json(os.path.join(step_dir, "_CHECKPOINT_METADATA"), step_dir)["item_handlers"]
+        handlers = _read_json(storage.join(step_dir, "_CHECKPOINT_METADATA"), step_dir)["item_handlers"]
     except (KeyError, TypeError):
         return "_CHECKPOINT_METADATA names no items"
     except _Damage as e:
         return str(e)
     for item, handler in sorted(handlers.items()):
-        item_dir = os.path.join(step_dir, item)
+        item_dir = storage.join(step_dir, item)
         try:
-            if not os.path.isdir(item_dir):
+            if not storage.isdir(item_dir):
                 raise _Damage(f"{item}/ is missing")
             if handler.endswith("JsonCheckpointHandler"):
-                _read_json(os.path.join(item_dir, "metadata"), step_dir)
+                _read_json(storage.join(item_dir, "metadata"), step_dir)
             elif read_arrays:
                 _read_arrays(item_dir, step_dir)
             else:
-                _read_json(os.path.join(item_dir, "_METADATA"), step_dir)
+                _read_json(storage.join(item_dir, "_METADATA"), step_dir)
         except _Damage as e:
             return str(e)
     return None
@@ -94,12 +98,13 @@ class _Damage(Exception):
 
 
 def _read_json(path: str, root: str):
-    rel = os.path.relpath(path, root)
+    rel = path[len(root):].lstrip("/\\") if path.startswith(root) else path
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(storage.read_text(path))
     except FileNotFoundError:
         raise _Damage(f"{rel} is missing") from None
+    except StorageError:
+        raise
     except (OSError, ValueError) as e:
         raise _Damage(f"{rel} does not parse: {_first_line(e)}") from None
 
@@ -108,8 +113,8 @@ def _read_arrays(item_dir: str, root: str) -> None:
     """Read every array the item's _METADATA names, failing on any missing chunk."""
     import tensorstore as ts  # here, so listing checkpoints without verifying stays light
 
-    meta = _read_json(os.path.join(item_dir, "_METADATA"), root)
-    item = os.path.basename(item_dir)
+    meta = _read_json(storage.join(item_dir, "_METADATA"), root)
+    item = storage.basename(item_dir)
     try:
         entries = meta["tree_metadata"].values()
         names = [
@@ -122,11 +127,12 @@ def _read_arrays(item_dir: str, root: str) -> None:
         raise _Damage(f"{item}/_METADATA does not list the arrays") from None
     context = ts.Context()
     driver = "zarr3" if meta.get("use_zarr3") else "zarr"
+    base = item_dir.rstrip("/") + "/" if storage.is_remote(item_dir) else f"file://{item_dir}/"
     for name in names:
         if meta.get("use_ocdbt", True):
-            kvstore = {"driver": "ocdbt", "base": f"file://{item_dir}/", "path": f"{name}/"}
+            kvstore = {"driver": "ocdbt", "base": base, "path": f"{name}/"}
         else:
-            kvstore = {"driver": "file", "path": os.path.join(item_dir, name) + "/"}
+            kvstore = f"{base}{name}/"
         spec = {"driver": driver, "kvstore": kvstore, "fill_missing_data_reads": False}
         try:
             array = ts.open(spec, open=True, read=True, context=context).result()
@@ -153,14 +159,7 @@ def _prod(xs) -> int:
 
 
 def _size(path: str) -> int:
-    total = 0
-    for d, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(d, f))
-            except OSError:
-                pass
-    return total
+    return sum(size for _, size in storage.walk_files(path))
 
 
 def _first_line(e: BaseException) -> str:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from pretrax import storage
 from pretrax.config import Config
 from pretrax.data.objectives import denoiser_names
 from pretrax.data.pipeline import eval_batches, make_train_iterator
@@ -36,7 +36,9 @@ from pretrax.train.step import batch_keys, make_eval_step, make_train_step, to_g
 
 
 def check_run_dir(run_dir: str) -> str:
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+    """A usable run dir (local, or gs:// with a bucket that answers), checked before anything is written."""
+    storage.check_reachable(run_dir, "run.dir")
+    if storage.isfile(run_dir):
         raise ConfigError(f"run.dir {run_dir!r} is a file; give a directory (new or holding an earlier run)")
     return run_dir
 
@@ -59,11 +61,7 @@ def write_config(cfg: Config, run_dir: str) -> None:
     """RUN_DIR/config.yaml, replaced atomically so a crash never leaves half a file."""
     if jax.process_index() != 0:
         return
-    path = os.path.join(run_dir, "config.yaml")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(cfg.to_yaml())
-    os.replace(tmp, path)
+    storage.write_text(storage.join(run_dir, "config.yaml"), cfg.to_yaml())
 
 
 def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = None,
@@ -97,7 +95,7 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
     else:
         start = 0
         state = init_state(setup, cfg.run.seed)
-    os.makedirs(run_dir, exist_ok=True)
+    storage.makedirs(run_dir)
     write_config(cfg, run_dir)
     manager = ckpt.open_manager(run_dir, cfg.checkpoint, set_aside=damaged)
 
@@ -162,10 +160,15 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
                         result["eval"] = evaluate(state["params"])
                         row.update(result["eval"])
                     out.write(step, row)
+                    if eval_due:
+                        out.print(f"eval at step {step}: loss {row['eval_loss']:.4f} nats/token, "
+                                  f"{row['eval_bits_per_byte']:.4f} bits per byte")
                     pending, last_step = [], step
                     last_time = time.perf_counter()  # eval time is not training time
                 if save_due or preempted:
                     ckpt.save(manager, step, state, ckpt.gather_data_state(data), cfg)
+                    out.flush()  # the metrics rows up to this checkpoint are stored with it
+                    out.print(f"checkpoint step {step}: saving to {manager.directory} (in the background)")
                 if preempted:
                     out.print(f"preempted (SIGTERM) after step {step}: checkpoint saved; run the same command to resume")
                     result["preempted"] = True
@@ -247,7 +250,7 @@ def startup_summary(cfg: Config, setup, n_params: int, tokens_per_step: int, fpt
         if m
     )
     lines = [
-        f"run dir: {os.path.abspath(cfg.run.dir)}" + (f" (resuming from step {start})" if start else ""),
+        f"run dir: {storage.absolute(cfg.run.dir)}" + (f" (resuming from step {start})" if start else ""),
         f"parameters: {n_params:,} ({decayed:,} with weight decay)",
         f"mesh: {dict(mesh.shape)} on {mesh.devices.size} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} process(es)",
