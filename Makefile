@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: train test install clean
+.PHONY: train test test-fast install clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+# Every test not marked slow (pytest.ini): under 2 minutes on 2 cores, for the edit-test loop; `make test` runs all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -23,6 +23,8 @@ def compiled_train_step(cfg):
     return step_lib.make_train_step(setup).lower(setup.abstract_state(), batch).compile()
 
 
+@pytest.mark.slow
+@pytest.mark.devices(8)
 @pytest.mark.parametrize("kind", ["decoder", "encoder_decoder"])
 def test_fsdp_train_step_holds_no_whole_batch_activation(tiny_cfg, kind):
     """Weights split over fsdp along 'embed' and a batch split over the same axis: without the
@@ -38,6 +40,7 @@ def test_fsdp_train_step_holds_no_whole_batch_activation(tiny_cfg, kind):
     assert re.search(rf"f32\[{BATCH // 8},{SEQ},{VOCAB}\]", hlo)  # the logits, one eighth per device
 
 
+@pytest.mark.devices(8)
 def test_constrain_lays_out_by_the_rules_table():
     mesh = make_mesh(type("M", (), {"data": 2, "fsdp": 2, "tensor": 2})())
     rules = {"batch": ["data", "fsdp"], "length": None, "act_embed": None, "mlp": "tensor"}

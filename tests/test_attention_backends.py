@@ -2,8 +2,9 @@
 and gradients, for each kind of mask the models build; splash also on a real 8-device mesh.
 
 Splash runs its real Pallas kernel, interpreted off TPU (slow), hence the small shapes; cuDNN
-runs only on a GPU, but its arguments (mask, is_causal, bias) are checked everywhere by sending
-them through jax's own implementation of the same call.
+runs only on a GPU (`PRETRAX_TEST_PLATFORM=gpu pytest tests/test_attention_backends.py`; its
+cases are skipped, saying so, elsewhere), but its arguments (mask, is_causal, bias) are checked
+everywhere by sending them through jax's own implementation of the same call.
 """
 
 import itertools
@@ -19,8 +20,10 @@ from pretrax.models.attention_backends import AttentionMask, attend, check_backe
 from pretrax.parallel import activations
 
 ON_GPU = jax.default_backend() == "gpu"
+CUDNN = pytest.param("cudnn", marks=pytest.mark.skipif(
+    not ON_GPU, reason="the cuDNN kernel runs only on a GPU: PRETRAX_TEST_PLATFORM=gpu runs the tests there"))
 # "cudnn-args": cudnn_attention's arguments through jax's XLA path (any device)
-BACKENDS = ["xla", "splash", "cudnn-args"] + (["cudnn"] if ON_GPU else [])
+BACKENDS = ["xla", "splash", "cudnn-args", CUDNN]
 H = 64
 
 
@@ -110,7 +113,8 @@ def test_backend_matches_reference(backend, kind, K, scale):
     _assert_close(grads, ref_grads, tol)
 
 
-@pytest.mark.parametrize("backend", ["cudnn-args"] + (["cudnn"] if ON_GPU else []))
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["cudnn-args", CUDNN])
 def test_cudnn_adds_the_position_bias_and_passes_its_gradient(backend):
     mask, T, _ = _mask("causal")
     q, k, v, w = _inputs(2, T, T, 4, 2)
@@ -127,6 +131,8 @@ def test_cudnn_adds_the_position_bias_and_passes_its_gradient(backend):
     _assert_close(got, want, 3e-2 if backend == "cudnn" else 2e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.devices(8)
 @pytest.mark.parametrize("kind,K", [("prefix", 2), ("causal", 1)])
 def test_splash_on_a_mesh_runs_per_shard_and_matches_reference(kind, K):
     """Batch over data x fsdp, heads over tensor; K=1 cannot be split over tensor=2, so each
@@ -193,6 +199,8 @@ def test_check_backend_accepts(args):
     check_backend(backend, platform=platform, dtype=dtype, has_bias=has_bias)  # raises if refused
 
 
+@pytest.mark.slow
+@pytest.mark.devices(8)
 def test_training_with_splash_equals_training_with_xla(tiny_cfg, tmp_path):
     """The whole train step on a (2, 2, 2) mesh, prefix-LM examples packed into rows: the kernel
     under shard_map inside the sharded step gives the reference's losses."""

@@ -18,6 +18,8 @@ from pretrax.train.loop import train
 from pretrax.train.state import make_setup
 
 
+@pytest.mark.slow
+@pytest.mark.devices(8)
 def test_bench_json_figures_are_present_positive_and_consistent(capsys):
     # the model of benchmarks/configs/tiny.yaml with the tiny test shapes, plus the memory knobs
     overrides = TINY + ["model.remat=attention", "optim.mu_dtype=bfloat16"]
@@ -55,6 +57,7 @@ def test_bench_refuses_bad_arguments_in_one_line(capsys):
     assert len(err) == 2 and "--steps >= 1" in err[0] and "train.peak must be" in err[1]
 
 
+@pytest.mark.slow
 def test_training_logs_carry_tflops_per_device_and_mfu(tiny_cfg):
     cfg = tiny_cfg("train.steps=2", "train.peak=50")
     train(cfg, progress=False)

@@ -104,6 +104,7 @@ def test_encoder_decoder_rows_too_short_for_a_denoiser_are_refused_cleanly(tmp_p
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_generate_with_a_ul2_mode(trained_run):
     run_dir, _ = trained_run
     proc = run_cli("generate", str(run_dir), "--prompt", "x = ", "--mode", "S", "--max-new-tokens", "8")

@@ -54,6 +54,7 @@ def test_num_slices_sets_mesh_dcn_data_and_must_agree_with_it():
         config_lib.load(None, TINY + ["mesh.dcn_data=0"])
 
 
+@pytest.mark.devices(8)
 def test_dcn_data_needs_devices_from_that_many_slices():
     with pytest.raises(ConfigError, match="mesh.dcn_data=2 needs devices from 2 TPU slices.*no slice index"):
         make_mesh(config_lib.load(None, TINY + ["mesh.dcn_data=2"]).mesh)  # the 8 CPU devices
@@ -78,6 +79,7 @@ def test_multi_slice_mesh_puts_the_dcn_axis_across_slices(monkeypatch):
         assert {d.id for d in mesh.devices[2 * s: 2 * s + 2].flat} == {d.id for d in devices if d.slice_index == s}
 
 
+@pytest.mark.slow
 def test_compile_two_slices_reports_memory_and_flops_and_fits():
     result = pretrax_compile(*SCANNED, "--topology", "v5e-4", "--num-slices", "2", "--json")
     assert result.returncode == 0, result.stderr[-3000:]

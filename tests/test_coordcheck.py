@@ -43,6 +43,7 @@ def _ratios(values):
     return [b / a for a, b in itertools.pairwise(values)]
 
 
+@pytest.mark.slow
 def test_mup_is_flat_and_sp_is_not(run):
     _, coords, _ = run
     layers = {layer for (_, _, layer) in coords}
@@ -58,6 +59,7 @@ def test_mup_is_flat_and_sp_is_not(run):
             assert min(_ratios(coords["sp", step, layer])) > 1.5, ("sp", step, layer, coords["sp", step, layer])
 
 
+@pytest.mark.slow
 def test_json_reports_last_step_slopes(run):
     slopes, coords, _ = run
     assert set(slopes) == {"sp", "mup"} and set(slopes["sp"]) == set(slopes["mup"]) == {
@@ -67,6 +69,7 @@ def test_json_reports_last_step_slopes(run):
     assert slopes["sp"]["blocks.0.mlp"] > 0.5 and slopes["sp"]["blocks.0.attn"] > 0.5
 
 
+@pytest.mark.slow
 def test_writes_table_slopes_and_figure(run):
     _, coords, out = run
     assert (out / "coordcheck.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -47,6 +47,7 @@ def tfds_overrides(data_dir):
             "data.tfds_eval_split=validation"]
 
 
+@pytest.mark.slow
 def test_train_from_a_prepared_tfds_dataset(prepared, tmp_path):
     _, data_dir = prepared
     cfg = config_lib.load(None, TINY + tfds_overrides(data_dir) + ["train.steps=3", "train.eval_every=3",
@@ -55,6 +56,7 @@ def test_train_from_a_prepared_tfds_dataset(prepared, tmp_path):
     assert np.isfinite(result["losses"][3]) and 0 < result["eval"]["eval_bits_per_byte"] < 12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_gives_the_same_token_ids_for_batches_21_to_40(prepared, workers):
     _, data_dir = prepared
@@ -89,6 +91,7 @@ def test_mixture_draws_documents_by_weight(prepared):
     assert ours == 300  # grain's mix is exactly proportional over every window of 4
 
 
+@pytest.mark.slow
 def test_inspect_prints_decoded_examples(prepared):
     _, data_dir = prepared
     proc = cli("data", "inspect", "configs/tiny.yaml", *tfds_overrides(data_dir), "--examples", "3")
@@ -104,6 +107,7 @@ def test_inspect_prints_decoded_examples(prepared):
         (["data.source=tfds", "data.tfds_name=no_such_dataset_xyz"], "no_such_dataset_xyz"),
     ],
 )
+@pytest.mark.slow
 def test_bad_sources_exit_2_with_one_line(tmp_path, overrides, message):
     proc = cli("train", "configs/tiny.yaml", *TINY, f"run.dir={tmp_path / 'r'}", *overrides)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -119,6 +123,7 @@ def spm_model(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_with_a_trained_sentencepiece_model(spm_model, tmp_path):
     cfg = config_lib.load(None, TINY + [f"data.tokenizer={spm_model}", "train.steps=2", "train.eval_every=2",
                                         f"run.dir={tmp_path / 'run'}"])
@@ -127,6 +132,7 @@ def test_train_with_a_trained_sentencepiece_model(spm_model, tmp_path):
     assert 0 < result["eval"]["eval_bits_per_byte"] < 12
 
 
+@pytest.mark.slow
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(spm_model, tmp_path):
     proc = cli("train", "configs/tiny.yaml", *TINY, f"data.tokenizer={spm_model}", "model.vocab_size=512",
                f"run.dir={tmp_path / 'r'}")

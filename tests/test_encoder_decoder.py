@@ -112,6 +112,7 @@ def packed_pair():
     return (ea, da, eb, db), (enc, dec, enc_seg, dec_seg, enc_pos, dec_pos)
 
 
+@pytest.mark.slow
 def test_packed_examples_give_the_same_logits_as_each_alone():
     model = make()
     (ea, da, eb, db), packed = packed_pair()
@@ -141,6 +142,7 @@ def test_decoder_is_causal_and_cross_attention_stays_in_its_example():
         np.testing.assert_array_equal(out[:, 4:7], base[:, 4:7])
 
 
+@pytest.mark.slow
 def test_default_positions_and_segments_match_explicit_ones_and_encode_once():
     model = make()
     enc, dec = toks(5, 6), toks(6, 4)
@@ -176,6 +178,7 @@ def stacked_from_list(weights, n_layers):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["none", "full", "dots"])
 def test_scan_matches_the_layer_list_with_copied_weights(remat):
     plain = make()
@@ -209,6 +212,7 @@ def plain_grads():
     return grads(make(), packed_pair()[1])
 
 
+@pytest.mark.slow
 def test_bf16_compute_with_fp32_params():
     cfg = dataclasses.replace(TINY, dtype="bfloat16", scan_layers=True)
     model = make(cfg)

@@ -168,6 +168,8 @@ def test_train_batches_have_both_rows(tiny_cfg):
 # ---------------------------------------------------------------- training and use
 
 
+@pytest.mark.slow
+@pytest.mark.devices(8)
 def test_encoder_decoder_trains_resumes_exactly_on_another_mesh_and_samples(tiny_cfg, tmp_path):
     from pretrax.generate import load_run, sample
     from pretrax.train.loop import train

@@ -110,6 +110,7 @@ MASKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask", list(MASKS))
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
 @pytest.mark.parametrize("rope", [True, False])
@@ -126,6 +127,7 @@ def test_attention_matches_numpy_reference(mask, n_kv_heads, rope):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_grouped_query_model_equals_multi_head_model_with_repeated_kv_heads():
     gqa = make(dataclasses.replace(MODERN_TINY, use_bias=True))
     mha = make(dataclasses.replace(MODERN_TINY, use_bias=True, n_kv_heads=0))
@@ -143,6 +145,7 @@ def test_grouped_query_model_equals_multi_head_model_with_repeated_kv_heads():
 # ---------------------------------------------------------------- masks through the whole model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [GPT1_TINY, MODERN_TINY], ids=["learned", "rope"])
 def test_packed_document_gives_the_same_logits_as_alone(cfg):
     model = make(cfg)
@@ -189,6 +192,7 @@ def test_prefix_is_bidirectional_and_targets_stay_causal():
     np.testing.assert_array_equal(out[:, :8], base[:, :8])  # neither the prefix nor earlier targets see it
 
 
+@pytest.mark.slow
 def test_padding_rows_are_finite():
     model = make(MODERN_TINY)
     segment_ids = np.array([[0] * T, [1] * 8 + [0] * 4], np.int32)
@@ -207,6 +211,7 @@ def stacked(blocks):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *(blocks[i] for i in sorted(blocks)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [GPT1_TINY, MODERN_TINY], ids=["gpt1", "modern"])
 def test_scanned_layers_equal_a_python_loop_with_the_same_weights(cfg):
     looped = make(cfg)
@@ -225,6 +230,7 @@ def test_scanned_layers_equal_a_python_loop_with_the_same_weights(cfg):
     np.testing.assert_array_equal(logits(fresh, toks), logits(looped, toks))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan,remat", [(False, "full"), (True, "dots")])
 def test_remat_changes_neither_outputs_nor_gradients(scan, remat):
     toks = tokens_of(9)
@@ -248,6 +254,7 @@ def test_remat_changes_neither_outputs_nor_gradients(scan, remat):
 # ---------------------------------------------------------------- precision
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [GPT1_TINY, MODERN_TINY], ids=["gpt1", "modern"])
 def test_bfloat16_compute_keeps_float32_params_and_logits(cfg):
     fp32 = make(cfg)
@@ -281,6 +288,8 @@ def test_every_parameter_has_logical_axis_names(cfg, scan):
     assert tuple(specs[("embed", "table")].get_value()) == ("vocab", "embed")
 
 
+@pytest.mark.slow
+@pytest.mark.devices(8)
 def test_runs_sharded_by_its_logical_names_on_a_mesh():
     # an 8-device (data, fsdp, tensor) mesh; each weight placed by the config's default rules
     mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
@@ -296,6 +305,7 @@ def test_runs_sharded_by_its_logical_names_on_a_mesh():
     np.testing.assert_allclose(np.asarray(out), logits(model, toks), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_remat_saving_attention_outputs_changes_neither_outputs_nor_gradients():
     test_remat_changes_neither_outputs_nor_gradients(True, "attention")
 

@@ -95,6 +95,7 @@ def run_two_processes(overrides, stop_at, timeout=240):
     return [{int(k): v for k, v in ls.items()} for ls in losses]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_on_one(tmp_path):
     common = TINY + ["train.steps=6", "checkpoint.every=2", "mesh.data=2", "mesh.fsdp=4"]
     single = train(config_lib.load(None, common + [f"run.dir={tmp_path / 'single'}"]), progress=False)["losses"]
@@ -114,6 +115,7 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 7))  # process 0 alone wrote metrics, once per step
 
 
+@pytest.mark.slow
 def test_peer_death_makes_the_survivor_exit_with_an_error(tmp_path):
     """SIGKILL one of two training processes: the other exits non-zero within the heartbeat bound, not hangs."""
     with two_workers_training(tmp_path, rows=1, PRETRAX_HEARTBEAT_TIMEOUT="10") as procs:
@@ -124,6 +126,7 @@ def test_peer_death_makes_the_survivor_exit_with_an_error(tmp_path):
         assert procs[0].returncode != 0, (tmp_path / "process0.log").read_text()[-2000:]
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_the_same_step_and_saves(tmp_path):
     """A pod worker gets SIGTERM (maintenance, preemption): every process stops after the same step, the
     collective save completes, and a restart resumes from that step."""

@@ -62,6 +62,7 @@ def _train(cfg, steps=3):
 # ---------------------------------------------------------------- at the base width muP is SP
 
 
+@pytest.mark.slow
 def test_mup_at_base_width_and_depth_is_sp_exactly(tiny_cfg):
     # untied readout and a depth rule at ratio 1, so every muP code path runs; the zero inits off
     common = ("model.tie_embeddings=false", "model.use_bias=true", "model.n_layers=1")
@@ -73,6 +74,7 @@ def test_mup_at_base_width_and_depth_is_sp_exactly(tiny_cfg):
     assert jax.tree.all(jax.tree.map(np.array_equal, sp[2], mu[2]))  # parameters after three AdamW steps
 
 
+@pytest.mark.slow
 def test_mup_at_base_width_is_sp_for_the_encoder_decoder():
     sp, mu = params_of(ENC_DEC), params_of(ENC_DEC, mup(zero_init_query=False, zero_init_readout=False))
     assert jax.tree.all(jax.tree.map(np.array_equal, sp, mu))
@@ -109,6 +111,7 @@ def _std(params: dict, *needles: str) -> float:
     return float(np.std(np.concatenate([v.ravel() for v in vals])))
 
 
+@pytest.mark.slow
 def test_init_variance_scales_as_one_over_fan_in():
     # m = 4: hidden stds / 2 (variance / 4); embeddings and readout keep init_std; SP never changes
     small, wide = dataclasses.replace(DECODER, d_model=32, d_ff=128), dataclasses.replace(DECODER, d_model=128, d_ff=512)
@@ -175,6 +178,7 @@ def test_weight_decay_stays_lr_times_wd_while_adam_is_scaled():
 # ---------------------------------------------------------------- forward multipliers
 
 
+@pytest.mark.slow
 def test_output_and_input_multipliers_and_attention_scale():
     # head_dim fixed, so the attention scale is SP's: with SP's weights loaded, muP's logits are SP's x alpha_out/m
     cfg = dataclasses.replace(DECODER, d_model=64, head_dim=8, n_heads=8, d_ff=128, tie_embeddings=True)

@@ -38,6 +38,7 @@ def nan_at(*draws):
     return hook
 
 
+@pytest.mark.slow
 def test_the_step_never_applies_a_non_finite_update(tiny_cfg):
     cfg = tiny_cfg()
     setup = make_setup(cfg, make_mesh(cfg.mesh), 384)
@@ -58,6 +59,7 @@ def test_the_step_never_applies_a_non_finite_update(tiny_cfg):
     assert float(metrics["nonfinite"]) == 0.0 and np.isfinite(float(metrics["loss"]))
 
 
+@pytest.mark.slow
 def test_nan_policy_stop_names_the_step_and_saves_nothing_after_it(tiny_cfg):
     cfg = tiny_cfg("train.nan_policy=stop", "train.log_every=2")
     with pytest.raises(TrainingError, match=r"step 4 \(train.nan_policy=stop\).*newest checkpoint is step 3"):
@@ -65,6 +67,7 @@ def test_nan_policy_stop_names_the_step_and_saves_nothing_after_it(tiny_cfg):
     assert ckpt.latest_step(cfg.run.dir) == 3
 
 
+@pytest.mark.slow
 def test_nan_policy_skip_drops_the_update_counts_it_and_goes_on(tiny_cfg):
     cfg = tiny_cfg("train.nan_policy=skip")
     result = train(cfg, batch_hook=nan_at(4), progress=False)
@@ -75,6 +78,7 @@ def test_nan_policy_skip_drops_the_update_counts_it_and_goes_on(tiny_cfg):
     assert [r.get("skipped_steps", 0) for r in rows] == [0, 0, 0, 1, 1, 1]
 
 
+@pytest.mark.slow
 def test_nan_policy_rollback_reloads_the_checkpoint_and_skips_the_batches(tiny_cfg, tmp_path):
     drawn = {}  # the stream's first 8 batches (they depend on the seed, not on train.steps)
 
@@ -97,11 +101,13 @@ def test_nan_policy_rollback_reloads_the_checkpoint_and_skips_the_batches(tiny_c
         assert rolled["losses"][s] == pytest.approx(check["losses"][s], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_nan_policy_rollback_without_a_checkpoint_stops(tiny_cfg):
     with pytest.raises(TrainingError, match="nothing to roll back to"):
         train(tiny_cfg("train.nan_policy=rollback"), batch_hook=nan_at(1), progress=False)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_exits_143_and_resumes_exactly(tiny_cfg, tmp_path):
     run_dir = tmp_path / "run"
     common = ["train.steps=300", "checkpoint.every=1000", "train.eval_every=0"]

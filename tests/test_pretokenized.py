@@ -76,6 +76,7 @@ def test_pretokenized_batches_equal_on_the_fly(data, kind):
     assert_same(batches(config(data["dirs"][kind], tokenizer)), batches(config(data["dirs"]["text"], tokenizer)))
 
 
+@pytest.mark.slow
 def test_pretokenized_with_workers_equal_on_the_fly(data):
     cfg = config(data["dirs"]["spm"], data["spm"], "data.num_workers=2")
     assert_same(batches(cfg, 3), batches(config(data["dirs"]["text"], data["spm"]), 3))

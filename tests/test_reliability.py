@@ -118,6 +118,7 @@ def reference(tmp_path_factory):
     return str(run_dir), train(load(run_dir, *LONG), progress=False)["losses"]
 
 
+@pytest.mark.slow
 def test_kill_9_during_training_resumes_as_if_never_killed(reference, tmp_path):
     reference = reference[1]
     seeds = (0, 1, 2)
@@ -168,6 +169,7 @@ def kill_inside_a_save(proc, checkpoint_dir, first_step):
     return None
 
 
+@pytest.mark.slow
 def test_kill_9_during_an_async_checkpoint_write_resumes_from_the_previous_one(reference, tmp_path):
     run = str(tmp_path / "run")
     cdir = ckpt.checkpoint_dir(run)
@@ -194,6 +196,7 @@ def _damage(step_dir, how):
             os.remove(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncate", "delete"])
 def test_damaged_checkpoint_is_reported_listed_and_skipped(reference, tmp_path, capfd, how):
     base, losses = reference
@@ -231,6 +234,7 @@ def test_damaged_checkpoint_is_reported_listed_and_skipped(reference, tmp_path, 
     assert [(r.step, r.verifies) for r in list_steps(ckpt.checkpoint_dir(run))] == [(30, True), (35, True), (40, True)]
 
 
+@pytest.mark.slow
 def test_no_good_checkpoint_left_is_one_line_exit_2_and_nothing_touched(reference, tmp_path):
     run = str(tmp_path / "run")
     shutil.copytree(reference[0], run)
@@ -256,6 +260,7 @@ SMALL_FILES_ONLY = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("async_save", ["true", "false"])
 def test_failing_disk_stops_with_one_line_and_keep_1_keeps_the_only_checkpoint(reference, tmp_path, async_save):
     losses = reference[1]

@@ -12,6 +12,7 @@ from pretrax.errors import ConfigError
 from jax.sharding import PartitionSpec as P
 
 
+@pytest.mark.devices(8)
 def test_eight_devices():
     assert jax.device_count() == 8
 
@@ -22,11 +23,13 @@ def test_mesh_shape(tiny_cfg, sizes, expected):
     assert resolve_mesh_shape(cfg.mesh, 8) == expected
 
 
+@pytest.mark.devices(8)
 def test_mesh_product_mismatch_is_refused(tiny_cfg):
     with pytest.raises(ConfigError, match="has 6 devices but 8 are available"):
         make_mesh(tiny_cfg("mesh.data=3", "mesh.fsdp=2").mesh)
 
 
+@pytest.mark.devices(8)
 def test_rules_use_each_mesh_axis_once_and_skip_uneven_dims():
     mesh = make_mesh(type("M", (), {"data": 1, "fsdp": 4, "tensor": 2})())
     rules = {"embed": "fsdp", "mlp": "tensor", "vocab": "tensor", "heads": "tensor"}
@@ -35,6 +38,7 @@ def test_rules_use_each_mesh_axis_once_and_skip_uneven_dims():
     assert logical_to_mesh_spec(("vocab", "embed"), rules, (40477, 64), mesh) == P(None, "fsdp")  # odd vocab: replicated
 
 
+@pytest.mark.slow
 def test_same_loss_curve_on_every_mesh(tiny_cfg, tmp_path):
     curves = {}
     for mesh in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]:
@@ -52,6 +56,8 @@ def test_same_loss_curve_on_every_mesh(tiny_cfg, tmp_path):
         np.testing.assert_allclose(curve, base, rtol=2e-5, err_msg=f"mesh {mesh}")
 
 
+@pytest.mark.slow
+@pytest.mark.devices(8)
 def test_parameters_are_split_across_devices(tiny_cfg):
     cfg = tiny_cfg("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
     setup = make_setup(cfg, make_mesh(cfg.mesh), 384)

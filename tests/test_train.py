@@ -21,6 +21,8 @@ from pretrax.config import OptimSection
 from jax.sharding import PartitionSpec as P
 
 
+@pytest.mark.slow
+@pytest.mark.devices(8)
 def test_resume_is_exact(tiny_cfg, tmp_path):
     """40 steps straight == 20 steps, stop, resume to 40: identical losses for steps 21..40."""
     common = ["train.steps=40", "checkpoint.every=10", "mesh.data=2", "mesh.fsdp=4"]
@@ -36,6 +38,7 @@ def test_resume_is_exact(tiny_cfg, tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 41))
 
 
+@pytest.mark.slow
 def test_checkpoint_keep_and_contents(tiny_cfg, tmp_path):
     cfg = tiny_cfg("train.steps=12", "checkpoint.every=3", "checkpoint.keep=2")
     train(cfg, progress=False)
@@ -70,6 +73,8 @@ RESTORE_ON_4 = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
+@pytest.mark.devices(8)
 def test_checkpoint_from_8_devices_restores_on_4(tiny_cfg, tmp_path):
     cfg = tiny_cfg("mesh.data=2", "mesh.fsdp=4", "train.steps=3")
     result = train(cfg, progress=False)
@@ -85,6 +90,7 @@ def test_checkpoint_from_8_devices_restores_on_4(tiny_cfg, tmp_path):
         np.testing.assert_array_equal(restored[f"arr_{i}"], x)
 
 
+@pytest.mark.slow
 def test_resume_with_different_model_is_refused(tiny_cfg):
     cfg = tiny_cfg("train.steps=3")
     train(cfg, progress=False)
@@ -100,6 +106,8 @@ def test_resume_with_different_model_is_refused(tiny_cfg):
     assert resumed["start_step"] == 3 and resumed["final_step"] == 4
 
 
+@pytest.mark.slow
+@pytest.mark.devices(4)
 def test_grad_accumulation_matches_one_big_batch(tiny_cfg, tmp_path):
     one = train(tiny_cfg("train.steps=3", run_dir=str(tmp_path / "one")), progress=False)["losses"]
     acc = train(tiny_cfg("train.steps=3", "train.grad_accum=2", "mesh.fsdp=2", "mesh.tensor=2", run_dir=str(tmp_path / "acc")),
@@ -107,6 +115,7 @@ def test_grad_accumulation_matches_one_big_batch(tiny_cfg, tmp_path):
     np.testing.assert_allclose([acc[s] for s in (1, 2, 3)], [one[s] for s in (1, 2, 3)], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_metrics_jsonl_and_tensorboard(tiny_cfg):
     cfg = tiny_cfg("train.steps=4", "train.log_every=2", "train.eval_every=4")
     result = train(cfg, progress=False)
@@ -165,6 +174,7 @@ def _tensorboard_tags(logdir):
     return tags
 
 
+@pytest.mark.slow
 def test_ul2_decoder_logs_loss_per_denoiser(tmp_path):
     from pretrax import config as config_lib
 

@@ -2,15 +2,18 @@
 
 ``tfds.builder(name, data_dir=...)`` and ``as_data_source(split)``: what
 ``tfds.data_source(..., download=False)`` does, and how ``c4/en`` and datasets
-made by ``pretrax data prepare`` are read alike. The held-out set is
-``tfds_eval_split`` when given, else a fixed ``heldout_percent`` share of every
-10,000 consecutive records of ``tfds_split``, chosen by a hash of the record's
-position in its block: O(1) memory and O(1) random access, even for billions of
-records. Pre-tokenized datasets (``pretrax data prepare --tokenizer``): when the
-dataset's stored tokenizer fingerprint equals ``data.tokenizer``'s, the corpus
-yields the stored ids (``np.int32`` arrays, no bos/eos) instead of the text; on
-a mismatch it logs one line and yields the text. Bad input is reported at
-start-up as a one-line ``DataError``.
+made by ``pretrax data prepare`` are read alike. The held-out set is the split
+``tfds_eval_split`` names; with "auto" (the default) the dataset's ``validation``
+split when it has one, so a prepared dataset evaluates on the split prepare
+wrote and trains on all of ``train``. Otherwise ("", or no validation split) it
+is a fixed ``heldout_percent`` share of every 10,000 consecutive records of
+``tfds_split``, chosen by a hash of the record's position in its block: O(1)
+memory and O(1) random access, even for billions of records. Pre-tokenized
+datasets (``pretrax data prepare --tokenizer``): when the dataset's stored
+tokenizer fingerprint equals ``data.tokenizer``'s, the corpus yields the stored
+ids (``np.int32`` arrays, no bos/eos) instead of the text; on a mismatch it
+logs one line and yields the text. Bad input is reported at start-up as a
+one-line ``DataError``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- tfds
 
 HELDOUT_PERIOD = 10_000  # the tfds hash split repeats every this many records
+AUTO_EVAL_SPLIT = "validation"  # what data.tfds_eval_split=auto evaluates on when the dataset has it
 TOKENS_FEATURE = "tokens"  # pre-tokenized ids (no bos/eos) written by `pretrax data prepare --tokenizer`
 TOKENS_INFO = "pretrax_tokens.json"  # in the version dir: {"feature", "text_field", "tokenizer", "tokenizer_name"}
 
@@ -239,6 +243,18 @@ def _check_split(builder, name: str, split_name: str) -> int:
         raise DataError(f"tfds dataset {name!r}: split {split_name!r} is not valid: {e}") from None
 
 
+def eval_split(builder, src: SourceSection) -> str:
+    """The split to evaluate on, or "" to hold out heldout_percent of tfds_split.
+
+    "auto" takes the dataset's validation split unless there is none or training reads it.
+    """
+    if src.tfds_eval_split != "auto":
+        return src.tfds_eval_split
+    if AUTO_EVAL_SPLIT in builder.info.splits and _base_split(src.tfds_split) != AUTO_EVAL_SPLIT:
+        return AUTO_EVAL_SPLIT
+    return ""
+
+
 def stored_tokenizer(builder) -> dict[str, Any] | None:
     """The TOKENS_INFO record of a pre-tokenized dataset (read from its version dir), or None."""
     path = builder.data_path / TOKENS_INFO
@@ -268,7 +284,9 @@ def tfds_corpora(src: SourceSection, heldout_percent: float,
                  tokenizer: str | None = None) -> tuple[TfdsCorpus, TfdsCorpus]:
     if not src.tfds_name:
         raise DataError("tfds source needs data.tfds_name, e.g. 'c4/en:3.0.1' or the --name given to `pretrax data prepare`")
-    name, data_dir = src.tfds_name, src.data_dir
+    name = src.tfds_name
+    # `data.data_dir=~/tfds` reaches us unexpanded: the shell expands ~ only at a word's start or in a NAME=
+    data_dir = src.data_dir if _is_remote(src.data_dir) else os.path.expanduser(src.data_dir)
     builder = _open_builder(name, data_dir)
     features = builder.info.features
     keys = list(features.keys()) if hasattr(features, "keys") else []
@@ -277,10 +295,11 @@ def tfds_corpora(src: SourceSection, heldout_percent: float,
     version = str(builder.info.version)
     total = _check_split(builder, name, src.tfds_split)
     common = dict(version=version, tokens_field=_tokens_field(builder, name, src, tokenizer))
-    if src.tfds_eval_split:
-        eval_total = _check_split(builder, name, src.tfds_eval_split)
+    held_split = eval_split(builder, src)
+    if held_split:
+        eval_total = _check_split(builder, name, held_split)
         train = TfdsCorpus(name, src.tfds_split, data_dir, src.text_field, total, **common)
-        heldout = TfdsCorpus(name, src.tfds_eval_split, data_dir, src.text_field, eval_total, **common)
+        heldout = TfdsCorpus(name, held_split, data_dir, src.text_field, eval_total, **common)
     else:
         train = TfdsCorpus(name, src.tfds_split, data_dir, src.text_field, total, side="train",
                            heldout_percent=heldout_percent, **common)
