@@ -63,6 +63,7 @@ def tensorboard_scalars(run_dir, tag):
     return found
 
 
+@pytest.mark.slow
 def test_stop_and_resume_on_gcs_gives_the_losses_of_a_straight_local_run(gcs, tmp_path, capsys):
     straight = train(load(tmp_path / "local"), progress=False)["losses"]
     run_dir = gcs.make_bucket() + "/runs/tiny"
@@ -86,6 +87,7 @@ def test_stop_and_resume_on_gcs_gives_the_losses_of_a_straight_local_run(gcs, tm
     assert "newest that verifies: step 6" in listed and listed.count(" yes       yes") == 2
 
 
+@pytest.mark.slow
 def test_a_truncated_array_object_is_reported_and_the_resume_falls_back(gcs, tmp_path, capsys):
     nine = ["train.steps=9"]
     straight = train(load(tmp_path / "local", *nine), progress=False)["losses"]
@@ -113,6 +115,7 @@ def test_a_truncated_array_object_is_reported_and_the_resume_falls_back(gcs, tmp
     assert complete_steps(run_dir) == [3, 6, 9]  # step 6 written afresh by the resumed run
 
 
+@pytest.mark.slow
 def test_nan_rollback_restores_from_the_bucket(gcs):
     from test_nan_and_preemption import nan_at
 
@@ -122,6 +125,7 @@ def test_nan_rollback_restores_from_the_bucket(gcs):
     assert all(np.isfinite(result["losses"][s]) for s in (4, 5, 6))
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_on_gcs_resumes_exactly(gcs, tmp_path):
     long = ["train.steps=30", "checkpoint.every=5"]
     reference = train(load(tmp_path / "local", *long), progress=False)["losses"]
@@ -151,6 +155,7 @@ def test_kill_9_mid_run_on_gcs_resumes_exactly(gcs, tmp_path):
     assert metrics_steps(run_dir) == list(range(1, 31))  # every step once: stored up to the checkpoint, then resumed
 
 
+@pytest.mark.slow
 def test_two_processes_write_one_checkpoint_to_gcs_that_both_and_one_restore(gcs, tmp_path):
     from test_multiprocess import run_two_processes
 
