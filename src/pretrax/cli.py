@@ -213,24 +213,27 @@ def cmd_train(args) -> int:
     from pretrax.generate import default_mode, sample
     from pretrax.train.loop import train
 
+    import jax
+
     result = train(cfg, stop_at=args.stop_at)
+    say = print if jax.process_index() == 0 else (lambda *a, **k: None)  # on a pod, one worker reports
     if result.get("preempted"):
         from pretrax.train.preemption import PREEMPTED_EXIT_CODE
 
-        print(f"pretrax: preempted at step {result['final_step']}; the checkpoint is saved, run the same command "
-              "to resume", file=sys.stderr)
+        say(f"pretrax: preempted at step {result['final_step']}; the checkpoint is saved, run the same command "
+            "to resume", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
     if "eval" in result:
-        print(f"held-out loss: {result['eval']['eval_loss']:.4f} nats/token")
-        print(f"held-out bits per byte: {result['eval']['eval_bits_per_byte']:.4f}")
+        say(f"held-out loss: {result['eval']['eval_loss']:.4f} nats/token")
+        say(f"held-out bits per byte: {result['eval']['eval_bits_per_byte']:.4f}")
     else:
         # only --stop-at ends a run early; the same command with it would stop again at once
-        print(f"stopped at step {result['final_step']} of {cfg.train.steps}; run the same command without "
-              "--stop-at (or with a later step) to resume")
-    if cfg.train.sample_tokens and not args.no_sample and "eval" in result:
+        say(f"stopped at step {result['final_step']} of {cfg.train.steps}; run the same command without "
+            "--stop-at (or with a later step) to resume")
+    if cfg.train.sample_tokens and not args.no_sample and "eval" in result:  # every process samples (collectives)
         text = sample(result["setup"], result["params"], result["tokenizer"], "def ",
                       max_new_tokens=cfg.train.sample_tokens, seed=cfg.run.seed, mode=default_mode(cfg))
-        print("sample:\n" + "def " + text)
+        say("sample:\n" + "def " + text)
     return 0
 
 
