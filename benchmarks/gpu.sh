@@ -10,6 +10,7 @@
 #
 #   bash benchmarks/gpu_wheels.sh        # here, with an index: fetch the wheels into .wheels
 #   bash benchmarks/gpu.sh               # there: logs and JSON figures go to $OUT (/tmp/pretrax-gpu)
+# LOGS_TGZ=PATH also packs $OUT into one archive (for a runner that returns only a few files).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 PYTHON=${PYTHON:-python3}
@@ -45,9 +46,7 @@ step() {
 install_wheels() {  # run by `bash -c` under timeout, hence exported
   compgen -G "$WHEELS/*.whl" >/dev/null || { echo "no wheels in $WHEELS: run benchmarks/gpu_wheels.sh first"; return 1; }
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-    "$WHEELS"/*.whl || return 1
-  # setup.py builds without an index too: no isolated build environment to fetch setuptools into
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation -e .
+    "$WHEELS"/*.whl
 }
 
 echo "pretrax GPU run: $(date -u +%F' '%H:%M' UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -55,7 +54,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 export PYTHON WHEELS SITE PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export JAX_PLATFORMS=cuda
 export -f install_wheels
-step install 90 bash -c install_wheels
+step wheels 60 bash -c install_wheels
+# the `pretrax` command; the steps below need only PYTHONPATH. --no-build-isolation: no index to fetch setuptools from
+step pretrax-install 60 "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation -e .
 step check 60 "$PYTHON" -c "import jax, grain, tensorflow_datasets, pretrax.cli
 print('jax', jax.__version__, jax.devices())"
 
@@ -97,6 +98,7 @@ print("decoder_1b runs with model.remat=attention; MFU against the bf16 dense pe
 EOF
 
 echo "whole script: $SECONDS s"
+if [ -n "${LOGS_TGZ:-}" ]; then tar -czf "$LOGS_TGZ" -C "$(dirname "$OUT")" "$(basename "$OUT")"; fi
 if ((${#failed[@]})); then
   printf 'not ok: %s\n' "${failed[@]}"
   exit 1
