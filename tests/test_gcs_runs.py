@@ -246,3 +246,31 @@ def test_metrics_rows_are_read_back_in_order_after_rewrites(gcs):
         == [1.0, 0.5, 0.3]
     assert [json.loads(line)["step"] for line in
             storage.read_text(storage.join(run_dir, "metrics.superseded.jsonl")).splitlines()] == [3]
+
+
+def test_data_prepare_writes_to_a_bucket_and_training_reads_it(gcs, tmp_path, monkeypatch, capsys):
+    """A tfds data_dir on gs://: prepare builds locally and uploads (dataset_info.json last); training reads
+    the ArrayRecord files through a local mirror (ArrayRecord opens local files only), copied once."""
+    from test_first_run import printed, write_corpus
+
+    docs = write_corpus(tmp_path / "docs")
+    data_dir = gcs.make_bucket() + "/tfds"
+    monkeypatch.setenv("PRETRAX_CACHE_DIR", str(tmp_path / "cache"))
+    assert cli_main(["data", "prepare", docs, "--name", "stdlib17", "--data-dir", data_dir]) == 0
+    command = printed(capsys.readouterr().out, "(evaluating on its validation split) with: ")
+    assert f"data.data_dir={data_dir}" in command
+    uploaded = storage.listdir(f"{data_dir}/stdlib17/1.0.0")
+    assert "dataset_info.json" in uploaded and any("validation.array_record" in n for n in uploaded)
+    assert not os.path.exists(tmp_path / "gs:")
+
+    overrides = ["data.source=tfds", "data.tfds_name=stdlib17", f"data.data_dir={data_dir}", "train.eval_every=3"]
+    result = train(load(tmp_path / "run", *overrides), progress=False)
+    assert result["final_step"] == 6 and np.isfinite(result["eval"]["eval_loss"])
+    mirror = tmp_path / "cache" / "gs" / data_dir.removeprefix("gs://") / "stdlib17" / "1.0.0"
+    assert sorted(os.listdir(mirror)) == uploaded
+    before = {name: os.stat(mirror / name).st_mtime_ns for name in uploaded}
+    train(load(tmp_path / "run2", *overrides), stop_at=1, progress=False)
+    assert {name: os.stat(mirror / name).st_mtime_ns for name in uploaded} == before  # nothing copied again
+
+    assert cli_main(["data", "prepare", docs, "--name", "stdlib17", "--data-dir", data_dir]) == 2
+    assert "already exists" in capsys.readouterr().err

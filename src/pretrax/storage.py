@@ -280,6 +280,31 @@ def local_copy(url: str) -> str:
     return tmp
 
 
+def cache_dir() -> str:
+    """Where remote files read through a local path live (PRETRAX_CACHE_DIR, default ~/.cache/pretrax)."""
+    return os.path.expanduser(os.environ.get("PRETRAX_CACHE_DIR", "~/.cache/pretrax"))
+
+
+def local_mirror(url: str) -> tuple[str, int, int]:
+    """A local directory holding every file under url, and how many files and bytes were copied now.
+
+    For readers that take only local paths (ArrayRecord's C++ reader cannot open gs://).
+    Files already mirrored with the same size are kept; each copy lands by an atomic
+    rename, so hosts or processes mirroring at the same time never see half a file.
+    """
+    if not is_remote(url):
+        return url, 0, 0
+    local = os.path.join(cache_dir(), scheme(url), _key(url).rstrip("/"))
+    copied = nbytes = 0
+    for path, size in walk_files(url):
+        target = os.path.join(local, path[len(url.rstrip("/")) + 1:])
+        if os.path.isfile(target) and os.path.getsize(target) == size:
+            continue
+        write_bytes(target, read_bytes(path))
+        copied, nbytes = copied + 1, nbytes + size
+    return local, copied, nbytes
+
+
 def check_reachable(url: str, what: str = "run.dir") -> None:
     """For a gs:// URL: the bucket exists and answers, within the storage timeout; else one StorageError line.
 

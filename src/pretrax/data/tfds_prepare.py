@@ -45,6 +45,7 @@ import tempfile
 import zlib
 from typing import Any, Literal, Sequence
 
+from pretrax import storage
 from pretrax.data.corpus import Corpus, is_heldout
 from pretrax.data.file_source import FileCorpus, expand_paths, is_jsonl_path
 from pretrax.data.tfds_source import TOKENS_FEATURE, TOKENS_INFO
@@ -145,9 +146,7 @@ def prepare(
         raise DataError(f"eval_percent must be in [0, 100), got {eval_percent}")
     if not data_dir:
         raise DataError("prepare needs a data_dir to write the dataset into")
-    if "://" in data_dir:
-        raise DataError(f"prepare writes to a local data_dir, not {data_dir!r}; prepare locally, then copy the "
-                        "directory (e.g. `gsutil -m cp -r DIR/NAME gs://BUCKET/DIR/`)")
+    storage.check_url(data_dir, "--data-dir")  # a local path or gs://; s3:// and the like are refused
 
     tok = None
     if tokenizer is not None:
@@ -179,19 +178,27 @@ def prepare(
         raise DataError(f"no training documents left after holding out eval_percent={eval_percent}% "
                         f"of {len(corpus)}; lower eval_percent")
 
-    data_dir = os.path.abspath(os.path.expanduser(data_dir))
-    final = os.path.join(data_dir, name, version)
-    if os.path.exists(final) and not overwrite:
+    remote = storage.is_remote(data_dir)
+    if remote:  # built locally, then uploaded: ArrayRecord writes local files only
+        storage.check_reachable(data_dir, "--data-dir")
+        final = storage.join(data_dir, name, version)
+        exists = storage.exists(storage.join(final, "dataset_info.json"))
+    else:
+        data_dir = os.path.abspath(os.path.expanduser(data_dir))
+        final = os.path.join(data_dir, name, version)
+        exists = os.path.exists(final)
+    if exists and not overwrite:
         raise DataError(f"tfds dataset {name}:{version} already exists at {final!r}; pass overwrite=True "
                         "(--overwrite) to replace it, or choose another name or version")
-    os.makedirs(data_dir, exist_ok=True)
+    if not remote:
+        os.makedirs(data_dir, exist_ok=True)
 
     description = f"Prepared by pretrax from {len(files)} local file(s): {', '.join(files[:5])}" + (
         " ..." if len(files) > 5 else "")
     if tok is not None:
         description += f". Records hold {TOKENS_FEATURE!r}: ids (no bos/eos) from tokenizer {tok.fingerprint}"
     cls = _builder_class(name, version, splits, description, tok)
-    staging = tempfile.mkdtemp(prefix=f".prepare-{name}-", dir=data_dir)
+    staging = tempfile.mkdtemp(prefix=f".prepare-{name}-", dir=None if remote else data_dir)
     try:
         builder = cls(data_dir=staging, file_format="array_record")
         builder.download_and_prepare(download_dir=os.path.join(staging, "downloads"),
@@ -203,14 +210,10 @@ def prepare(
             with open(os.path.join(built, TOKENS_INFO), "w") as f:
                 json.dump({"feature": TOKENS_FEATURE, "text_field": "text", "tokenizer": tok.fingerprint,
                            "tokenizer_name": tokenizer}, f)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        if os.path.exists(final):  # overwrite: move the old one aside only now that the new one is complete
-            old = tempfile.mkdtemp(prefix=f".old-{version}-", dir=os.path.dirname(final))
-            os.rename(final, os.path.join(old, version))
-            os.rename(built, final)
-            shutil.rmtree(old, ignore_errors=True)
+        if remote:
+            _upload(built, final)
         else:
-            os.rename(built, final)
+            _move_into_place(built, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -228,6 +231,34 @@ def prepare(
     log.info("prepared tfds dataset %s:%s at %s: %s", name, version, final,
              ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
     return summary
+
+
+def _move_into_place(built: str, final: str) -> None:
+    """Rename the built dataset to its final name; an old one (--overwrite) is moved aside only now."""
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    if not os.path.exists(final):
+        os.rename(built, final)
+        return
+    old = tempfile.mkdtemp(prefix=f".old-{os.path.basename(final)}-", dir=os.path.dirname(final))
+    os.rename(final, os.path.join(old, os.path.basename(final)))
+    os.rename(built, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _upload(built: str, final: str) -> None:
+    """Copy a built dataset to a gs:// data_dir; dataset_info.json goes last, since it marks the dataset prepared.
+
+    With --overwrite, objects of the old version that the new one does not have are deleted afterwards.
+    """
+    files = sorted((os.path.relpath(os.path.join(d, f), built) for d, _, fs in os.walk(built) for f in fs),
+                   key=lambda rel: rel == "dataset_info.json")
+    for rel in files:
+        with open(os.path.join(built, rel), "rb") as f:
+            storage.write_bytes(storage.join(final, *rel.split(os.sep)), f.read())
+    new = {storage.join(final, *rel.split(os.sep)) for rel in files}
+    for path, _ in list(storage.walk_files(final)):
+        if path not in new:
+            storage.remove(path)
 
 
 __all__ = ["prepare"]

@@ -122,6 +122,26 @@ def _open_builder(name: str, data_dir: str):
     return builder
 
 
+def _mirrored(name: str, data_dir: str, builder):
+    """The dataset of a gs:// data_dir, read from a local mirror (PRETRAX_CACHE_DIR).
+
+    ArrayRecord's reader opens local files only (its GCS reader is not open source), so
+    the prepared files are copied once per host; a later run finds them and copies nothing.
+    A dataset larger than the local disk wants the bucket mounted (gcsfuse) and the mount's
+    path as data.data_dir instead.
+    """
+    from pretrax import storage
+
+    remote_version_dir = str(builder.data_dir).rstrip("/")
+    relative = remote_version_dir[len(data_dir.rstrip("/")) + 1:]
+    local_version_dir, copied, nbytes = storage.local_mirror(remote_version_dir)
+    local_data_dir = local_version_dir[: len(local_version_dir) - len(relative)].rstrip(os.sep)
+    if copied:
+        log.warning("tfds dataset %s: copied %d file(s), %.1f MB, from %s to %s (ArrayRecord reads local files only)",
+                    name, copied, nbytes / 1e6, remote_version_dir, local_version_dir)
+    return local_data_dir, _open_builder(name, local_data_dir)
+
+
 def _base_split(split_name: str) -> str:
     return re.split(r"[\[+]", split_name, maxsplit=1)[0].strip()
 
@@ -288,6 +308,8 @@ def tfds_corpora(src: SourceSection, heldout_percent: float,
     # `data.data_dir=~/tfds` reaches us unexpanded: the shell expands ~ only at a word's start or in a NAME=
     data_dir = src.data_dir if _is_remote(src.data_dir) else os.path.expanduser(src.data_dir)
     builder = _open_builder(name, data_dir)
+    if _is_remote(data_dir):
+        data_dir, builder = _mirrored(name, data_dir, builder)
     features = builder.info.features
     keys = list(features.keys()) if hasattr(features, "keys") else []
     if src.text_field not in keys:
