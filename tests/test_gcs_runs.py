@@ -76,7 +76,7 @@ def test_stop_and_resume_on_gcs_gives_the_losses_of_a_straight_local_run(gcs, tm
     assert {s: first["losses"][s] for s in (1, 2, 3)} == {s: straight[s] for s in (1, 2, 3)}
 
     assert metrics_steps(run_dir) == [1, 2, 3, 4, 5, 6]  # rewritten whole on GCS: each step once, in order
-    assert config_lib.load(storage.local_copy(storage.join(run_dir, "config.yaml"))).run.dir == run_dir
+    assert config_lib.load(storage.local_file(storage.join(run_dir, "config.yaml"))).run.dir == run_dir
     losses = tensorboard_scalars(run_dir, "loss")
     assert sorted(losses) == [1, 2, 3, 4, 5, 6] and losses[6] == pytest.approx(straight[6], rel=1e-6)
     assert not os.path.exists("gs:")  # nothing went to a local folder named after the scheme
@@ -274,3 +274,19 @@ def test_data_prepare_writes_to_a_bucket_and_training_reads_it(gcs, tmp_path, mo
 
     assert cli_main(["data", "prepare", docs, "--name", "stdlib17", "--data-dir", data_dir]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_sentencepiece_model_in_a_bucket_loads_as_the_local_one(gcs, tmp_path, monkeypatch):
+    from test_first_run import write_corpus
+
+    from pretrax.data.spm_train import train_sentencepiece
+    from pretrax.data.tokenizer import load_tokenizer
+    from pretrax.errors import ConfigError
+
+    local = train_sentencepiece([write_corpus(tmp_path / "docs")], vocab_size=640, out=str(tmp_path / "t.model"))
+    remote = gcs.make_bucket() + "/tokenizers/t.model"
+    storage.write_bytes(remote, open(local, "rb").read())
+    monkeypatch.setenv("PRETRAX_CACHE_DIR", str(tmp_path / "cache"))
+    assert load_tokenizer(remote).fingerprint == load_tokenizer(local).fingerprint
+    with pytest.raises(ConfigError, match="no such object"):
+        load_tokenizer(remote.replace("t.model", "missing.model"))

@@ -270,16 +270,6 @@ def walk_files(url: str) -> Iterator[tuple[str, int]]:
         yield f"gs://{key}", int(info.get("size") or 0)
 
 
-def local_copy(url: str) -> str:
-    """A local path holding url's content: url itself on a disk, a temporary copy of a remote file."""
-    if not is_remote(url):
-        return url
-    fd, tmp = tempfile.mkstemp(prefix="pretrax-", suffix="-" + basename(url))
-    with os.fdopen(fd, "wb") as f:
-        f.write(read_bytes(url))
-    return tmp
-
-
 def cache_dir() -> str:
     """Where remote files read through a local path live (PRETRAX_CACHE_DIR, default ~/.cache/pretrax)."""
     return os.path.expanduser(os.environ.get("PRETRAX_CACHE_DIR", "~/.cache/pretrax"))
@@ -294,15 +284,32 @@ def local_mirror(url: str) -> tuple[str, int, int]:
     """
     if not is_remote(url):
         return url, 0, 0
-    local = os.path.join(cache_dir(), scheme(url), _key(url).rstrip("/"))
     copied = nbytes = 0
     for path, size in walk_files(url):
-        target = os.path.join(local, path[len(url.rstrip("/")) + 1:])
-        if os.path.isfile(target) and os.path.getsize(target) == size:
-            continue
-        write_bytes(target, read_bytes(path))
-        copied, nbytes = copied + 1, nbytes + size
-    return local, copied, nbytes
+        if _mirror_one(path, size):
+            copied, nbytes = copied + 1, nbytes + size
+    return _cached_path(url), copied, nbytes
+
+
+def local_file(url: str) -> str:
+    """A local path for one file: url itself on a disk, else its copy in the cache (fetched when it changed size)."""
+    if not is_remote(url):
+        return url
+    size = _remote(url, lambda: int(_fs(url).info(url).get("size") or 0))
+    _mirror_one(url, size)
+    return _cached_path(url)
+
+
+def _cached_path(url: str) -> str:
+    return os.path.join(cache_dir(), scheme(url), *_key(url).rstrip("/").split("/"))
+
+
+def _mirror_one(url: str, size: int) -> bool:
+    target = _cached_path(url)
+    if os.path.isfile(target) and os.path.getsize(target) == size:
+        return False
+    write_bytes(target, read_bytes(url))
+    return True
 
 
 def check_reachable(url: str, what: str = "run.dir") -> None:

@@ -278,6 +278,14 @@ def load_tokenizer(name: str) -> ByteTokenizer | SentencePieceTokenizer:
     """The tokenizer named by data.tokenizer: 'bytes', or the path of a SentencePiece .model file."""
     if name in _TOKENIZERS:
         return _TOKENIZERS[name]()
+    from pretrax import storage
+
+    if storage.is_remote(name):  # gs://.../tok.model: SentencePiece loads bytes, read once into a local mirror
+        storage.check_url(name, "data.tokenizer")
+        if not storage.isfile(name):
+            raise ConfigError(f"unknown data.tokenizer {name!r}: no such object; valid: 'bytes' or the path "
+                              "(local or gs://) of a SentencePiece .model file")
+        name = storage.local_file(name)
     try:
         st = os.stat(name)
     except (OSError, ValueError):
