@@ -24,6 +24,7 @@ def trained_run(tmp_path_factory):
     return run_dir, proc.stdout
 
 
+@pytest.mark.slow
 def test_train_prints_bits_per_byte_and_a_sample(trained_run):
     run_dir, stdout = trained_run
     assert "held-out bits per byte:" in stdout
@@ -48,6 +49,7 @@ def snapshot(root):
         (["train.batch_size=16"], "saved with global_batch=8 but this run has global_batch=16"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_and_touches_nothing(trained_run, overrides, message):
     run_dir, _ = trained_run
     before = snapshot(run_dir)
@@ -78,6 +80,7 @@ def test_info_gpt1_parameter_count():
     assert "parameters: 116534784" in proc.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_generate_from_a_run(trained_run):
     run_dir, _ = trained_run
     proc = run_cli("generate", str(run_dir), "--prompt", "import ", "--max-new-tokens", "16", "--top-k", "5")
