@@ -7,6 +7,8 @@ XLA_FLAGS and JAX_PLATFORMS must be set before jax is first imported, which is w
 """
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -24,6 +26,13 @@ elif _chosen in PLATFORMS:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     # float32 matmuls in float32 (GPUs default to TF32), so tolerances hold as on the CPU
     os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+
+# One persistent JAX compilation cache per test session, shared by the xdist workers and the `pretrax`
+# subprocesses they start: the suite's many tiny runs compile the same programs, and each now compiles once.
+# Entries are keyed by the program, the compiler options and the jax version, so a hit is the same executable.
+_session = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()  # the controller's pid
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"pretrax-tests-jax-{_session}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from gcs_fixture import gcs  # noqa: E402,F401  (sets the GCS emulator variables before gcsfs/tensorstore load)
 
@@ -43,6 +52,11 @@ TINY = [
     "optim.warmup_steps=2",
     "checkpoint.every=3",
 ]
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist): the cache goes
+        shutil.rmtree(os.path.join(tempfile.gettempdir(), f"pretrax-tests-jax-{_session}"), ignore_errors=True)
 
 
 def pytest_configure(config):
