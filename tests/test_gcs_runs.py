@@ -200,6 +200,7 @@ def test_a_missing_bucket_is_named_and_nothing_is_written(gcs, tmp_path, monkeyp
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_storage_server_that_does_not_answer_is_one_line_after_a_bounded_wait(tmp_path):
     import socket
 
@@ -218,6 +219,7 @@ def test_a_storage_server_that_does_not_answer_is_one_line_after_a_bounded_wait(
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_generate_samples_from_a_run_on_gcs(gcs, capsys):
     run_dir = gcs.make_bucket() + "/run"
     train(load(run_dir), stop_at=3, progress=False)
@@ -248,6 +250,7 @@ def test_metrics_rows_are_read_back_in_order_after_rewrites(gcs):
             storage.read_text(storage.join(run_dir, "metrics.superseded.jsonl")).splitlines()] == [3]
 
 
+@pytest.mark.slow
 def test_data_prepare_writes_to_a_bucket_and_training_reads_it(gcs, tmp_path, monkeypatch, capsys):
     """A tfds data_dir on gs://: prepare builds locally and uploads (dataset_info.json last); training reads
     the ArrayRecord files through a local mirror (ArrayRecord opens local files only), copied once."""

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import TINY
 
 from pretrax.train.metrics import ProgressLines, format_duration
@@ -20,6 +21,7 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml")
 LINE = re.compile(r"^step (\d+)/(\d+) \| loss \d+\.\d{4} \| [\d,]+ tokens/s \| elapsed \S+( \| ETA \S+)?$")
 
 
+@pytest.mark.slow
 def test_a_log_file_gets_a_line_every_log_every_steps_with_eval_and_checkpoints(tmp_path):
     log = tmp_path / "train.log"
     with open(log, "w") as out:
@@ -37,6 +39,7 @@ def test_a_log_file_gets_a_line_every_log_every_steps_with_eval_and_checkpoints(
     assert "\r" not in text and "it/s" not in text  # no progress bar in a file
 
 
+@pytest.mark.slow
 def test_only_process_0_reports(tmp_path):
     from test_multiprocess import WORKER, free_port, worker_env
 

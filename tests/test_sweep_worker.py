@@ -220,6 +220,7 @@ print("won" if Claims(sys.argv[1], 60).try_claim("d_model=64", 1) else "lost", f
 """
 
 
+@pytest.mark.slow
 def test_of_racing_processes_exactly_one_claims_a_point_on_gcs(gcs):
     sweep_dir = gcs.make_bucket() + "/s"
     start = time.time() + 8  # every process has imported gcsfs by then
@@ -231,6 +232,7 @@ def test_of_racing_processes_exactly_one_claims_a_point_on_gcs(gcs):
     assert [n for n in gcs.objects(sweep_dir) if "/claims/" in n] == ["s/claims/d_model=64/1"]
 
 
+@pytest.mark.slow
 def test_a_heartbeat_keeps_a_claim_fresh_and_without_it_the_claim_goes_stale_and_is_taken_over(sweep_root):
     owner, other = Claims(sweep_root, stale_after=1.5), Claims(sweep_root, stale_after=1.5)
     claim = owner.try_claim("p=1", 1)
