@@ -247,6 +247,7 @@ def test_no_good_checkpoint_left_is_one_line_exit_2_and_nothing_touched(referenc
     errors = [line for line in proc.stderr.splitlines() if line.startswith("pretrax:")]
     assert len(errors) == 1 and errors[0].startswith("pretrax: error: no checkpoint in "), proc.stderr[-3000:]
     assert all(f"step {s} is damaged" in errors[0] for s in (30, 35, 40)), errors[0]
+    assert f"`pretrax checkpoints {run}` lists them" in errors[0]  # the run's own dir: a command to paste
     assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
     assert snapshot(run) == before
 

@@ -9,6 +9,7 @@ decoding path belongs with the speed work.
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 from typing import Any
 
@@ -192,4 +193,4 @@ def _newest_readable_config(run_dir: str) -> dict:
             except Exception:  # a damaged checkpoint: restore_latest_good names it
                 continue
     raise CheckpointError(f"no checkpoint in {ckpt.checkpoint_dir(run_dir)} has a readable config; "
-                          "`pretrax checkpoints RUN_DIR` lists them")
+                          f"`pretrax checkpoints {shlex.quote(str(run_dir))}` lists them")

@@ -19,6 +19,7 @@ complete. docs/reliability.md lists these promises and the tests that prove them
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 import uuid
 from collections.abc import Iterable
@@ -255,7 +256,8 @@ def restore_latest_good(run_dir: str, cfg: Config, abstract_state: dict, *, anno
     if not skipped:
         return None, None, None, skipped
     raise CheckpointError(f"no checkpoint in {checkpoint_dir(run_dir)} can be restored: {describe_skipped(skipped)}; "
-                          "`pretrax checkpoints RUN_DIR` lists them; move them away to start afresh, or use a new run.dir")
+                          f"`pretrax checkpoints {shlex.quote(str(run_dir))}` lists them; move them away to start afresh, "
+                          "or use a new run.dir")
 
 
 def _restore_step(reader: ocp.CheckpointManager, step: int, cfg: Config, abstract_state: dict):
