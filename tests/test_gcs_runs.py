@@ -293,3 +293,27 @@ def test_a_sentencepiece_model_in_a_bucket_loads_as_the_local_one(gcs, tmp_path,
     assert load_tokenizer(remote).fingerprint == load_tokenizer(local).fingerprint
     with pytest.raises(ConfigError, match="no such object"):
         load_tokenizer(remote.replace("t.model", "missing.model"))
+
+
+def test_scaling_fit_reads_a_results_file_in_a_bucket_and_writes_its_plot_there(gcs, tmp_path, capsys):
+    """A pod sweep leaves results.csv in the bucket: `pretrax scaling fit gs://...` fits it where it is."""
+    import csv
+    import io
+
+    n = [2e5, 5e5, 1e6, 2e6, 5e6]
+    d = [1e7, 3e7, 1e8]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, ["point", "params_non_embedding", "tokens", "eval_loss", "status"])
+    writer.writeheader()
+    for i, (params, tokens) in enumerate((p, t) for p in n for t in d):
+        loss = 1.7 + 400 / params ** 0.34 + 410 / tokens ** 0.28
+        writer.writerow({"point": f"p{i}", "params_non_embedding": params, "tokens": tokens, "eval_loss": loss,
+                         "status": "ok"})
+    sweep_dir = gcs.make_bucket() + "/sweeps/law"
+    storage.write_text(f"{sweep_dir}/results.csv", out.getvalue())
+    capsys.readouterr()
+    assert cli_main(["scaling", "fit", f"{sweep_dir}/results.csv", "--bootstrap", "0", "--json",
+                     "--plot", f"{sweep_dir}/fit.png"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["E"] == pytest.approx(1.7, abs=0.05) and report["fit"]["runs"] == 15
+    assert storage.read_bytes(f"{sweep_dir}/fit.png")[:8] == b"\x89PNG\r\n\x1a\n"

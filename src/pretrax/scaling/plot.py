@@ -8,11 +8,12 @@ with isoFLOP budgets: loss vs N per budget and its parabola.
 
 from __future__ import annotations
 
-import os
+import io
 from typing import Any
 
 import numpy as np
 
+from pretrax import storage
 from pretrax.scaling.fit import Law
 from pretrax.scaling.results import Points
 
@@ -85,9 +86,10 @@ def plot_fit(points: Points, report: dict[str, Any], out: str) -> str:
         ax.legend(fontsize=8)
 
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    storage.write_bytes(out, png.getvalue())  # local (folders made) or gs://
     return out
 
 

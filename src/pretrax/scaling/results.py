@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
-import os
 
 import numpy as np
 
+from pretrax import storage
 from pretrax.errors import DataError
 
 N_COLUMNS = {"non_embedding": "params_non_embedding", "total": "params"}
@@ -32,12 +33,16 @@ def read_points(path: str, params: str = "non_embedding") -> Points:
     if params not in N_COLUMNS:
         raise DataError(f"params must be one of {', '.join(N_COLUMNS)}, got {params!r}")
     n_column = N_COLUMNS[params]
-    if not os.path.isfile(path):
+    storage.check_url(path, "results file")  # a sweep dir in a bucket: gs://.../results.csv reads as well
+    if not storage.isfile(path):
         raise DataError(f"results file {path!r} does not exist (pretrax sweep writes DIR/results.csv)")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        rows = list(reader)
+    try:
+        text = storage.read_text(path)
+    except UnicodeDecodeError:
+        raise DataError(f"results file {path!r} is not UTF-8 text; give the results.csv pretrax sweep wrote") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = reader.fieldnames or []
+    rows = list(reader)
     missing = [c for c in (n_column, "tokens", "eval_loss") if c not in columns]
     if missing:
         raise DataError(f"results file {path!r} lacks the column(s) {', '.join(missing)}; it needs {n_column}, "
