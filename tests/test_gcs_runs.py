@@ -317,3 +317,20 @@ def test_scaling_fit_reads_a_results_file_in_a_bucket_and_writes_its_plot_there(
     report = json.loads(capsys.readouterr().out)
     assert report["E"] == pytest.approx(1.7, abs=0.05) and report["fit"]["runs"] == 15
     assert storage.read_bytes(f"{sweep_dir}/fit.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_objects_another_host_writes_are_seen_at_once(gcs):
+    """gcsfs caches listings; a pod's hosts (and sweep workers) must see each other's objects immediately."""
+    import urllib.request
+
+    bucket = gcs.make_bucket()
+    run_dir = bucket + "/run"
+    storage.write_text(f"{run_dir}/mine.txt", "x")
+    assert storage.listdir(run_dir) == ["mine.txt"] and not storage.isfile(f"{run_dir}/theirs.txt")
+    name = bucket.removeprefix("gs://")
+    upload = urllib.request.Request(f"{gcs.url}/upload/storage/v1/b/{name}/o?uploadType=media&name=run/theirs.txt",
+                                    data=b"y", method="POST")  # straight to the server: another host's write
+    urllib.request.urlopen(upload, timeout=10).read()
+    assert storage.isfile(f"{run_dir}/theirs.txt") and storage.exists(f"{run_dir}/theirs.txt")
+    assert storage.listdir(run_dir) == ["mine.txt", "theirs.txt"]
+    assert storage.read_text(f"{run_dir}/theirs.txt") == "y"

@@ -96,6 +96,14 @@ def _fs(url: str):
                           "(pip install -e '.[gcs]')") from None
 
 
+def _fresh(url: str):
+    """The filesystem with its cached listings around url dropped: another host may have changed them."""
+    fs = _fs(url)
+    fs.invalidate_cache(parent(url))
+    fs.invalidate_cache(url)
+    return fs
+
+
 def _key(url: str) -> str:
     return str(url).split("://", 1)[1]
 
@@ -103,7 +111,7 @@ def _key(url: str) -> str:
 def exists(url: str) -> bool:
     if not is_remote(url):
         return os.path.exists(url)
-    return _remote(url, lambda: _fs(url).exists(url) or bool(_ls(url)))
+    return _remote(url, lambda: _fresh(url).exists(url) or bool(_ls(url)))
 
 
 def isdir(url: str) -> bool:
@@ -116,7 +124,7 @@ def isdir(url: str) -> bool:
 def isfile(url: str) -> bool:
     if not is_remote(url):
         return os.path.isfile(url)
-    return _remote(url, lambda: _fs(url).isfile(url))
+    return _remote(url, lambda: _fresh(url).isfile(url))
 
 
 def _ls(url: str) -> list[dict]:
@@ -295,7 +303,7 @@ def local_file(url: str) -> str:
     """A local path for one file: url itself on a disk, else its copy in the cache (fetched when it changed size)."""
     if not is_remote(url):
         return url
-    size = _remote(url, lambda: int(_fs(url).info(url).get("size") or 0))
+    size = _remote(url, lambda: int(_fresh(url).info(url).get("size") or 0))
     _mirror_one(url, size)
     return _cached_path(url)
 
