@@ -33,11 +33,40 @@ CASES = [
     ("batch not divisible", ["train", "configs/tiny.yaml", *TINY, "train.batch_size=6"], 2,
      "not divisible by the data-parallel size 8"),
     ("stop-at zero", ["train", "configs/tiny.yaml", "--stop-at", "0"], 2, "--stop-at must be a positive step"),
+    # values that pass a type check but cannot train (issue 20): NaN and inf in any float setting, Adam's ranges
+    ("infinite learning rate", ["train", "configs/tiny.yaml", "optim.lr=inf"], 2,
+     "config key 'optim.lr' must be a finite number, got inf"),
+    ("NaN weight decay", ["train", "configs/tiny.yaml", "optim.weight_decay=nan"], 2,
+     "config key 'optim.weight_decay' must be a finite number, got nan"),
+    ("infinite clip norm", ["train", "configs/tiny.yaml", "optim.clip_norm=.inf"], 2,
+     "config key 'optim.clip_norm' must be a finite number, got inf"),
+    ("NaN held-out share", ["train", "configs/tiny.yaml", "data.heldout_percent=nan"], 2,
+     "config key 'data.heldout_percent' must be a finite number, got nan"),
+    ("NaN in a mixture weight", ["train", "configs/tiny.yaml", "data.mixture=[{source: stdlib, weight: .nan}]"], 2,
+     "config key 'data.mixture[0].weight' must be a finite number, got nan"),
+    ("NaN MFU peak", ["train", "configs/tiny.yaml", "train.peak=nan"], 2,
+     "train.peak must be 'auto', 'measure' or a positive number of TFLOP/s, got 'nan'"),
+    ("Adam b1 above 1", ["train", "configs/tiny.yaml", "optim.b1=2"], 2, "config key 'optim.b1' must be in [0, 1), got 2.0"),
+    ("Adam b2 of 1", ["train", "configs/tiny.yaml", "optim.b2=1"], 2, "config key 'optim.b2' must be in [0, 1), got 1.0"),
+    ("negative Adam b1", ["train", "configs/tiny.yaml", "optim.b1=-0.1"], 2, "'optim.b1' must be in [0, 1), got -0.1"),
+    ("Adam eps zero", ["train", "configs/tiny.yaml", "optim.eps=0"], 2, "config key 'optim.eps' must be > 0"),
+    ("zero learning rate", ["train", "configs/tiny.yaml", "optim.lr=0"], 2, "config key 'optim.lr' must be > 0, got 0.0"),
+    ("zero rope theta", ["train", "configs/tiny.yaml", "model.rope_theta=0"], 2, "'model.rope_theta' must be > 0"),
+    ("info refuses them too", ["info", "configs/tiny.yaml", "optim.eps=-inf"], 2,
+     "config key 'optim.eps' must be a finite number, got -inf"),
     # data (data issue)
     ("missing tokenizer model", ["train", "configs/tiny.yaml", *TINY, "data.tokenizer=/nonexistent/spm.model"], 2,
      "/nonexistent/spm.model"),
     ("missing text files", ["train", "configs/tiny.yaml", *TINY, "data.source=text", "data.paths=[/nonexistent/*.txt]"],
      2, "/nonexistent/*.txt"),
+    # start-up checks (issue 20; tests/test_startup_checks.py has each case): refused before any write or compile
+    ("one document cannot be split", ["train", "configs/tiny.yaml", *TINY, "data.source=text", "data.paths=[README.md]"],
+     2, "none of the 1 document(s) of text:README.md; held-out documents are chosen per document by a hash of its "
+        "name, so a run needs at least 2: add files to data.paths, or set data.text_split=blank_lines"),
+    ("nothing held out", ["train", "configs/tiny.yaml", *TINY, "data.source=text", "data.paths=[docs/*.md]",
+                          "data.heldout_percent=0"], 2, "data.heldout_percent=0 holds out none of the"),
+    ("model vocab below the tokenizer's", ["train", "configs/tiny.yaml", *TINY, "model.vocab_size=256"], 2,
+     "model.vocab_size (256) is smaller than the tokenizer's 362 ids; use 0 (automatic) or a larger value"),
     # UL2 (UL2 issue)
     ("noise density out of range", ["train", "configs/tiny.yaml", *TINY, *UL2,
                                     ONE_DENOISER.format(mu=3, r=1.5, w=1)], 2, "noise_density must be in (0, 1)"),
@@ -63,6 +92,11 @@ CASES = [
      "model.attention=splash needs sequence lengths divisible by 128"),
     # using a run
     ("generate from a missing run", ["generate", "/nonexistent/run"], 2, "run dir '/nonexistent/run' does not exist"),
+    ("generate at NaN temperature", ["generate", "/nonexistent/run", "--temperature", "nan"], 2,
+     "--temperature must be a finite number >= 0 (0: greedy), got nan"),
+    ("generate at infinite temperature", ["generate", "/nonexistent/run", "--temperature", "inf"], 2,
+     "--temperature must be a finite number >= 0 (0: greedy), got inf"),
+    ("generate with NaN top-p", ["generate", "/nonexistent/run", "--top-p", "nan"], 2, "--top-p must be in (0, 1], got nan"),
     ("data stats of nothing", ["data", "stats", "configs/tiny.yaml", "--examples", "0"], 2, "--examples"),
 ]
 

@@ -286,10 +286,12 @@ def cmd_generate(args) -> int:
 
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if not 0 < args.top_p <= 1:
+    if not 0 < args.top_p <= 1:  # also refuses nan
         raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.temperature < 0 or args.top_k < 0:
-        raise ConfigError("--temperature and --top-k must be >= 0")
+    if not 0 <= args.temperature < float("inf"):  # nan or inf would sample from NaN logits
+        raise ConfigError(f"--temperature must be a finite number >= 0 (0: greedy), got {args.temperature}")
+    if args.top_k < 0:
+        raise ConfigError(f"--top-k must be >= 0 (0: off), got {args.top_k}")
     cfg, setup, tokenizer, params, step = load_run(args.run_dir)
     text = sample(setup, params, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -383,6 +384,7 @@ def _coerce(path: str, typ: Any, value: Any) -> Any:
 
 def validate(cfg: Config) -> None:
     """Checks that need more than one field's type. Raise ConfigError on the first problem."""
+    check_finite(cfg)
     positive = {
         "train.steps": cfg.train.steps,
         "train.batch_size": cfg.train.batch_size,
@@ -416,6 +418,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key {key!r} must be >= 0, got {value}")
     if not cfg.optim.lr > 0:
         raise ConfigError(f"config key 'optim.lr' must be > 0, got {cfg.optim.lr}")
+    if not cfg.optim.eps > 0:
+        raise ConfigError(f"config key 'optim.eps' must be > 0 (it keeps Adam's update finite), got {cfg.optim.eps}")
+    for key in ("b1", "b2"):  # Adam's moment decays: 1 or more never forgets (or grows), and diverges
+        if not 0 <= getattr(cfg.optim, key) < 1:
+            raise ConfigError(f"config key 'optim.{key}' must be in [0, 1), got {getattr(cfg.optim, key)}")
+    if not cfg.model.rope_theta > 0:
+        raise ConfigError(f"config key 'model.rope_theta' must be > 0, got {cfg.model.rope_theta}")
     if not 0 <= cfg.optim.min_lr_ratio <= 1:
         raise ConfigError(f"config key 'optim.min_lr_ratio' must be in [0, 1], got {cfg.optim.min_lr_ratio}")
     if not 0 <= cfg.data.heldout_percent < 100:
@@ -471,6 +480,20 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(
                     f"mesh.rules.{logical} maps to unknown mesh axis {t!r}; valid: {', '.join(MESH_AXES)} or null"
                 )
+
+
+def check_finite(obj: Any, prefix: str = "") -> None:
+    """Every float field of the schema is finite: NaN or inf passes `x > 0`-style checks and then trains to NaN."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            check_finite(value, key + ".")
+        elif isinstance(value, tuple):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    check_finite(item, f"{key}[{i}].")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key {key!r} must be a finite number, got {value}")
 
 
 def validate_parametrization(p: ParametrizationSection, m: ModelSection) -> None:

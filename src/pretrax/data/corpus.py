@@ -118,13 +118,18 @@ def stdlib_corpus() -> Corpus:
 # ---------------------------------------------------------------- splitting (sources.load_source picks the corpus)
 
 
+def heldout_bucket(name: str) -> int:
+    """A document's stable bucket in 0..9999: held out iff below round(data.heldout_percent * 100)."""
+    return zlib.crc32(name.encode("utf-8")) % 10_000
+
+
 def is_heldout(name: str, heldout_percent: float) -> bool:
     """Held out iff a stable hash of the name falls in the bottom heldout_percent of 10,000 buckets.
 
     Hashing the name (not the position) keeps each document on the same side of
     the split when other documents are added or removed, e.g. across Python versions.
     """
-    return zlib.crc32(name.encode("utf-8")) % 10_000 < round(heldout_percent * 100)
+    return heldout_bucket(name) < round(heldout_percent * 100)
 
 
 def split(corpus: Corpus, heldout_percent: float) -> tuple[Corpus, Corpus]:

@@ -36,7 +36,7 @@ import grain
 import numpy as np
 
 from pretrax.config import Config
-from pretrax.data.corpus import Corpus
+from pretrax.data.corpus import Corpus, heldout_bucket
 from pretrax.data.objectives import FEATURES, OBJECTIVES, causal_lm, make_objective, objective_features  # noqa: F401
 from pretrax.data.objectives import encoder_decoder_lengths_of
 from pretrax.data.packing import RowPacker
@@ -275,6 +275,60 @@ def train_documents(cfg: Config) -> tuple[grain.MapDataset, int]:
     docs = document_dataset(train, tokenizer, objective_for(cfg, tokenizer),
                             seed=cfg.run.seed, shuffle=cfg.data.shuffle, repeat=True, weights=weights)
     return docs, _fingerprint(train, weights)
+
+
+def check_splits(cfg: Config) -> None:
+    """Refuse at start-up a split that would fail later: no training documents, or none held out to evaluate.
+
+    Every run evaluates at its last step, so held-out documents are always needed. Text and jsonl
+    documents are held out per document by a hash of their name (corpus.is_heldout), so a corpus of one
+    document can never have both; this names the keys that fix it instead of failing after training.
+    """
+    train, heldout = _split(cfg)
+    pct = f"data.heldout_percent={cfg.data.heldout_percent:g}"
+    per_doc = "held-out documents are chosen per document by a hash of its name"
+    for src, t, h in zip(cfg.data.sources, train, heldout):
+        if len(t) == 0:
+            n = len(h)
+            fix = f"so a run needs at least 2: {_too_few(src)}" if n < 2 else "lower data.heldout_percent"
+            raise DataError(f"no training documents: {pct} holds out all {n} document(s) of data source "
+                            f"{_describe(src)}; {per_doc}, {fix}")
+    if sum(len(h) for h in heldout):
+        return
+    what = f"no held-out documents to evaluate on (a run evaluates at its last step): {pct} holds out none of"
+    counted = [(src, t) for src, t in zip(cfg.data.sources, train) if src.source != "tfds"]
+    if not counted:  # tfds: a share of each 10,000 records, or a split of its own
+        raise DataError(f"{what} {', '.join(map(_describe, cfg.data.sources))}; "
+                        "raise data.heldout_percent or set data.tfds_eval_split to a split of its own")
+    n = sum(len(t) for _, t in counted)
+    names = ", ".join(_describe(s) for s, _ in counted)
+    needed = _smallest_heldout_percent([t for _, t in counted])
+    if needed is None:
+        smallest = min(counted, key=lambda st: len(st[1]))
+        where = f" (in {_describe(smallest[0])})" if len(counted) > 1 else ""
+        raise DataError(f"{what} the {n} document(s) of {names}; {per_doc}, so a run needs at least 2{where}: "
+                        f"{_too_few(smallest[0])}")
+    raise DataError(f"{what} the {n} documents of {names}, and {per_doc}; "
+                    f"data.heldout_percent={needed:g} holds out at least one")
+
+
+def _smallest_heldout_percent(corpora: Sequence[Corpus]) -> float | None:
+    """The least data.heldout_percent that holds out a document and leaves every corpus one to train on."""
+    buckets = [[heldout_bucket(n) for n in c.names] for c in corpora]
+    first = min(min(b) for b in buckets if b) + 1  # is_heldout: bucket < round(percent * 100)
+    if first >= 10_000 or any(all(x < first for x in b) for b in buckets):
+        return None
+    return first / 100
+
+
+def _too_few(src) -> str:
+    """How to get more documents out of this source."""
+    if src.source == "text" and src.text_split == "file":
+        return ("add files to data.paths, or set data.text_split=blank_lines to make each blank-line-separated "
+                "block a document")
+    if src.source == "tfds":
+        return "set data.tfds_eval_split to a split of its own"
+    return "add documents to data.paths"
 
 
 def eval_batches(cfg: Config, num_batches: int, batch_size: int, *, process_index: int = 0,

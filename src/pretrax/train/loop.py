@@ -19,7 +19,7 @@ import numpy as np
 from pretrax import storage
 from pretrax.config import Config
 from pretrax.data.objectives import denoiser_names
-from pretrax.data.pipeline import eval_batches, make_train_iterator
+from pretrax.data.pipeline import check_splits, eval_batches, make_train_iterator
 from pretrax.data.prefetch import Prefetcher
 from pretrax.data.tokenizer import load_tokenizer
 from pretrax.errors import ConfigError
@@ -80,6 +80,7 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
             f"model.vocab_size ({vocab_size}) is smaller than the tokenizer's {tokenizer.vocab_size} ids; "
             "use 0 (automatic) or a larger value"
         )
+    check_splits(cfg)  # no training or held-out documents: refused now, not at the first eval after training
     mesh = make_mesh(cfg.mesh)
     check_batch(cfg, mesh)
     setup = make_setup(cfg, mesh, vocab_size)
