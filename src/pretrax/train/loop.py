@@ -27,6 +27,7 @@ from pretrax.flops import step_flops
 from pretrax.parallel.mesh import batch_parallelism, make_mesh
 from pretrax.perf import device_peak, flop_rates
 from pretrax.train import checkpoint as ckpt
+from pretrax.train import run_lock
 from pretrax.train.metrics import MetricsWriter
 from pretrax.train.nonfinite import MAX_ROLLBACKS, bad_steps, stop_error
 from pretrax.train.preemption import PreemptionWatcher
@@ -84,7 +85,13 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
     mesh = make_mesh(cfg.mesh)
     check_batch(cfg, mesh)
     setup = make_setup(cfg, mesh, vocab_size)
+    with run_lock.hold(run_dir, primary=jax.process_index() == 0):  # one trainer per run dir; a second is refused
+        return _train(cfg, run_dir, tokenizer, vocab_size, mesh, setup, stop_at, progress, batch_hook)
 
+
+def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, mesh, setup, stop_at: int | None,
+           progress: bool | None, batch_hook: Callable[[int, dict], dict] | None) -> dict[str, Any]:
+    """The rest of train(), run while this process holds the run dir's lock (run_lock.py)."""
     # Everything is checked, and the checkpoint read, before anything is written.
     data = make_train_iterator(cfg, process_index=jax.process_index(), process_count=jax.process_count())
     if cfg.data.prefetch:
