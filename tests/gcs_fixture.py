@@ -58,14 +58,6 @@ def _binary() -> str | None:
     return found[0] if found else None
 
 
-def _die_with_parent() -> None:
-    """In the server's process: the kernel kills it when the test process dies, even by a signal (no atexit)."""
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 class GCSServer:
     """The running emulator: make_bucket() gives a fresh bucket's gs:// URL."""
 
@@ -79,7 +71,7 @@ class GCSServer:
         self.process = subprocess.Popen(
             [binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(PORT), "-backend", "memory",
              "-external-url", URL, "-log-level", "warn"],
-            stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while True:
             try:
