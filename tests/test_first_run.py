@@ -9,16 +9,15 @@ is not the checkout, on a 17-document corpus of real text (standard library modu
 import dataclasses
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import sysconfig
-import time
 
 import pytest
 import yaml
 
 from conftest import TINY
+from test_nan_and_preemption import sigterm_after_rows
 from pretrax import config as config_lib
 from pretrax.cli import main
 from pretrax.data.sources import load_source
@@ -123,16 +122,7 @@ def test_after_sigterm_the_same_command_resumes(tmp_path):
     argv = [os.path.join(BIN, "pretrax"), "train", os.path.abspath("configs/tiny.yaml"), *TINY, "train.steps=150",
             "checkpoint.every=1000", "run.dir=run", "--no-sample"]
     proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
+    err = sigterm_after_rows(proc, tmp_path / "run" / "metrics.jsonl", rows=3, wait=180)
     assert proc.returncode == 143 and "run the same command to resume" in err, err[-3000:]
     step = int(err.split("preempted at step ", 1)[1].split(";")[0])
     assert 3 <= step < 150

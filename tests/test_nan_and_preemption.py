@@ -107,6 +107,19 @@ def test_nan_policy_rollback_without_a_checkpoint_stops(tiny_cfg):
         train(tiny_cfg("train.nan_policy=rollback"), batch_hook=nan_at(1), progress=False)
 
 
+def sigterm_after_rows(proc, metrics, rows: int, wait: float) -> str:
+    """SIGTERM a training process once its metrics.jsonl has `rows` rows (or after `wait` s); its stderr."""
+    deadline = time.time() + wait
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= rows):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
 @pytest.mark.slow
 def test_sigterm_saves_the_current_step_exits_143_and_resumes_exactly(tiny_cfg, tmp_path):
     run_dir = tmp_path / "run"
@@ -114,16 +127,7 @@ def test_sigterm_saves_the_current_step_exits_143_and_resumes_exactly(tiny_cfg, 
     proc = subprocess.Popen([sys.executable, "-m", "pretrax.cli", "train", "configs/tiny.yaml", *TINY, *common,
                              f"run.dir={run_dir}", "--no-sample"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
+    err = sigterm_after_rows(proc, run_dir / "metrics.jsonl", rows=3, wait=120)
     assert proc.returncode == 143, err[-2000:]
     stopped = ckpt.latest_step(str(run_dir))
     assert stopped is not None and f"preempted at step {stopped}" in err and "Traceback" not in err
