@@ -9,12 +9,14 @@ import pytest
 from conftest import TINY
 
 from pretrax import config as config_lib
+from pretrax.bench import format_bench
 from pretrax.cli import main
 from pretrax.errors import ConfigError
 from pretrax.flops import step_flops
 from pretrax.parallel.mesh import make_mesh
 from pretrax.perf import device_peak, flop_rates, table_peak
 from pretrax.train.loop import train
+from pretrax.train.metrics import ProgressLines
 from pretrax.train.state import make_setup
 
 
@@ -48,6 +50,28 @@ def test_bench_compile_only_times_the_compilation_without_a_model_in_memory(caps
     r = json.loads(capsys.readouterr().out)
     assert r["compile_s"] > 0 and r["params"] > 0
     assert "step_time_s" not in r and "mfu" not in r
+    assert r["mfu_attention"] == "full"  # the FLOP convention the figures count, PaLM's by default
+
+
+@pytest.mark.parametrize("convention, words", [("full", "attention counted in full, as PaLM"),
+                                               ("causal", "causal attention counted as half")])
+def test_bench_output_names_the_attention_convention_of_every_flop_figure(convention, words):
+    r = {"devices": 8, "device_kind": "cpu", "mesh": {"data": 8}, "params": 1000, "tokens_per_step": 64,
+         "flops_per_step": 1e9, "mfu_attention": convention, "compile_s": 1.0, "steps": 2, "warmup": 1,
+         "step_time_s": 0.5, "tokens_per_s": 128.0, "tflops_per_device": 0.25, "peak_tflops": 0.5,
+         "peak_source": "train.peak", "mfu": 0.5, "peak_memory_bytes": None, "final_loss": 5.0}
+    lines = format_bench(r).splitlines()
+    named = f"{words}; train.mfu_attention={convention}"
+    for start in ("parameters:", "TFLOP/s per device:", "MFU:"):
+        assert named in next(line for line in lines if line.startswith(start)), start
+    assert f"MFU: 50.00% of 0.5 TFLOP/s (train.peak; {named})" in lines
+
+
+@pytest.mark.parametrize("convention, shown", [("full", "MFU 42.1% (attention full)"),
+                                               ("causal", "MFU 42.1% (causal attention half)")])
+def test_progress_lines_name_the_mfu_convention(convention, shown):
+    row = {"step": 60, "loss": 1.0, "tokens_per_s": 1000.0, "mfu": 0.421, "mfu_attention": convention}
+    assert f" | {shown} | " in ProgressLines(total_steps=100, start_step=40).line(row)
 
 
 def test_bench_refuses_bad_arguments_in_one_line(capsys):
@@ -58,16 +82,21 @@ def test_bench_refuses_bad_arguments_in_one_line(capsys):
 
 
 @pytest.mark.slow
-def test_training_logs_carry_tflops_per_device_and_mfu(tiny_cfg):
-    cfg = tiny_cfg("train.steps=2", "train.peak=50")
+def test_training_logs_carry_tflops_per_device_and_mfu(tiny_cfg, capsys):
+    cfg = tiny_cfg("train.steps=2", "train.peak=50", "train.mfu_attention=causal")
     train(cfg, progress=False)
     with open(os.path.join(cfg.run.dir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     fpt = step_flops(cfg, 384).per_token
+    assert fpt < step_flops(cfg, 384, attention="full").per_token  # the setting reaches the logged figures
     for row in rows:
         assert row["model_flops_per_s"] == pytest.approx(row["tokens_per_s"] * fpt)
         assert row["tflops_per_device"] == pytest.approx(row["model_flops_per_s"] / 8 / 1e12)
         assert row["mfu"] == pytest.approx(row["tflops_per_device"] / 50)
+        assert row["mfu_attention"] == "causal"
+    out = capsys.readouterr().out
+    assert f"FLOPs per token: {fpt:.3g} (causal attention counted as half; train.mfu_attention=causal)" in out
+    assert "% (causal attention half) | elapsed" in out  # the progress line of each logged step
 
 
 def test_peak_comes_from_the_table_a_number_or_nowhere():

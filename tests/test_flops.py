@@ -1,34 +1,69 @@
-"""Model FLOPs against counts worked out by hand from each architecture's published shape."""
+"""Model FLOPs against counts worked out by hand from each architecture's published shape, under both
+attention conventions (train.mfu_attention: full as PaLM counts, causal halved)."""
 
 import pytest
+from flax import nnx
 
 from pretrax import config as config_lib
+from pretrax.errors import ConfigError
 from pretrax.flops import flops_per_token, step_flops
 from pretrax.models import count_params
+from pretrax.train.state import build_model
+
+
+@pytest.mark.parametrize("convention, share", [("full", 1.0), ("causal", 0.5)])
+def test_small_decoder_flops_per_token_by_hand(convention, share):
+    """PaLM appendix B: 6N + 12·L·H·Q·T per token with attention in full; causal halves the attention term."""
+    V, D, L, N, F, T = 256, 32, 2, 4, 64, 16  # heads N of size H = Q = D / N = 8
+    cfg = config_lib.load(None, [f"model.d_model={D}", f"model.n_layers={L}", f"model.n_heads={N}",
+                                 f"model.d_ff={F}", f"data.seq_len={T}", f"train.mfu_attention={convention}"])
+    n = L * (4 * D * D + 3 * D * F + 2 * D) + D + V * D  # q, k, v, o; SwiGLU; 2 RMSNorms; final norm; tied table
+    assert count_params(cfg.model, V, T) == n  # rotary positions and a tied table: every parameter is a matmul
+    by_hand = {"full": 6 * n + 12 * L * D * T, "causal": 6 * n + 6 * L * D * T}[convention]  # N·H = D
+    got = step_flops(cfg, V)
+    assert got.per_token == by_hand and got.convention == convention
+    assert got.attention == share * 12 * L * D * T * T * cfg.train.batch_size
+    assert flops_per_token(n, cfg.model, V, T, T, convention) == by_hand
+    assert step_flops(cfg, V, attention="full" if convention == "causal" else "causal").per_token != by_hand
+
+
+def test_full_attention_is_the_default_and_other_conventions_are_refused():
+    assert config_lib.load(None).train.mfu_attention == "full"  # PaLM's convention, which pretrax cites
+    with pytest.raises(ConfigError, match="'train.mfu_attention' must be one of 'full', 'causal', got 'half'"):
+        config_lib.load(None, ["train.mfu_attention=half"])
+
+
+def abstract_params(path, vocab):
+    """The model's parameter shapes (nothing allocated), built once for the counts under both conventions."""
+    cfg = config_lib.load(path)
+    return nnx.state(nnx.eval_shape(lambda: build_model(cfg, vocab, 0)), nnx.Param)
 
 
 def test_gpt1_step_flops_by_hand():
-    cfg = config_lib.load("configs/gpt1.yaml")
+    params = abstract_params("configs/gpt1.yaml", 40478)
     B, T, L, N, H, D = 64, 512, 12, 12, 64, 768
     # 116,534,784 published parameters; the 512 x 768 learned position table is a
     # lookup; the tied 40,478 x 768 embedding is the output matmul, so it counts
     matmul_params = 116_534_784 - 512 * D
     matmul = 6 * matmul_params * B * T
-    # per layer, per (query, key) pair: q.k and probs.v, 2 FLOPs per multiply-add,
-    # x3 for forward + backward; causal: T^2 / 2 pairs per row
-    attention = L * 3 * (2 + 2) * N * H * B * T * T / 2
-    got = step_flops(cfg, 40478)
-    assert got.matmul == matmul
-    assert got.attention == attention
-    assert got.tokens == B * T
-    assert got.total == matmul + attention
-    # the per-token helper is the same count: 6N + 6·L·N·H·T (PaLM's 12·L·H·Q·T halved)
-    assert flops_per_token(116_534_784, cfg.model, 40478, T, 512) == pytest.approx(got.per_token, rel=1e-12)
-    assert got.per_token == 6 * matmul_params + 6 * L * N * H * T
+    for convention, share in (("full", 1.0), ("causal", 0.5)):
+        cfg = config_lib.load("configs/gpt1.yaml", [f"train.mfu_attention={convention}"])
+        # per layer, per (query, key) pair: q.k and probs.v, 2 FLOPs per multiply-add,
+        # x3 for forward + backward; T^2 pairs per row in full, T^2 / 2 counted causal
+        attention = L * 3 * (2 + 2) * N * H * B * T * T * share
+        got = step_flops(cfg, 40478, params)
+        assert got.matmul == matmul
+        assert got.attention == attention
+        assert got.tokens == B * T
+        assert got.total == matmul + attention
+        # the per-token helper is the same count: 6N + 12·L·N·H·T (PaLM), attention halved under causal
+        assert flops_per_token(116_534_784, cfg.model, 40478, T, 512, convention) == pytest.approx(
+            got.per_token, rel=1e-12)
+        assert got.per_token == 6 * matmul_params + 12 * share * L * N * H * T
 
 
 def test_t5_1_1_base_step_flops_by_hand():
-    cfg = config_lib.load("configs/t5_1_1_base.yaml")
+    params = abstract_params("configs/t5_1_1_base.yaml", 32128)
     B, S, T, L, D, F, V, N, H = 16, 512, 114, 12, 768, 2048, 32128, 12, 64
     enc_layer = 4 * D * D + 3 * D * F + 2 * D  # q, k, v, o; gated MLP (3 matrices); 2 norms
     cross_kv = 2 * D * D  # cross-attention keys and values: they project the encoder's output
@@ -39,11 +74,13 @@ def test_t5_1_1_base_step_flops_by_hand():
     assert sees_inputs + sees_targets + lookups == 247_577_856  # every parameter is accounted for once
     matmul = 6 * B * (sees_inputs * S + sees_targets * T)
     pair = 3 * 4 * N * H  # training FLOPs per (query, key) pair per layer
-    attention = pair * B * (L * S * S + L * T * T / 2 + L * T * S)  # encoder full, decoder causal, cross full
-    got = step_flops(cfg, V)
-    assert got.matmul == matmul
-    assert got.attention == attention
-    assert got.tokens == B * T  # the tokens trained on: the decoder's
+    for convention, causal in (("full", 1.0), ("causal", 0.5)):  # only the decoder's self-attention is causal
+        cfg = config_lib.load("configs/t5_1_1_base.yaml", [f"train.mfu_attention={convention}"])
+        attention = pair * B * (L * S * S + L * T * T * causal + L * T * S)  # encoder, decoder self, cross
+        got = step_flops(cfg, V, params)
+        assert got.matmul == matmul
+        assert got.attention == attention
+        assert got.tokens == B * T  # the tokens trained on: the decoder's
 
 
 @pytest.mark.parametrize("kind", ["decoder", "encoder_decoder"])

@@ -1,4 +1,5 @@
-"""pretrax scaling fit: recover the published Chinchilla law from points drawn from it; isoFLOP minima; bad input."""
+"""pretrax scaling fit: recover the published Chinchilla law from points drawn from it; isoFLOP minima; one
+definition of N and of compute C per report; bad input."""
 
 import csv
 import json
@@ -114,7 +115,7 @@ def test_cli_json_and_plot(tmp_path, capsys):
     path = write_results(tmp_path / "results.csv", N, D, C, L, failed)
     png = tmp_path / "fig" / "fit.png"
     assert main(["scaling", "fit", path, "--json", "--bootstrap", "8", "--budgets", "1e21,1e23",
-                 "--plot", str(png)]) == 0
+                 "--plot", str(png), "--params", "non_embedding"]) == 0  # Kaplan's N, still available
     report = json.loads(capsys.readouterr().out)
     for key in ("E", "A", "B", "alpha", "beta"):
         assert isinstance(report[key], float)
@@ -135,18 +136,18 @@ def test_cli_json_and_plot(tmp_path, capsys):
 def test_cli_text_report_and_total_params(tmp_path, capsys):
     N, D = grid_runs()
     path = write_results(tmp_path / "r.csv", N, D, 6 * N * D, CHINCHILLA.loss(N, D))
-    assert main(["scaling", "fit", path, "--bootstrap", "0", "--params", "total"]) == 0
+    assert main(["scaling", "fit", path, "--bootstrap", "0"]) == 0  # total parameters by default (Chinchilla)
     out = capsys.readouterr().out
-    assert "49 runs (N = params, D = tokens)" in out
+    assert "49 runs (N = total parameters, the params column; D = tokens)" in out
     assert "alpha = 0.34" in out  # total = 1.2 x non-embedding only rescales A
-    assert "isoFLOP (approach 2)" in out
+    assert "isoFLOP (approach 2, runs grouped by C = 6ND)" in out
 
 
 @pytest.mark.parametrize(
     "header, rows, message",
     [
         (["point", "tokens", "status"], [["a", 1, "ok"]],
-         "lacks the column(s) params_non_embedding, eval_loss"),
+         "lacks the column(s) params, eval_loss"),
         (None, [[f"p{i}", 10 * (i + 1), 10 * (i + 1), 1000 * (i + 1), 1.0, 3.0, "ok"] for i in range(4)]
          + [["f", 1, 1, 1, 1, "", "failed: x"]] * 3,
          "has 4 finished run(s) (status ok); fitting L = E + A/N^alpha + B/D^beta needs at least 5"),
@@ -155,7 +156,7 @@ def test_cli_text_report_and_total_params(tmp_path, capsys):
         (None, [[f"p{i}", 10, 10, 1000 * (i + 1), 1.0, "-3" if i == 2 else 3.0, "ok"] for i in range(6)],
          "line 4: eval_loss is '-3'; it must be a positive number"),
         (None, [[f"p{i}", 10, 10, 1000 * (i + 1), 1.0, 3.0, "ok"] for i in range(6)],
-         "need at least 2 different params_non_embedding and 2 different tokens values"),
+         "need at least 2 different params and 2 different tokens values"),
     ],
 )
 def test_bad_results_are_one_line_errors(tmp_path, capsys, header, rows, message):
@@ -174,3 +175,80 @@ def test_bad_budgets(tmp_path, capsys):
     assert "--budgets must be FLOP counts separated by commas" in capsys.readouterr().err
     assert main(["scaling", "fit", str(tmp_path / "none.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+EPOCH = Law(E=1.82, A=482.0, B=2085.4, alpha=0.3478, beta=0.3658)  # Epoch AI's refit: a law the fitter never saw
+
+
+@pytest.mark.parametrize("compute, k", [("6nd", 6.0), ("measured", 8.0)])
+def test_one_definition_of_compute_throughout_a_report(tmp_path, capsys, compute, k):
+    """Runs around EPOCH's optimum whose flops column is 8·N·D (attention and the rest on top of 6ND). Under each
+    --compute the fit recovers the law, and the optimum, the default budgets and the isoFLOP groups share one C:
+    approach 3's N_opt at each isoFLOP budget then agrees with that budget's parabola. Mixing 6ND for the optimum
+    with the flops column for the groups (the old report) misses it by (8/6)^(beta/(alpha+beta)) ~ 15%."""
+    N, D = [], []
+    for c6 in (1e19, 1e20, 1e21):  # budgets in 6ND
+        for n in EPOCH.optimal(c6)[0] * np.geomspace(1 / 8, 8, 7):
+            N.append(n)
+            D.append(c6 / (6 * n))
+    N, D = np.array(N), np.array(D)
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["params", "tokens", "flops", "eval_loss"])
+        w.writerows(zip(N, D, 8.0 * N * D, EPOCH.loss(N, D)))
+    assert main(["scaling", "fit", str(path), "--json", "--bootstrap", "0", "--compute", compute]) == 0
+    r = json.loads(capsys.readouterr().out)
+    law = Law(*(r[key] for key in ("E", "A", "B", "alpha", "beta")))
+    for key, true in EPOCH.as_dict().items():
+        assert getattr(law, key) == pytest.approx(true, rel=1e-3), key
+    assert r["compute"]["convention"] == compute and r["compute"]["flops_per_param_token"] == pytest.approx(k)
+    C = k * N * D
+    assert [o["flops"] for o in r["optimal"]] == [10.0**e for e in range(math.ceil(math.log10(C.min())),
+                                                                          math.floor(math.log10(C.max())) + 3)]
+    for o in r["optimal"]:
+        assert k * o["params"] * o["tokens"] == pytest.approx(o["flops"])
+    budgets = r["isoflop"]["budgets"]
+    assert [b["flops"] for b in budgets] == pytest.approx([k / 6 * c for c in (1e19, 1e20, 1e21)])
+    for b in budgets:
+        assert law.optimal(b["flops"], k)[0] == pytest.approx(b["params_opt"], rel=0.07)
+    capsys.readouterr()
+    assert main(["scaling", "fit", str(path), "--bootstrap", "0", "--compute", compute]) == 0
+    text = capsys.readouterr().out
+    symbol = "6ND" if compute == "6nd" else "measured FLOPs"
+    assert f"compute: {r['compute']['definition']}, for the optimum, the budgets and the isoFLOP groups" in text
+    assert f"compute-optimal (C = {symbol})" in text and f"runs grouped by C = {symbol}" in text
+    assert ("C = 6·N·D" in text) == (compute == "6nd") and ("flops column" in text) == (compute == "measured")
+
+
+def test_a_plain_params_column_fits_as_total_parameters(tmp_path, capsys):
+    N, D = grid_runs()
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["params", "tokens", "eval_loss"])  # no flops, no status, no non-embedding count
+        w.writerows(zip(N.astype(int), D.astype(int), CHINCHILLA.loss(N, D)))
+    assert main(["scaling", "fit", str(path), "--bootstrap", "0", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["fit"]["params"] == "total" and r["fit"]["params_column"] == "params"
+    assert r["alpha"] == pytest.approx(0.34, rel=1e-3) and r["compute"]["convention"] == "6nd"
+    # a convention the file cannot give: one line, exit 2
+    assert main(["scaling", "fit", str(path), "--compute", "measured"]) == 2
+    assert main(["scaling", "fit", str(path), "--params", "non_embedding"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "no flops column for --compute measured" in err[0]
+    assert "lacks the column(s) params_non_embedding" in err[1]
+
+
+@pytest.mark.parametrize("flag, message", [
+    (["--params", "embedding"], "--params must be one of total, non_embedding"),
+    (["--compute", "7nd"], "--compute must be one of 6nd, measured"),
+])
+def test_bad_conventions_are_one_line_errors_and_write_nothing(tmp_path, capsys, flag, message):
+    N, D, C, L = isoflop_runs()
+    path = write_results(tmp_path / "results.csv", N, D, C, L)
+    png = tmp_path / "fit.png"
+    assert main(["scaling", "fit", path, "--plot", str(png), *flag]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and len(captured.err.strip().splitlines()) == 1 and captured.out == ""
+    assert not png.exists()

@@ -24,7 +24,7 @@ from pretrax.config import Config
 from pretrax.data.pipeline import make_train_iterator
 from pretrax.data.tokenizer import load_tokenizer
 from pretrax.errors import ConfigError
-from pretrax.flops import step_flops
+from pretrax.flops import attention_note, step_flops
 from pretrax.parallel.mesh import make_mesh
 from pretrax.perf import check_peak, device_peak, flop_rates
 from pretrax.train.loop import check_batch
@@ -68,6 +68,7 @@ def run_bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bo
         "tokens_per_step": flops.tokens,
         "flops_per_step": flops.total,
         "flops_per_token": flops.per_token,
+        "mfu_attention": flops.convention,  # train.mfu_attention: what the FLOPs, TFLOP/s and MFU count
         "compile_s": compile_s,
     }
     if compile_only:
@@ -84,7 +85,7 @@ def run_bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bo
     jax.block_until_ready((state, metrics))
     step_time = (time.perf_counter() - t0) / steps
 
-    rates = flop_rates(flops.total / step_time, jax.device_count(), peak)
+    rates = flop_rates(flops.total / step_time, jax.device_count(), peak, flops.convention)
     return {
         **result,
         "steps": steps,
@@ -109,22 +110,23 @@ def peak_memory_bytes() -> int | None:
 
 
 def format_bench(r: dict[str, Any]) -> str:
+    note = f"{attention_note(r['mfu_attention'])}; train.mfu_attention={r['mfu_attention']}"
     head = [
         f"devices: {r['devices']} x {r['device_kind']}, mesh {r['mesh']}",
         (f"parameters: {r['params']:,}; tokens per step: {r['tokens_per_step']:,}; "
-         f"FLOPs per step: {r['flops_per_step']:.4g} (causal attention counted as half)"),
+         f"FLOPs per step: {r['flops_per_step']:.4g} ({note})"),
         f"compile: {r['compile_s']:.2f} s",
     ]
     if "step_time_s" not in r:  # --compile-only
         return "\n".join(head)
-    mfu = (f"{r['mfu']:.2%} of {r['peak_tflops']:.4g} TFLOP/s ({r['peak_source']})" if r["mfu"] is not None
+    mfu = (f"{r['mfu']:.2%} of {r['peak_tflops']:.4g} TFLOP/s ({r['peak_source']}; {note})" if r["mfu"] is not None
            else f"n/a ({r['peak_source']})")
     memory = (f"{r['peak_memory_bytes'] / 2**30:.2f} GiB" if r["peak_memory_bytes"] is not None
               else "n/a (the backend reports no memory statistics)")
     return "\n".join(head + [
         f"step time: {r['step_time_s'] * 1e3:.1f} ms (mean of {r['steps']} steps after {r['warmup']} warm-up)",
         f"tokens/s: {r['tokens_per_s']:,.0f}",
-        f"TFLOP/s per device: {r['tflops_per_device']:.4g}",
+        f"TFLOP/s per device: {r['tflops_per_device']:.4g} ({note})",
         f"MFU: {mfu}",
         f"peak device memory: {memory}",
         f"loss after the last step: {r['final_loss']:.4f}"

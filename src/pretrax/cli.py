@@ -153,8 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = scaling.add_parser("fit", help="fit L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla approach 3), with "
                                        "bootstrap intervals, compute-optimal N and D, and isoFLOP minima")
     s.add_argument("results", help="results.csv (pretrax sweep writes one; rows whose status is not ok are left out)")
-    s.add_argument("--params", choices=("non_embedding", "total"), default="non_embedding",
-                   help="which parameter count is N")
+    s.add_argument("--params", default="total", metavar="total|non_embedding",
+                   help="which parameter count is N: total (Chinchilla; a plain params column) or non_embedding "
+                        "(Kaplan)")
+    s.add_argument("--compute", default="6nd", metavar="6nd|measured",
+                   help="compute C for the optimum, budgets and isoFLOP groups: 6nd (C = 6·N·D, Chinchilla's "
+                        "approximation) or measured (the flops column)")
     s.add_argument("--budgets", default=None, metavar="C1,C2,...",
                    help="training FLOPs to give the compute-optimal N and D for (default: decades over the runs)")
     s.add_argument("--bootstrap", type=int, default=100, metavar="K", help="resamples for the intervals; 0: none")
@@ -377,7 +381,7 @@ def cmd_scaling_fit(args) -> int:
                               f"got {args.budgets!r}") from None
         if not all(c > 0 for c in budgets):
             raise ConfigError(f"--budgets must be positive FLOP counts, got {args.budgets!r}")
-    points = read_points(args.results, args.params)
+    points = read_points(args.results, args.params, args.compute)
     report = analyse(points, budgets, resamples=args.bootstrap, seed=args.seed)
     if args.plot:
         from pretrax.scaling.plot import plot_fit

@@ -132,6 +132,7 @@ class TrainSection:
     eval_objective: Literal["same", "causal_lm"] = "same"  # causal_lm: held-out next-token bits per byte for any objective
     nan_policy: Literal["stop", "skip", "rollback"] = "stop"  # what a non-finite loss or gradient does
     peak: str = "auto"  # MFU's per-device peak: auto (table by device kind), measure, or TFLOP/s as a number
+    mfu_attention: Literal["full", "causal"] = "full"  # model FLOPs: causal attention in full (PaLM) or halved
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,18 @@ Training FLOPs = 3 x forward (the backward pass costs twice the forward):
 
   matmuls    6 x (parameters) x (tokens each parameter multiplies)
   attention  3 x 4·N·H per (query, key) pair: the score matmul q·k and the
-             weighted sum of values, 2 FLOPs per multiply-add each; a causal
-             mask counts as half of the T x T pairs (as Megatron, NeMo and
-             MaxText since its PR #1988 do), a bidirectional one in full.
+             weighted sum of values, 2 FLOPs per multiply-add each.
+
+How a causal mask counts is `train.mfu_attention`:
+
+  full    all T x T pairs, as PaLM (Chowdhery et al. 2022, appendix B:
+          6N + 12·L·H·Q·T per token) and nanoGPT count them; the default, so
+          pretrax's MFU is comparable with the paper it cites
+  causal  half of them, the pairs a causal kernel computes (Megatron, NeMo,
+          MaxText since its PR #1988); lower FLOPs, so a lower MFU
+          for the same speed
+
+A bidirectional mask (encoder, cross-attention) counts in full either way.
 
 Lookup tables (the input embedding when untied, learned positions, the T5
 relative position buckets) take no matmul and count 0; a tied embedding is
@@ -19,7 +28,7 @@ except the cross-attention key and value projections, which project the
 encoder's output and so see S. Per-token figures divide by the decoder
 (target) tokens, the tokens a step trains on, as the training logs count them.
 Encoder self-attention is bidirectional (S^2 pairs), decoder self-attention
-causal (T^2 / 2), cross-attention full (T·S).
+causal (T^2, or T^2 / 2 under `causal`), cross-attention full (T·S).
 A decoder-only model is counted causal for every objective (a prefix-LM's
 bidirectional prefix is not counted extra).
 """
@@ -35,6 +44,18 @@ from flax import nnx
 
 from pretrax.config import Config, ModelSection
 
+# train.mfu_attention: how the text names it, wherever FLOPs or MFU are shown
+ATTENTION_CONVENTIONS = {
+    "full": "attention counted in full, as PaLM",
+    "causal": "causal attention counted as half",
+}
+CAUSAL_SHARE = {"full": 1.0, "causal": 0.5}  # share of the T x T pairs a causal mask counts
+
+
+def attention_note(convention: str) -> str:
+    """The words for a FLOPs or MFU figure: which attention convention it counts."""
+    return ATTENTION_CONVENTIONS[convention]
+
 
 def matmul_params(total_params: int, cfg: ModelSection, vocab_size: int, max_seq_len: int) -> int:
     """Decoder-only: parameters that take part in a matmul per token: all but lookup-only tables.
@@ -49,10 +70,11 @@ def matmul_params(total_params: int, cfg: ModelSection, vocab_size: int, max_seq
     return total_params - lookups
 
 
-def flops_per_token(total_params: int, cfg: ModelSection, vocab_size: int, seq_len: int, max_seq_len: int) -> float:
-    """Decoder-only training FLOPs per token: 6N + 6·L·N·H·T (causal attention counted as half)."""
+def flops_per_token(total_params: int, cfg: ModelSection, vocab_size: int, seq_len: int, max_seq_len: int,
+                    attention: str = "full") -> float:
+    """Decoder-only training FLOPs per token: 6N + 12·L·N·H·T (PaLM), or 6N + 6·L·N·H·T with `causal`."""
     n = matmul_params(total_params, cfg, vocab_size, max_seq_len)
-    return 6.0 * n + 6.0 * cfg.n_layers * cfg.n_heads * cfg.head_size * seq_len
+    return 6.0 * n + 12.0 * CAUSAL_SHARE[attention] * cfg.n_layers * cfg.n_heads * cfg.head_size * seq_len
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +82,9 @@ class StepFlops:
     """Training FLOPs (forward + backward) of one optimizer step over the global batch."""
 
     matmul: float  # 6 x parameters x the tokens each multiplies
-    attention: float  # scores and weighted values, causal counted as half
+    attention: float  # scores and weighted values, causal masks counted as `convention` says
     tokens: int  # tokens trained on per step: B·T (the encoder-decoder's decoder tokens; its inputs are extra)
+    convention: str = "full"  # train.mfu_attention: full or causal
 
     @property
     def total(self) -> float:
@@ -71,13 +94,20 @@ class StepFlops:
     def per_token(self) -> float:
         return self.total / self.tokens
 
+    @property
+    def note(self) -> str:
+        return attention_note(self.convention)
 
-def step_flops(cfg: Config, vocab_size: int, abstract_params: Any = None) -> StepFlops:
+
+def step_flops(cfg: Config, vocab_size: int, abstract_params: Any = None, attention: str | None = None) -> StepFlops:
     """Model FLOPs of one training step, for either model kind.
 
     abstract_params: the model's nnx.Param state (shapes suffice); built with
     nnx.eval_shape when not given, which allocates nothing.
+    attention: full or causal; None: cfg.train.mfu_attention.
     """
+    convention = attention or cfg.train.mfu_attention
+    causal = CAUSAL_SHARE[convention]
     if abstract_params is None:
         # imported here: pretrax.train imports this module
         from pretrax.train.state import build_model
@@ -88,13 +118,13 @@ def step_flops(cfg: Config, vocab_size: int, abstract_params: Any = None) -> Ste
     if m.kind == "decoder":
         T = cfg.data.seq_len
         n = sum(size for path, size in _sizes(abstract_params) if _sees(path, m) == "decoder")
-        return StepFlops(6.0 * n * B * T, pair * m.n_layers * B * T * T / 2, B * T)
+        return StepFlops(6.0 * n * B * T, pair * m.n_layers * B * T * T * causal, B * T, convention)
     S, T = cfg.data.inputs_len or cfg.data.seq_len, cfg.data.targets_len or cfg.data.seq_len
     n_enc = sum(size for path, size in _sizes(abstract_params) if _sees(path, m) == "encoder")
     n_dec = sum(size for path, size in _sizes(abstract_params) if _sees(path, m) == "decoder")
     attention = B * pair * ((m.n_encoder_layers or m.n_layers) * S * S  # encoder, bidirectional
-                            + m.n_layers * (T * T / 2 + T * S))  # decoder: causal self + cross
-    return StepFlops(6.0 * B * (n_enc * S + n_dec * T), attention, B * T)
+                            + m.n_layers * (T * T * causal + T * S))  # decoder: causal self + cross
+    return StepFlops(6.0 * B * (n_enc * S + n_dec * T), attention, B * T, convention)
 
 
 def _sizes(abstract_params: Any) -> list[tuple[tuple[str, ...], int]]:

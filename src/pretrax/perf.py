@@ -1,8 +1,9 @@
 """A device's peak FLOP/s and the model FLOPs utilisation (MFU) measured against it.
 
 MFU = model FLOPs per second per device / peak FLOPs per second per device,
-with model FLOPs from pretrax.flops (causal attention counted as half). The
-peak comes from `train.peak`:
+with model FLOPs from pretrax.flops under `train.mfu_attention` (full: causal
+attention counted in full as PaLM does, the default; causal: halved), which
+every MFU figure names. The peak comes from `train.peak`:
 
   auto     the bf16 dense peak of the device kind, from PEAKS; a device not in
            the table (a CPU) gets no MFU, never a guess
@@ -113,10 +114,14 @@ def measure_matmul_peak(n: int | None = None, seconds: float = 0.3) -> tuple[int
     return n, by_dtype
 
 
-def flop_rates(model_flops_per_s: float, n_devices: int, peak: Peak) -> dict[str, float]:
-    """The throughput fields of a log row: model_flops_per_s, tflops_per_device and (peak known) mfu."""
+def flop_rates(model_flops_per_s: float, n_devices: int, peak: Peak,
+               attention: str | None = None) -> dict[str, float | str]:
+    """The throughput fields of a log row: model_flops_per_s, tflops_per_device, (peak known) mfu, and
+    mfu_attention, the FLOP convention they count (train.mfu_attention), when given."""
     per_device = model_flops_per_s / n_devices / 1e12
-    row = {"model_flops_per_s": model_flops_per_s, "tflops_per_device": per_device}
+    row: dict[str, float | str] = {"model_flops_per_s": model_flops_per_s, "tflops_per_device": per_device}
     if peak.tflops is not None:
         row["mfu"] = per_device / peak.tflops
+    if attention is not None:
+        row["mfu_attention"] = attention
     return row

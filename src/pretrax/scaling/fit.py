@@ -50,12 +50,16 @@ class Law:
     def loss(self, N, D):
         return self.E + self.A / np.power(N, self.alpha) + self.B / np.power(D, self.beta)
 
-    def optimal(self, C):
-        """Compute-optimal (N, D) for training FLOPs C = 6·N·D (Chinchilla eq. 4)."""
-        C = np.asarray(C, dtype=float)
+    def optimal(self, C, k: float = 6.0):
+        """Compute-optimal (N, D) for training FLOPs C = k·N·D (Chinchilla eq. 4 has k = 6).
+
+        Only the product N·D = C/k is fixed, so another k (FLOPs measured per
+        parameter per token) moves the optimum along the same frontier.
+        """
+        nd = np.asarray(C, dtype=float) / k
         s = self.alpha + self.beta
         G = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / s)
-        return G * (C / 6.0) ** (self.beta / s), (C / 6.0) ** (self.alpha / s) / G
+        return G * nd ** (self.beta / s), nd ** (self.alpha / s) / G
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

@@ -1,7 +1,8 @@
 """The scaling-fit figure: the runs with the fitted law, loss vs compute with the frontier, and the allocation.
 
 Panels: (1) loss vs N, runs coloured by tokens, the law's curve for each
-token count; (2) loss vs C = 6ND with the compute-optimal frontier; (3)
+token count; (2) loss vs C (the report's one definition: 6ND or the measured
+FLOPs) with the compute-optimal frontier; (3)
 N_opt(C) and D_opt(C), with the isoFLOP optima when there are any; (4) only
 with isoFLOP budgets: loss vs N per budget and its parabola.
 """
@@ -45,16 +46,17 @@ def plot_fit(points: Points, report: dict[str, Any], out: str) -> str:
            title="runs and the fitted law")
 
     ax = axes[1]
-    six_nd = 6 * points.N * points.D
     budgets = [o["flops"] for o in report["optimal"]]
-    c_line = np.geomspace(min(six_nd.min(), min(budgets)) / 2, max(six_nd.max(), max(budgets)) * 2, 100)
+    c_line = np.geomspace(min(points.C.min(), min(budgets)) / 2, max(points.C.max(), max(budgets)) * 2, 100)
     bounded = law.alpha > 0 and law.beta > 0  # else the optimum is unbounded and there is no frontier
-    n_opt, d_opt = law.optimal(c_line) if bounded else (c_line * np.nan, c_line * np.nan)
-    ax.scatter(six_nd, points.L, c=points.D, cmap=cmap, norm=norm, edgecolor="k", lw=0.4, zorder=3)
+    n_opt, d_opt = law.optimal(c_line, points.k) if bounded else (c_line * np.nan, c_line * np.nan)
+    c_label = "6ND" if points.compute == "6nd" else "measured"
+    ax.scatter(points.C, points.L, c=points.D, cmap=cmap, norm=norm, edgecolor="k", lw=0.4, zorder=3)
     if bounded:
         ax.plot(c_line, law.loss(n_opt, d_opt), color="crimson", lw=2, label="compute-optimal frontier")
     ax.axhline(law.E, color="gray", ls=":", lw=1, label=f"E = {law.E:.3g}")
-    ax.set(xscale="log", xlabel="training compute 6ND (FLOPs)", ylabel="held-out loss", title="loss vs compute")
+    ax.set(xscale="log", xlabel=f"training compute C = {c_label} (FLOPs)", ylabel="held-out loss",
+           title="loss vs compute")
     ax.legend(fontsize=8)
 
     ax = axes[2]
@@ -67,7 +69,7 @@ def plot_fit(points: Points, report: dict[str, Any], out: str) -> str:
         found = [b for b in iso["budgets"] if b["params_opt"] is not None]
         ax.scatter([b["flops"] for b in found], [b["params_opt"] for b in found], marker="s", color="orange",
                    edgecolor="k", zorder=4, label="N_opt (isoFLOP)")
-    ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs)", ylabel="parameters / tokens",
+    ax.set(xscale="log", yscale="log", xlabel=f"training compute C = {c_label} (FLOPs)", ylabel="parameters / tokens",
            title="compute-optimal allocation")
     ax.legend(fontsize=8)
 
@@ -77,7 +79,7 @@ def plot_fit(points: Points, report: dict[str, Any], out: str) -> str:
         for b, color in zip(iso["budgets"], colors):
             mine = np.abs(np.log(points.C / b["flops"])) <= np.log(1.1)
             ax.scatter(points.N[mine], points.L[mine], color=color, edgecolor="k", lw=0.4, zorder=3,
-                       label=f"{b['flops']:.2g} FLOPs")
+                       label=f"C = {b['flops']:.2g}")
             x = np.linspace(*np.log(b["params_range"]), 60)  # the parabola over the sizes tried
             ax.plot(np.exp(x), np.polyval(b["parabola"], x), color=color, lw=1)
             if b["params_opt"] is not None:

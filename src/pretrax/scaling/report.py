@@ -1,4 +1,9 @@
-"""`pretrax scaling fit`: the fit, its intervals, the compute-optimal rows and the isoFLOP view, as JSON or text."""
+"""`pretrax scaling fit`: the fit, its intervals, the compute-optimal rows and the isoFLOP view, as JSON or text.
+
+One definition of compute C (points.compute) holds for every number in a
+report: the compute-optimal rows, the default budgets and the isoFLOP
+grouping; the report states it first.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import numpy as np
 
 from pretrax.scaling.fit import HUBER_DELTA, Law, bootstrap, fit_law
 from pretrax.scaling.isoflop import isoflop_fit
-from pretrax.scaling.results import Points
+from pretrax.scaling.results import N_COLUMNS, Points
 
 CONSTANTS = ("E", "A", "B", "alpha", "beta")
 
@@ -20,14 +25,14 @@ def default_budgets(C: np.ndarray) -> list[float]:
     return [10.0**k for k in range(max(low, high - 5), high + 1)]
 
 
-def optimal_rows(law: Law, budgets: list[float]) -> list[dict[str, float | None]]:
-    """N_opt, D_opt and their loss per budget; None where an exponent is 0 (the optimum is then unbounded)."""
+def optimal_rows(law: Law, budgets: list[float], k: float = 6.0) -> list[dict[str, float | None]]:
+    """N_opt, D_opt and their loss per budget C = k·N·D; None where an exponent is 0 (the optimum is unbounded)."""
     rows = []
     for C in budgets:
         if not (law.alpha > 0 and law.beta > 0):
             rows.append({"flops": C, "params": None, "tokens": None, "tokens_per_param": None, "loss": None})
             continue
-        N, D = law.optimal(C)
+        N, D = law.optimal(C, k)
         rows.append({"flops": C, "params": float(N), "tokens": float(D), "tokens_per_param": float(D / N),
                      "loss": float(law.loss(N, D))})
     return rows
@@ -40,8 +45,10 @@ def analyse(points: Points, budgets: list[float] | None = None, *, resamples: in
     intervals = bootstrap(points.N, points.D, points.L, fit, resamples=resamples, seed=seed) if resamples else {}
     budgets = budgets or default_budgets(points.C)
     iso = isoflop_fit(points.N, points.C, points.L)
-    out: dict[str, Any] = {**fit.law.as_dict(), "intervals": intervals, "optimal": optimal_rows(fit.law, budgets)}
+    out: dict[str, Any] = {**fit.law.as_dict(), "intervals": intervals,
+                           "optimal": optimal_rows(fit.law, budgets, points.k), "compute": compute_definition(points)}
     out["fit"] = {"runs": len(points.N), "skipped_not_ok": points.skipped, "params_column": points.n_column,
+                  "params": next(k for k, c in N_COLUMNS.items() if c == points.n_column),
                   "huber_delta": HUBER_DELTA, "objective": fit.objective, "rms_log_residual": fit.rms_log_residual,
                   "starts": fit.starts, "undetermined": list(fit.undetermined), "bootstrap_resamples": resamples,
                   "seed": seed, "interval_level": 0.95}
@@ -54,10 +61,27 @@ def analyse(points: Points, budgets: list[float] | None = None, *, resamples: in
     return out
 
 
+def compute_definition(points: Points) -> dict[str, Any]:
+    """The report's one definition of C, in words and as k in C = k·N·D (the optimum's units)."""
+    if points.compute == "6nd":
+        text = "C = 6·N·D (Chinchilla's approximation)"
+    else:
+        lo, hi = points.k_range
+        text = (f"C = the flops column (each run's model FLOPs; the optimum solves C = k·N·D with k = "
+                f"{points.k:.4g}, the runs' geometric mean, {lo:.4g} to {hi:.4g})")
+    return {"convention": points.compute, "definition": text, "flops_per_param_token": points.k,
+            "flops_per_param_token_range": list(points.k_range),
+            "used_for": ["compute-optimal N and D", "budgets", "isoFLOP grouping"]}
+
+
 def format_report(r: dict[str, Any]) -> str:
     f = r["fit"]
     left_out = f"; {f['skipped_not_ok']} rows without status ok left out" if f["skipped_not_ok"] else ""
-    lines = [f"L(N, D) = E + A/N^alpha + B/D^beta on {f['runs']} runs (N = {f['params_column']}, D = tokens{left_out})",
+    n_words = {"params": "total parameters, the params column",
+               "params_non_embedding": "non-embedding parameters, the params_non_embedding column"}
+    lines = [f"L(N, D) = E + A/N^alpha + B/D^beta on {f['runs']} runs (N = {n_words[f['params_column']]}; "
+             f"D = tokens{left_out})",
+             f"compute: {r['compute']['definition']}, for the optimum, the budgets and the isoFLOP groups",
              (f"Huber (delta {f['huber_delta']:g}) on log loss, L-BFGS-B from the {f['starts']} best of the "
               f"paper's 5400 grid starts; rms log residual {f['rms_log_residual']:.4f}")]
     for k in CONSTANTS:
@@ -74,19 +98,23 @@ def format_report(r: dict[str, Any]) -> str:
     s = r["alpha"] + r["beta"]
     if r["optimal"] and r["optimal"][0]["params"] is None:
         lines.append("compute-optimal: undefined (a fitted exponent is 0: all compute would go to the other factor)")
-        return "\n".join(lines + _isoflop_lines(r["isoflop"]))
-    lines.append(f"compute-optimal (C = 6ND): N_opt ~ C^{r['beta'] / s:.3f}, D_opt ~ C^{r['alpha'] / s:.3f}")
-    lines.append(f"  {'FLOPs':>10} {'N_opt':>10} {'D_opt':>10} {'D/N':>8} {'loss':>8}")
+        return "\n".join(lines + _isoflop_lines(r["isoflop"], _c_symbol(r)))
+    lines.append(f"compute-optimal (C = {_c_symbol(r)}): N_opt ~ C^{r['beta'] / s:.3f}, D_opt ~ C^{r['alpha'] / s:.3f}")
+    lines.append(f"  {'C':>10} {'N_opt':>10} {'D_opt':>10} {'D/N':>8} {'loss':>8}")
     for o in r["optimal"]:
         lines.append(f"  {o['flops']:>10.3g} {o['params']:>10.3g} {o['tokens']:>10.3g} "
                      f"{o['tokens_per_param']:>8.3g} {o['loss']:>8.4f}")
-    return "\n".join(lines + _isoflop_lines(r["isoflop"]))
+    return "\n".join(lines + _isoflop_lines(r["isoflop"], _c_symbol(r)))
 
 
-def _isoflop_lines(iso: dict[str, Any] | None) -> list[str]:
+def _c_symbol(r: dict[str, Any]) -> str:
+    return "6ND" if r["compute"]["convention"] == "6nd" else "measured FLOPs"
+
+
+def _isoflop_lines(iso: dict[str, Any] | None, c: str) -> list[str]:
     if iso is None:
-        return ["isoFLOP (approach 2): no budget has runs of 3 or more sizes within 10% of the same FLOPs"]
-    lines = ["isoFLOP (approach 2): parabola of loss vs log N per budget"]
+        return [f"isoFLOP (approach 2): no budget has runs of 3 or more sizes within 10% of the same C = {c}"]
+    lines = [f"isoFLOP (approach 2, runs grouped by C = {c}): parabola of loss vs log N per budget"]
     for b in iso["budgets"]:
         where = "" if b["inside_sampled_sizes"] else " (outside the sizes tried)"
         opt = (f"N_opt {b['params_opt']:.3g}, loss {b['loss_opt']:.4f}{where}" if b["params_opt"] is not None

@@ -23,7 +23,7 @@ from pretrax.data.pipeline import check_splits, eval_batches, make_train_iterato
 from pretrax.data.prefetch import Prefetcher
 from pretrax.data.tokenizer import load_tokenizer
 from pretrax.errors import ConfigError
-from pretrax.flops import step_flops
+from pretrax.flops import attention_note, step_flops
 from pretrax.parallel.mesh import batch_parallelism, make_mesh
 from pretrax.perf import device_peak, flop_rates
 from pretrax.train import checkpoint as ckpt
@@ -112,7 +112,7 @@ def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, mesh, setup, s
     out = MetricsWriter(run_dir, total, start, progress=progress)
     n_params = param_count(setup.abstract_params)
     tokens_per_step = cfg.train.batch_size * row_tokens(cfg)
-    fpt = step_flops(cfg, vocab_size, setup.abstract_params).per_token  # causal attention counted as half
+    fpt = step_flops(cfg, vocab_size, setup.abstract_params).per_token  # attention as train.mfu_attention says
     peak = device_peak(cfg.train.peak)  # per-device TFLOP/s for MFU; unknown (no mfu) is said once at start-up
     out.print(startup_summary(cfg, setup, n_params, tokens_per_step, fpt, start))
 
@@ -163,7 +163,7 @@ def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, mesh, setup, s
                     if result["skipped_steps"]:
                         row["skipped_steps"] = len(result["skipped_steps"])
                     row["tokens_per_s"] = tokens_per_step * (step - last_step) / max(now - last_time, 1e-9)
-                    row.update(flop_rates(row["tokens_per_s"] * fpt, jax.device_count(), peak))  # TFLOP/s, mfu
+                    row.update(flop_rates(row["tokens_per_s"] * fpt, jax.device_count(), peak, cfg.train.mfu_attention))
                     if eval_due:
                         result["eval"] = evaluate(state["params"])
                         row.update(result["eval"])
@@ -266,6 +266,7 @@ def startup_summary(cfg: Config, setup, n_params: int, tokens_per_step: int, fpt
         + (f" decoder tokens, {cfg.data.inputs_len or cfg.data.seq_len} encoder tokens per row"
            if cfg.model.kind == "encoder_decoder" else "") + "); "
         f"{per_device:g} sequences per device per micro-batch",
-        f"FLOPs per token: {fpt:.3g} (causal attention counted as half); {device_peak(cfg.train.peak).describe()}",
+        f"FLOPs per token: {fpt:.3g} ({attention_note(cfg.train.mfu_attention)}; train.mfu_attention="
+        f"{cfg.train.mfu_attention}); {device_peak(cfg.train.peak).describe()}",
     ]
     return "\n".join(lines)

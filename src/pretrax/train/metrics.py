@@ -147,8 +147,9 @@ class ProgressLines:
         parts = [f"step {step}/{self.total}", f"loss {row['loss']:.4f}"]
         if "tokens_per_s" in row:
             parts.append(f"{row['tokens_per_s']:,.0f} tokens/s")
-        if "mfu" in row:
-            parts.append(f"MFU {100 * row['mfu']:.1f}%")
+        if "mfu" in row:  # named with the FLOP convention it counts (train.mfu_attention)
+            attention = {"full": "attention full", "causal": "causal attention half"}.get(row.get("mfu_attention"))
+            parts.append(f"MFU {100 * row['mfu']:.1f}%" + (f" ({attention})" if attention else ""))
         parts.append(f"elapsed {format_duration(now - self.started)}")
         done, spent = step - self.first[0], now - self.first[1]
         if done > 0 and step < self.total:
