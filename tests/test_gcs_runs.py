@@ -312,8 +312,8 @@ def test_scaling_fit_reads_a_results_file_in_a_bucket_and_writes_its_plot_there(
     sweep_dir = gcs.make_bucket() + "/sweeps/law"
     storage.write_text(f"{sweep_dir}/results.csv", out.getvalue())
     capsys.readouterr()
-    assert cli_main(["scaling", "fit", f"{sweep_dir}/results.csv", "--bootstrap", "0", "--json",
-                     "--plot", f"{sweep_dir}/fit.png"]) == 0
+    assert cli_main(["scaling", "fit", f"{sweep_dir}/results.csv", "--bootstrap", "0", "--json", "--params",
+                     "non_embedding", "--plot", f"{sweep_dir}/fit.png"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["E"] == pytest.approx(1.7, abs=0.05) and report["fit"]["runs"] == 15
     assert storage.read_bytes(f"{sweep_dir}/fit.png")[:8] == b"\x89PNG\r\n\x1a\n"
