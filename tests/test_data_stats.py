@@ -42,16 +42,19 @@ def test_span_noise_density_and_mean_span(ul2r):
         # the measurement (sentinels, eos, mode token) reads back what the objective built
         assert m["noise_density"] == pytest.approx(m["expected_noise_density"], abs=1e-12)
         assert m["mean_span"] == pytest.approx(m["expected_mean_span"], abs=1e-12)
+        # documents are concatenated, then cut (data.concat_documents, the default): every example is a full
+        # segment of the denoiser's raw length, whatever the documents' lengths
+        assert m["full_length_share"] == 1 and m["mean_raw_length"] == e["configured"]["raw_length"], e
         # vs the configured values: a full segment rounds num_noise to an integer (<= 0.5 / L off, L >= 191
-        # here) and short last segments (about 3% of the examples) force >= 1 noise token; token-weighted, that
-        # stays well inside 0.01
+        # here); token-weighted, that stays well inside 0.01
         assert abs(m["noise_density"] - d.noise_density) <= 0.01, e
         # mean span: num_spans = round(noise / mu), so with s spans per full segment the mean span is off by up
-        # to mu / (2 s) (X(32, 0.15) at seq_len 256: one span of round(0.15 * 253) = 38 tokens, not 32), plus
-        # 5% for short last segments, whose single span holds fewer than mu tokens
+        # to mu / (2 s) (X(32, 0.15) at seq_len 256: one span of round(0.15 * 253) = 38 tokens, not 32); full
+        # segments only, so it is exactly the count rule's value at the raw length
         raw = decoder_raw_length(d, cfg.data.seq_len)
-        s_full = span_counts(raw, d.noise_density, d.mean_span)[1]
-        assert abs(m["mean_span"] - d.mean_span) <= d.mean_span / (2 * s_full) + 0.05 * d.mean_span, e
+        n_full, s_full = span_counts(raw, d.noise_density, d.mean_span)
+        assert abs(m["mean_span"] - d.mean_span) <= d.mean_span / (2 * s_full), e
+        assert m["mean_span"] == pytest.approx(n_full / s_full, abs=1e-12)
         assert m["spans"] >= m["count"]  # at least one span (one sentinel in the inputs) per example
 
 

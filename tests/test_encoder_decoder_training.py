@@ -180,7 +180,9 @@ def test_encoder_decoder_trains_resumes_exactly_on_another_mesh_and_samples(tiny
     import json
 
     rows = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
-    assert all({"loss_R", "loss_S", "loss_X"} <= set(r) for r in rows)
+    # a logged step reports the denoisers its batch held (8 examples of 3 denoisers: not always all three)
+    assert all(any(k.startswith("loss_") for k in r) for r in rows)
+    assert {"loss_R", "loss_S", "loss_X"} <= set().union(*rows)
 
     sharded = ENC_DEC + ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
     train(tiny_cfg(*sharded, run_dir=str(tmp_path / "b")), stop_at=3, progress=False)

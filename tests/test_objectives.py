@@ -133,10 +133,11 @@ def test_decoder_raw_length_is_the_largest_that_fits(seq_len):
 
 
 def test_more_spans_than_sentinels_is_a_build_time_error():
-    with pytest.raises(ConfigError, match="sentinels"):
+    with pytest.raises(ConfigError, match=r"128 noise spans .* data.num_sentinels=100; set data.num_sentinels >= 128"):
         O.make_objective(data(seq_len=1024), TOK)  # X(3, 0.5) makes 128 spans
-    with pytest.raises(ConfigError, match="sentinels"):
-        O.make_objective(data(seq_len=512), ByteTokenizer(num_sentinels=10))
+    O.make_objective(dataclasses.replace(data(seq_len=1024), num_sentinels=128), TOK)  # enough: builds
+    with pytest.raises(ConfigError, match="data.num_sentinels=10;"):
+        O.make_objective(dataclasses.replace(data(seq_len=512), num_sentinels=10), TOK)
 
 
 @pytest.mark.parametrize("denoisers,seq_len,match", [
@@ -285,8 +286,9 @@ def ul2_cfg(**kw):
     return config.from_dict({}).replace(**{**base, **kw})
 
 
-def test_ul2_batches_are_deterministic_and_resume_exactly():
-    cfg = ul2_cfg()
+@pytest.mark.parametrize("concat", [True, False])  # documents concatenated then cut (default), or one by one
+def test_ul2_batches_are_deterministic_and_resume_exactly(concat):
+    cfg = ul2_cfg(**{"data.concat_documents": concat})
     a = make_train_iterator(cfg)
     first = [next(a) for _ in range(6)]
     state = a.get_state()
@@ -300,7 +302,7 @@ def test_ul2_batches_are_deterministic_and_resume_exactly():
     for x, y in zip(rest, [next(resumed) for _ in range(4)]):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
-    other = next(make_train_iterator(ul2_cfg(**{"run.seed": 1})))
+    other = next(make_train_iterator(ul2_cfg(**{"run.seed": 1, "data.concat_documents": concat})))
     assert not np.array_equal(other["inputs"], first[0]["inputs"])
 
 

@@ -96,6 +96,9 @@ class DenoiserSection:
     weight: float = 1.0  # share of examples given to this denoiser
     mode_token: str = "[NLU]"  # prepended to the inputs; "" for none
     name: str = ""  # the metrics suffix (loss_R, loss_S, loss_X); "" derives it from the mode token
+    # span: rotate each mask to a random start (never cutting a span); false keeps T5's layout, which ends
+    # in noise (a single-span mask always masks the tail), as the released UL2 code does. docs/objectives.md
+    roll: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,10 @@ class DataSection(SourceSection):
     denoisers: tuple[DenoiserSection, ...] = ()  # ul2: the mixture; empty: the paper's seven (objectives.py)
     inputs_len: int = 0  # encoder-decoder: encoder length (0: data.seq_len)
     targets_len: int = 0  # encoder-decoder: decoder length (0: data.seq_len)
+    num_sentinels: int = 100  # span-corruption sentinels (T5's extra ids), the top ids of the vocabulary
+    # denoising objectives: cut examples from the documents concatenated (eos between) at each denoiser's raw
+    # length, as T5/UL2 do; false: examples per document (short documents make short examples)
+    concat_documents: bool = True
     heldout_percent: float = 2.0  # share of documents held out for eval, chosen by a hash of their name
     shuffle: bool = True
     num_workers: int = 0  # worker processes for tokenize + objective; 0: in the training process
@@ -413,6 +420,7 @@ def validate(cfg: Config) -> None:
         "model.max_seq_len": cfg.model.max_seq_len,
         "optim.weight_decay": cfg.optim.weight_decay,
         "optim.clip_norm": cfg.optim.clip_norm,
+        "data.num_sentinels": cfg.data.num_sentinels,
     }
     for key, value in non_negative.items():
         if value < 0:

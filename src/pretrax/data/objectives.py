@@ -1,4 +1,4 @@
-"""Objectives: one tokenized document -> training examples (causal LM, prefix LM, span corruption, UL2).
+"""Objectives: tokenized documents -> training examples (causal LM, prefix LM, span corruption, UL2).
 
 An objective is a function ``(tokens, rng) -> dict of equal-length arrays``;
 ``tokens`` is one document as ``bos + ids + eos`` and ``rng`` a numpy
@@ -6,6 +6,13 @@ Generator derived from (seed, document index), so every example is a pure
 function of the run seed and the document. ``make_objective(data, tokenizer,
 seq_len)`` builds the function for ``data.objective`` and checks the
 configuration (ConfigError, one line) before any training starts.
+
+The denoising objectives cut their examples, by default, from a batch row's
+documents concatenated (``data.concat_documents``, as T5/UL2: ``ConcatExamples``
+below; the document stage then only tokenizes, ``document_tokens``); calling
+the objective on one document gives that document's examples, the
+``concat_documents: false`` option. docs/objectives.md maps all of this to the
+T5/UL2 code.
 
 Features (what the packer puts in the batch, with ``segment_ids``/``positions``):
 
@@ -26,11 +33,12 @@ Denoisers (UL2, Tay et al. 2022, arXiv 2205.05131; U-PaLM/UL2R, arXiv 2210.11399
   tokens are each split into exactly num_spans non-empty pieces uniformly at
   random; pieces alternate non-noise, noise. (Only deviation: num_spans is
   also capped at the number of non-noise tokens, which T5 leaves to produce
-  empty pieces when r is near 1 and mu near 1.) A segment that gets a single
-  span is *rolled* (rotated by a random amount that never cuts a noise span),
-  so a single-span denoiser does not always mask the tail; counts are unchanged.
-  Inputs replace noise span k by sentinel k (``sentinel_id(k)``, counting down
-  from the top of the vocabulary); targets are sentinel_0 span_0 sentinel_1
+  empty pieces when r is near 1 and mu near 1.) ``roll`` (per denoiser,
+  default false as in the released UL2 code) rotates the mask by a random
+  amount that never cuts a noise span; counts are unchanged. Unrolled, a
+  single-span mask always masks the tail, as T5's does.
+  Inputs replace noise span k by sentinel k (``data.num_sentinels`` of them,
+  counting down from the top of the vocabulary: ``with_sentinels``); targets are sentinel_0 span_0 sentinel_1
   span_1 ... then eos (T5: targets start with ``<extra_id_0>``).
 * S (``kind: prefix``): one split point uniform in [1, L-1]; the prefix is the
   inputs, the rest + eos the targets (as the released UL2 code; never span
@@ -76,11 +84,13 @@ For a span denoiser on L raw tokens with n noise tokens and s spans:
 inputs = L - n + s, targets = n + s + 1 (eos), so the decoder-only example
 holds m + L + 2s tokens (m = 1 with a mode token). The raw length is the
 largest L with m + L + 2 s(L) <= seq_len (the left side grows strictly with
-L, so every shorter segment fits too). For S: L = seq_len - m. A document's
-ids (bos/eos stripped) are cut into consecutive segments, one per example,
-each with its own denoiser; the last, shorter segment gets the same count
-rules applied to its own length (so fewer spans); a final leftover of a single
-token is dropped (no denoiser can use it). ``encoder_decoder_raw_length``
+L, so every shorter segment fits too). For S: L = seq_len - m. A row's
+documents concatenated (each ids + eos), or with ``concat_documents: false``
+one document's ids (bos/eos stripped), are cut into consecutive segments, one
+per example, each with its own denoiser; a last, shorter segment (the end of
+a document, or of a finite stream) gets the same count rules applied to its
+own length (so fewer spans); a final leftover of a single token is dropped
+(no denoiser can use it). ``encoder_decoder_raw_length``
 gives the encoder-decoder rule (largest L with m + inputs + eos <= inputs_len
 and targets <= targets_len), e.g. 568 for (3, 0.15) at 512/512 without a mode
 token (T5's numbers). For S in the encoder-decoder, L = min(inputs_len - m - 1,
@@ -91,8 +101,9 @@ Build-time checks (ConfigError): noise_density outside (0, 1); mean_span < 1;
 weights negative or not summing to a positive number; seq_len (encoder-decoder:
 inputs_len / targets_len) below a denoiser's minimum (the shortest example in which one noise span of mean
 length fits, i.e. round(L*r) >= mu; for S two raw tokens); more spans per
-example than the tokenizer's sentinels (never silent reuse of ordinary ids);
-a tokenizer without the mode tokens.
+example than ``data.num_sentinels`` (never silent reuse of ordinary ids), or
+more sentinels than the model's vocabulary holds above the ordinary ids
+(``check_sentinels_fit``); ``roll`` on S; a tokenizer without the mode tokens.
 """
 
 from __future__ import annotations
@@ -383,6 +394,8 @@ def _check(dens: Sequence[DenoiserSection], tokenizer, fit: _Fit) -> tuple[list[
         raise ConfigError(f"data.denoisers weights must be >= 0 and sum to a positive number, got {weights}")
     raws, modes = [], []
     for i, d in enumerate(dens):
+        if d.kind == "prefix" and d.roll:
+            raise ConfigError(f"{_describe(d, i)}: roll applies to span denoisers; S splits at a uniform point already")
         if d.kind == "span":
             if not 0 < d.noise_density < 1:
                 raise ConfigError(f"{_describe(d, i)}: noise_density must be in (0, 1), got {d.noise_density:g}")
@@ -401,7 +414,8 @@ def _check(dens: Sequence[DenoiserSection], tokenizer, fit: _Fit) -> tuple[list[
                 have = getattr(tokenizer, "num_sentinels", "too few")
                 raise ConfigError(
                     f"{_describe(d, i)} makes up to {spans} noise spans per example at {fit.describe()} "
-                    f"but the tokenizer has {have} sentinels; lower the lengths or raise mean_span") from None
+                    f"but data.num_sentinels={have}; set data.num_sentinels >= {spans}, lower the lengths "
+                    "or raise mean_span") from None
         mode = []
         if d.mode_token:
             try:
@@ -421,7 +435,8 @@ class DenoisingObjective:
     """
 
     def __init__(self, dens: Sequence[DenoiserSection], tokenizer, seq_len: int,
-                 encoder_decoder: tuple[int, int] | None = None):
+                 encoder_decoder: tuple[int, int] | None = None, concat: bool = False):
+        self.concat = concat  # the pipeline cuts examples from concatenated documents (ConcatExamples)
         self.denoisers = tuple(dens)
         self.raw_lengths, self._modes = _check(self.denoisers, tokenizer, _Fit(seq_len, encoder_decoder))
         w = np.asarray([d.weight for d in self.denoisers], np.float64)
@@ -444,31 +459,137 @@ class DenoisingObjective:
         d = self.denoisers[i]
         if d.kind == "prefix":
             return prefix_example(segment, int(rng.integers(1, len(segment))), self.eos_id)
-        spans = span_counts(len(segment), d.noise_density, d.mean_span)[1]
-        mask = random_spans_noise_mask(len(segment), d.noise_density, d.mean_span, rng, roll=spans == 1)
+        mask = random_spans_noise_mask(len(segment), d.noise_density, d.mean_span, rng, roll=d.roll)
         return span_corruption_example(segment, mask, self._sentinels, self.eos_id)
 
+    def build(self, i: int, segment: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """The features of denoiser i's example on a raw segment, in this objective's layout."""
+        inputs, targets = self.example(i, segment, rng)
+        if self.encoder_decoder:
+            return encoder_decoder_example(self._modes[i], inputs, targets, i, self.bos_id, self.eos_id)
+        return decoder_only_example(self._modes[i], inputs, targets, i)
+
+    def draw(self, rng: np.random.Generator) -> int:
+        """The next example's denoiser, by weight."""
+        return int(rng.choice(len(self.probs), p=self.probs))
+
     def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One document's examples back to back (``data.concat_documents: false``; the module docstring)."""
         ids = np.asarray(tokens, np.int32)[1:-1]  # strip bos/eos: every example's targets end with eos
         parts, pos = [], 0
         while len(ids) - pos >= 2:
-            i = int(rng.choice(len(self.probs), p=self.probs))
+            i = self.draw(rng)
             seg = ids[pos : pos + self.raw_lengths[i]]
             pos += len(seg)
-            inputs, targets = self.example(i, seg, rng)
-            if self.encoder_decoder:
-                parts.append(encoder_decoder_example(self._modes[i], inputs, targets, i, self.bos_id, self.eos_id))
-            else:
-                parts.append(decoder_only_example(self._modes[i], inputs, targets, i))
+            parts.append(self.build(i, seg, rng))
         if not parts:
             return dict(self._empty)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+# ---------------------------------------------------------------- concatenate-then-split
+
+
+def document_tokens(tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The per-document stage of concat_documents: ids + eos (bos dropped; eos separates documents)."""
+    del rng  # the examples' randomness comes from their position in the row (ConcatExamples)
+    return {"tokens": np.asarray(tokens, np.int32)[1:]}
+
+
+def document_stage(objective: Objective) -> Objective:
+    """What the document dataset maps: the objective, or ``document_tokens`` when examples are cut later."""
+    return document_tokens if getattr(objective, "concat", False) else objective
+
+
+class ConcatExamples:
+    """One batch row's examples, cut from its documents concatenated (T5/UL2's concatenate-then-split).
+
+    ``docs[k]`` holds document k's ``tokens`` (ids + eos). Each example draws its denoiser, takes the
+    next ``raw_lengths[i]`` tokens of the row's stream (across documents) and builds its features, so
+    span statistics do not depend on document lengths. The position (doc, offset) -- document k and
+    tokens of it already used -- is the whole state: an example's randomness comes from (seed, row,
+    doc, offset), so restoring the two integers continues exactly. At the end of a finite stream the
+    last piece is shorter (the count rules apply to its own length); a final single token is dropped.
+    The packers read it through ``peek`` (packing.py, pair_packing.py).
+    """
+
+    def __init__(self, docs: Sequence[Mapping[str, np.ndarray]], objective: DenoisingObjective, *, seed: int,
+                 row: int, finite: bool):
+        self._docs, self.objective = docs, objective
+        self._key = (int(seed), int(row))
+        self._end = len(docs) if finite else None
+        self._tokens: dict[int, np.ndarray] = {}  # the documents the current example spans
+        self._peeked: tuple | None = None  # ((doc, offset), result): a packer peeks again when a row is full
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def peek(self, doc: int, offset: int) -> tuple[dict[str, np.ndarray], tuple[int, int]] | None:
+        """(the example at (doc, offset), the position after it); None when a finite stream has run out."""
+        if self._peeked is not None and self._peeked[0] == (doc, offset):
+            return self._peeked[1]
+        self._tokens = {k: v for k, v in self._tokens.items() if k >= doc}
+        rng = np.random.default_rng([*self._key, doc, offset])
+        i = self.objective.draw(rng)
+        want, pieces, k, o = self.objective.raw_lengths[i], [], doc, offset
+        while want > 0 and (self._end is None or k < self._end):
+            tokens = self._document(k)
+            piece = tokens[o : o + want]
+            pieces.append(piece)
+            want, o = want - len(piece), o + len(piece)
+            if o >= len(tokens):
+                k, o = k + 1, 0
+        segment = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+        out = (self.objective.build(i, segment, rng), (k, o)) if len(segment) >= 2 else None
+        self._peeked = ((doc, offset), out)
+        return out
+
+    def _document(self, k: int) -> np.ndarray:
+        if k not in self._tokens:
+            self._tokens[k] = np.asarray(self._docs[k]["tokens"], np.int32)
+        return self._tokens[k]
+
+
 def _denoising(dens_of: Callable[[DataSection], Sequence[DenoiserSection]]):
     def build(data: DataSection, tokenizer, seq_len: int, encoder_decoder=None) -> DenoisingObjective:
-        return DenoisingObjective(dens_of(data), tokenizer, seq_len, encoder_decoder)
+        return DenoisingObjective(dens_of(data), with_sentinels(tokenizer, data.num_sentinels), seq_len,
+                                  encoder_decoder, concat=data.concat_documents)
     return build
+
+
+def with_sentinels(tokenizer, n: int):
+    """The tokenizer with ``n`` sentinels (data.num_sentinels) above its ordinary ids: seqio's ``extra_ids``.
+
+    Sentinel k is then id B + n - 1 - k (B ordinary ids), counting down from the top as T5's
+    ``<extra_id_k>``; the default 100 keeps the tokenizer's own ids.
+    """
+    from pretrax.data.tokenizer import ByteTokenizer, SentencePieceTokenizer
+
+    if getattr(tokenizer, "num_sentinels", None) == n:
+        return tokenizer
+    if isinstance(tokenizer, ByteTokenizer):
+        return ByteTokenizer(n)
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        state = tokenizer.__getstate__()
+        return SentencePieceTokenizer(state["model_proto"], source=state["source"], num_sentinels=n)
+    raise ConfigError(f"data.num_sentinels={n}: the tokenizer {type(tokenizer).__name__} has a fixed "
+                      f"{getattr(tokenizer, 'num_sentinels', 'unknown number of')} sentinels")
+
+
+def check_sentinels_fit(data: DataSection, tokenizer, model_vocab: int, vocab_key: str = "model.vocab_size") -> None:
+    """Sentinels must be ids the model embeds, above the tokenizer's ordinary ids (ConfigError, one line).
+
+    ``model_vocab`` is the embedding table's size. More sentinels than fit would overlap ordinary ids
+    (what T5's code silently does past its 100 extra ids) or fall outside the embedding table.
+    """
+    n = data.num_sentinels
+    ordinary = tokenizer.vocab_size - tokenizer.num_sentinels
+    if ordinary + n > model_vocab:
+        raise ConfigError(
+            f"data.num_sentinels={n} does not fit the model vocabulary of {model_vocab} ids ({vocab_key}): "
+            f"the tokenizer's {ordinary} ordinary ids leave room for {max(model_vocab - ordinary, 0)} sentinels "
+            f"at the top, more would overlap ordinary ids; lower data.num_sentinels or raise {vocab_key} "
+            f"to at least {ordinary + n}")
 
 
 def _causal(data: DataSection, tokenizer, seq_len: int, encoder_decoder=None) -> Objective:

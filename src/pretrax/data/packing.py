@@ -24,6 +24,11 @@ not fit in what is left of a row starts the next row (the rest of the row is
 padding), each example is its own segment with positions from 0, and
 ``offset`` is always at an example boundary. An example longer than seq_len
 is a DataError (the objective sizes examples to fit).
+
+Example streams (``data.concat_documents``, objectives.ConcatExamples): when
+``docs`` has a ``peek(doc, offset)`` method it yields whole examples cut from
+the row's documents concatenated; the state is still (doc, offset), now the
+position in that token stream where the next example starts.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class RowPacker:
         self.doc = 0
         self.offset = 0
         self._cached: tuple | None = None  # (doc, features, length, example bounds)
+        self._stream = docs if hasattr(docs, "peek") else None  # an example stream (module docstring)
 
     # ---- state: two integers
 
@@ -81,6 +87,8 @@ class RowPacker:
 
     def fill(self, row: Mapping[str, np.ndarray]) -> None:
         """Write the next row into ``row`` (zero-initialised arrays of seq_len, e.g. views into a batch)."""
+        if self._stream is not None:
+            return self._fill_examples(row)
         pos, segment, empty_run = 0, 0, 0
         while pos < self.seq_len:
             if self._end is not None and self.doc >= self._end:
@@ -110,6 +118,27 @@ class RowPacker:
             self.offset += take
             if self.offset == length:
                 self.doc, self.offset = self.doc + 1, 0
+
+    def _fill_examples(self, row: Mapping[str, np.ndarray]) -> None:
+        """From an example stream: whole examples until the next one does not fit (the rest is padding)."""
+        pos, segment = 0, 0
+        while (nxt := self._stream.peek(self.doc, self.offset)) is not None:
+            example, after = nxt
+            if sorted(example) != self._declared:
+                raise DataError(f"example features {sorted(example)} differ from the declared {self._declared}")
+            take = len(example[EXAMPLE_STARTS])
+            if take > self.seq_len:
+                raise DataError(f"an example of {take} tokens at document {self.doc} is longer than seq_len={self.seq_len}")
+            if take > self.seq_len - pos:
+                return
+            segment += 1
+            for key, value in example.items():
+                if key != EXAMPLE_STARTS:
+                    row[key][pos : pos + take] = value
+            row["segment_ids"][pos : pos + take] = segment
+            row["positions"][pos : pos + take] = self._arange[:take]
+            pos += take
+            self.doc, self.offset = after
 
     def _example_length(self, k: int, offset: int, length: int) -> int:
         bounds = self._cached[3]

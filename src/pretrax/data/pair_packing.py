@@ -16,6 +16,10 @@ same O(1) resumable state as RowPacker: two integers,
 
 An example longer than inputs_len or targets_len is a DataError (the
 objective sizes examples to fit).
+
+From an example stream (``docs`` with ``peek``: objectives.ConcatExamples,
+``data.concat_documents``) the state is (doc, offset): the position in the
+row's concatenated documents where the next example starts.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class PairPacker:
         self.doc = 0
         self.example = 0
         self._cached: tuple | None = None  # (doc, features, example bounds)
+        self._stream = docs if hasattr(docs, "peek") else None  # an example stream (module docstring)
 
     def get_state(self) -> tuple[int, int]:
         return self.doc, self.example
@@ -72,6 +77,8 @@ class PairPacker:
 
     def fill(self, row: Mapping[str, np.ndarray]) -> None:
         """Write the next (encoder, decoder) row pair into zero-initialised ``row`` arrays."""
+        if self._stream is not None:
+            return self._fill_examples(row)
         enc_pos, dec_pos, segment, empty_run = 0, 0, 0, 0
         while True:
             if self._end is not None and self.doc >= self._end:
@@ -88,21 +95,45 @@ class PairPacker:
             if eb - ea > self.inputs_len - enc_pos or db - da > self.targets_len - dec_pos:
                 return  # the example starts the next row pair
             segment += 1
-            for key, value in features.items():
-                if key in (EXAMPLE_STARTS, ENCODER_EXAMPLE_STARTS):
-                    continue
-                if is_encoder_feature(key):
-                    row[key][enc_pos : enc_pos + eb - ea] = value[ea:eb]
-                else:
-                    row[key][dec_pos : dec_pos + db - da] = value[da:db]
-            row["encoder_segment_ids"][enc_pos : enc_pos + eb - ea] = segment
-            row["encoder_positions"][enc_pos : enc_pos + eb - ea] = self._arange[: eb - ea]
-            row["segment_ids"][dec_pos : dec_pos + db - da] = segment
-            row["positions"][dec_pos : dec_pos + db - da] = self._arange[: db - da]
+            self._put(row, features, (ea, eb), (da, db), enc_pos, dec_pos, segment)
             enc_pos, dec_pos = enc_pos + eb - ea, dec_pos + db - da
             self.example += 1
             if self.example == len(bounds):
                 self.doc, self.example = self.doc + 1, 0
+
+    def _fill_examples(self, row: Mapping[str, np.ndarray]) -> None:
+        """From an example stream: whole examples until the next one does not fit in either row."""
+        enc_pos, dec_pos, segment = 0, 0, 0
+        while (nxt := self._stream.peek(self.doc, self.example)) is not None:
+            example, after = nxt
+            if sorted(example) != self._declared:
+                raise DataError(f"example features {sorted(example)} differ from the declared {self._declared}")
+            enc, dec = len(example[ENCODER_EXAMPLE_STARTS]), len(example[EXAMPLE_STARTS])
+            if enc > self.inputs_len or dec > self.targets_len:
+                raise DataError(f"an example of {enc} encoder / {dec} decoder tokens at document {self.doc} is longer "
+                                f"than inputs_len={self.inputs_len} / targets_len={self.targets_len}")
+            if enc > self.inputs_len - enc_pos or dec > self.targets_len - dec_pos:
+                return
+            segment += 1
+            self._put(row, example, (0, enc), (0, dec), enc_pos, dec_pos, segment)
+            enc_pos, dec_pos = enc_pos + enc, dec_pos + dec
+            self.doc, self.example = after
+
+    def _put(self, row, features, enc: tuple[int, int], dec: tuple[int, int], enc_pos: int, dec_pos: int,
+             segment: int) -> None:
+        """Copy features[enc] / features[dec] to the rows at enc_pos / dec_pos as segment ``segment``."""
+        (ea, eb), (da, db) = enc, dec
+        for key, value in features.items():
+            if key in (EXAMPLE_STARTS, ENCODER_EXAMPLE_STARTS):
+                continue
+            if is_encoder_feature(key):
+                row[key][enc_pos : enc_pos + eb - ea] = value[ea:eb]
+            else:
+                row[key][dec_pos : dec_pos + db - da] = value[da:db]
+        row["encoder_segment_ids"][enc_pos : enc_pos + eb - ea] = segment
+        row["encoder_positions"][enc_pos : enc_pos + eb - ea] = self._arange[: eb - ea]
+        row["segment_ids"][dec_pos : dec_pos + db - da] = segment
+        row["positions"][dec_pos : dec_pos + db - da] = self._arange[: db - da]
 
     def _examples(self, k: int) -> tuple[Mapping[str, np.ndarray], list]:
         """Document k's features and its examples' ((enc_start, enc_end), (dec_start, dec_end))."""

@@ -24,6 +24,9 @@ Objectives (objectives.py: causal_lm, prefix_lm, span_corruption, ul2) are a
 function (tokens, rng) -> dict of equal-length arrays with the
 ``objective_features(objective)`` keys. They run per document, before packing;
 the denoising objectives emit whole examples that the packer never splits.
+With ``data.concat_documents`` (the default) documents only tokenize here, and
+each row cuts its examples from its documents concatenated
+(objectives.ConcatExamples); the state is still two integers per row.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import numpy as np
 from pretrax.config import Config
 from pretrax.data.corpus import Corpus, heldout_bucket
 from pretrax.data.objectives import FEATURES, OBJECTIVES, causal_lm, make_objective, objective_features  # noqa: F401
-from pretrax.data.objectives import encoder_decoder_lengths_of
+from pretrax.data.objectives import ConcatExamples, check_sentinels_fit, document_stage, encoder_decoder_lengths_of
 from pretrax.data.packing import RowPacker
 from pretrax.data.pair_packing import PairPacker
 from pretrax.data.tokenizer import load_tokenizer
@@ -118,12 +121,23 @@ def is_encoder_decoder(cfg: Config) -> bool:
 
 
 def objective_for(cfg: Config, tokenizer):
-    """The run's objective function, in the layout its model kind reads."""
-    return make_objective(cfg.data, tokenizer, encoder_decoder=is_encoder_decoder(cfg))
+    """The run's objective function, in the layout its model kind reads; its sentinels must fit the model's vocabulary."""
+    objective = make_objective(cfg.data, tokenizer, encoder_decoder=is_encoder_decoder(cfg))
+    if any(d.kind == "span" for d in getattr(objective, "denoisers", ())):
+        from pretrax.train.state import model_vocab_size
+
+        check_sentinels_fit(cfg.data, tokenizer, model_vocab_size(cfg, tokenizer.vocab_size))
+    return objective
 
 
-def make_packer(cfg: Config, docs, *, finite: bool) -> RowPacker | PairPacker:
-    """One row's packer: a RowPacker of seq_len, or for the encoder-decoder a PairPacker of (inputs_len, targets_len)."""
+def make_packer(cfg: Config, docs, *, finite: bool, row: int = 0, objective=None) -> RowPacker | PairPacker:
+    """One row's packer: a RowPacker of seq_len, or for the encoder-decoder a PairPacker of (inputs_len, targets_len).
+
+    With an objective that cuts concatenated documents (data.concat_documents) the packer reads the
+    examples of row ``row`` (ConcatExamples) from ``docs``, that row's documents.
+    """
+    if getattr(objective, "concat", False):
+        docs = ConcatExamples(docs, objective, seed=_seeds(cfg.run.seed)[1], row=row, finite=finite)
     features = objective_features(cfg.data.objective, is_encoder_decoder(cfg))
     if is_encoder_decoder(cfg):
         return PairPacker(docs, *encoder_decoder_lengths_of(cfg.data), features, finite=finite)
@@ -137,7 +151,7 @@ def _objective_meta(cfg: Config) -> dict[str, Any]:
     if is_encoder_decoder(cfg):
         meta["layout"] = "encoder_decoder"  # packer offsets count examples, not tokens
     if cfg.data.objective != "causal_lm":
-        shape = (cfg.data.denoisers, cfg.data.seq_len)
+        shape = (cfg.data.denoisers, cfg.data.seq_len, cfg.data.num_sentinels, cfg.data.concat_documents)
         if is_encoder_decoder(cfg):
             shape += encoder_decoder_lengths_of(cfg.data)
         meta["objective_spec"] = zlib.crc32(repr(shape).encode())
@@ -257,7 +271,9 @@ def make_train_iterator(cfg: Config, *, process_index: int = 0, process_count: i
         docs = ParallelDocuments(cfg, docs, num_workers=cfg.data.num_workers, stride=batch)
     rows = batch // process_count
     first_row = process_index * rows
-    packers = [make_packer(cfg, Strided(docs, r, batch), finite=False) for r in range(first_row, first_row + rows)]
+    objective = objective_for(cfg, load_tokenizer(cfg.data.tokenizer))
+    packers = [make_packer(cfg, Strided(docs, r, batch), finite=False, row=r, objective=objective)
+               for r in range(first_row, first_row + rows)]
     meta = {"seed": cfg.run.seed, "corpus": fingerprint, **_objective_meta(cfg), "global_batch": batch}
     return BatchIterator(packers, first_row=first_row, meta=meta,
                          on_close=docs.close if isinstance(docs, ParallelDocuments) else None)
@@ -272,7 +288,7 @@ def train_documents(cfg: Config) -> tuple[grain.MapDataset, int]:
             raise DataError(f"no training documents in data source {_describe(src)} "
                             f"after holding out {cfg.data.heldout_percent}%")
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    docs = document_dataset(train, tokenizer, objective_for(cfg, tokenizer),
+    docs = document_dataset(train, tokenizer, document_stage(objective_for(cfg, tokenizer)),
                             seed=cfg.run.seed, shuffle=cfg.data.shuffle, repeat=True, weights=weights)
     return docs, _fingerprint(train, weights)
 
@@ -349,11 +365,13 @@ def eval_batches(cfg: Config, num_batches: int, batch_size: int, *, process_inde
         )
     heldout = [h for h in heldout if len(h)]
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    docs = document_dataset(heldout, tokenizer, objective_for(cfg, tokenizer),
-                            seed=cfg.run.seed, shuffle=False, repeat=False)
+    objective = objective_for(cfg, tokenizer)
+    docs = document_dataset(heldout, tokenizer, document_stage(objective), seed=cfg.run.seed, shuffle=False,
+                            repeat=False)
     rows = batch_size // process_count
     first = process_index * rows
-    packers = [make_packer(cfg, docs[r::batch_size], finite=True) for r in range(first, first + rows)]
+    packers = [make_packer(cfg, docs[r::batch_size], finite=True, row=r, objective=objective)
+               for r in range(first, first + rows)]
     it = BatchIterator(packers, first_row=first, meta={})
     return [next(it) for _ in range(num_batches)]
 

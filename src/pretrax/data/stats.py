@@ -22,10 +22,14 @@ denoiser (the ``denoiser`` feature), exactly what the model sees:
 Next to the measured values are the configured ones (weight share, noise
 density, mean span) and, for span denoisers, ``expected_*``: what the
 objective's count rule (``span_counts``: rounding, at least one span) gives for
-the raw lengths actually measured. Short segments (a document's last piece)
-get rounded counts (at least one noise token, at least one span), so measured
-values differ from the configured ones by rounding; they match ``expected_*``
-exactly when the batches hold what the objective built.
+the raw lengths actually measured. ``mean_raw_length`` (and
+``full_length_share``) set against the configured ``raw_length`` show whether
+examples are cut at the denoiser's designed length: always, with documents
+concatenated (``data.concat_documents``, the default); per document, short
+documents and each document's last piece make short segments, with rounded
+counts (at least one noise token, at least one span), so measured values differ
+from the configured ones by more than rounding. Measured values match
+``expected_*`` exactly when the batches hold what the objective built.
 
 ``padding_fraction`` is the share of ``segment_ids == 0`` tokens over every
 batch read (encoder-decoder: of the decoder rows; ``encoder_padding_fraction``
@@ -45,7 +49,7 @@ import numpy as np
 
 from pretrax.config import Config
 from pretrax.data.batch_examples import packed_examples
-from pretrax.data.objectives import denoiser_names, denoisers, span_counts
+from pretrax.data.objectives import denoiser_names, denoisers, span_counts, with_sentinels
 from pretrax.data.pipeline import make_train_iterator, objective_for
 from pretrax.data.tokenizer import load_tokenizer
 
@@ -80,7 +84,7 @@ def collect_stats(cfg: Config, examples: int) -> dict[str, Any]:
     dens = denoisers(data)
     names = denoiser_names(data)
     tokenizer = load_tokenizer(data.tokenizer)
-    sentinels = _sentinel_ids(tokenizer)
+    sentinels = _sentinel_ids(with_sentinels(tokenizer, data.num_sentinels))
     eos = int(tokenizer.eos_id)
     modes = [int(tokenizer.mode_token_id(d.mode_token)) if d.mode_token else None for d in dens]
     causal = data.objective == "causal_lm"
@@ -157,6 +161,8 @@ def collect_stats(cfg: Config, examples: int) -> dict[str, Any]:
                 "noise_density_per_example": _ratio(a["density_sum"], a["count"]),
                 "mean_span": _ratio(a["noise"], a["spans"]) if d.kind == "span" else None,
                 "noise_tokens": a["noise"], "raw_tokens": a["raw"], "spans": a["spans"],
+                "mean_raw_length": _ratio(a["raw"], a["count"]),  # vs configured raw_length
+                "mean_spans": _ratio(a["spans"], a["count"]),
                 "full_length_share": _ratio(a["full"], a["count"]),
             })
             if d.kind == "span":
@@ -166,6 +172,7 @@ def collect_stats(cfg: Config, examples: int) -> dict[str, Any]:
     out = {
         "objective": data.objective,
         "seq_len": data.seq_len,
+        "concat_documents": data.concat_documents,
         "examples": seen,
         "batches": batches,
         "padding_fraction": pad / total if total else 0.0,
@@ -197,7 +204,10 @@ def format_stats(stats: dict[str, Any]) -> str:
     """A readable table: one row per denoiser (config order), configured vs measured, then padding."""
     shape = (f"encoder-decoder, inputs_len {stats['inputs_len']}, targets_len {stats['targets_len']}"
              if "inputs_len" in stats else f"seq_len {stats['seq_len']}")
-    lines = [f"objective {stats['objective']}, {shape}: {stats['examples']} examples from {stats['batches']} batches"]
+    cut = ("documents concatenated, cut at each denoiser's raw length" if stats.get("concat_documents")
+           else "examples per document")
+    lines = [f"objective {stats['objective']}, {shape}: {stats['examples']} examples from {stats['batches']} batches"
+             + ("" if stats["objective"] == "causal_lm" else f" ({cut})")]
     if stats["objective"] == "causal_lm":
         m = stats["denoisers"]["0"]["measured"]
         lines.append("causal_lm has no denoisers (next-token prediction over whole documents); "
@@ -205,8 +215,8 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append(f"mean segment length {_f(m['mean_example_length'], '.1f')} tokens, "
                      f"mean loss tokens {_f(m['mean_target_length'], '.1f')}")
     else:
-        head = ["denoiser", "count", "share cfg/meas", "noise density cfg/meas", "mean span cfg/meas",
-                "mean input", "mean target"]
+        head = ["denoiser", "count", "share cfg/meas", "raw length cfg/meas", "noise density cfg/meas",
+                "mean span cfg/meas", "mean input", "mean target"]
         rows = []
         for key in sorted(stats["denoisers"], key=int):
             e = stats["denoisers"][key]
@@ -218,7 +228,8 @@ def format_stats(stats: dict[str, Any]) -> str:
                 density = f"{_f(c['noise_density'], '.2f')} / {_f(m['noise_density'])}"
                 span = f"{_f(c['mean_span'], 'g')} / {_f(m['mean_span'], '.2f')}"
             rows.append([f"{key} {e['name']} ({e['params']})", str(m["count"]),
-                         f"{_f(c['share'])} / {_f(m['share'])}", density, span,
+                         f"{_f(c['share'])} / {_f(m['share'])}",
+                         f"{c['raw_length']} / {_f(m['mean_raw_length'], '.1f')}", density, span,
                          _f(m["mean_input_length"], ".1f"), _f(m["mean_target_length"], ".1f")])
         widths = [max(len(r[j]) for r in [head, *rows]) for j in range(len(head))]
         fmt = lambda r: "  ".join(v.ljust(w) if j == 0 else v.rjust(w) for j, (v, w) in enumerate(zip(r, widths)))
