@@ -66,7 +66,8 @@ CASES = [
     ("nothing held out", ["train", "configs/tiny.yaml", *TINY, "data.source=text", "data.paths=[docs/*.md]",
                           "data.heldout_percent=0"], 2, "data.heldout_percent=0 holds out none of the"),
     ("model vocab below the tokenizer's", ["train", "configs/tiny.yaml", *TINY, "model.vocab_size=256"], 2,
-     "model.vocab_size (256) is smaller than the tokenizer's 362 ids; use 0 (automatic) or a larger value"),
+     "model.vocab_size (256) is smaller than the tokenizer's 362 ids (262 ordinary + data.num_sentinels=100 "
+     "sentinels); use 0 (automatic) or a larger value"),
     # UL2 (UL2 issue)
     ("noise density out of range", ["train", "configs/tiny.yaml", *TINY, *UL2,
                                     ONE_DENOISER.format(mu=3, r=1.5, w=1)], 2, "noise_density must be in (0, 1)"),

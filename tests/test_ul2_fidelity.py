@@ -178,8 +178,8 @@ def test_num_sentinels_sets_the_ids_from_the_top():
      "data.num_sentinels=100; set data.num_sentinels >= 127"),
     (["train", "configs/tiny.yaml", *TINY, "data.objective=span_corruption", "model.vocab_size=384",
       "data.num_sentinels=200"],  # 262 byte ids + 200 sentinels: 78 of them would be ordinary ids
-     "data.num_sentinels=200 does not fit the model vocabulary of 384 ids (model.vocab_size): the tokenizer's 262 "
-     "ordinary ids leave room for 122 sentinels at the top"),
+     "model.vocab_size (384) is smaller than the tokenizer's 462 ids (262 ordinary + data.num_sentinels=200 "
+     "sentinels)"),
     (["info", "configs/tiny.yaml", "data.num_sentinels=-1"], "config key 'data.num_sentinels' must be >= 0, got -1"),
 ])
 def test_bad_num_sentinels_exit_2_with_one_line_and_write_nothing(argv, message, capsys, tmp_path):

@@ -22,7 +22,7 @@ import jax
 
 from pretrax.config import Config
 from pretrax.data.pipeline import make_train_iterator
-from pretrax.data.tokenizer import load_tokenizer
+from pretrax.data.tokenizer import config_tokenizer
 from pretrax.errors import ConfigError
 from pretrax.flops import attention_note, step_flops
 from pretrax.parallel.mesh import make_mesh
@@ -43,7 +43,7 @@ def run_bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bo
     if steps < 1 or warmup < 0:
         raise ConfigError(f"bench needs --steps >= 1 and --warmup >= 0, got {steps} and {warmup}")
     check_peak(cfg.train.peak)
-    vocab = model_vocab_size(cfg, load_tokenizer(cfg.data.tokenizer).vocab_size)
+    vocab = model_vocab_size(cfg, config_tokenizer(cfg.data).vocab_size)
     mesh = make_mesh(cfg.mesh)
     check_batch(cfg, mesh)
     setup = make_setup(cfg, mesh, vocab)

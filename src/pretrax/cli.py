@@ -13,7 +13,12 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra  # key=value overrides after an option (`coordcheck C --widths 64,128 k=v`)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _quiet_library_logs()
     from pretrax.errors import PretraxError
 
@@ -28,6 +33,42 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pretrax: interrupted; the newest complete checkpoint is kept", file=sys.stderr)
         return 130
+    except OSError as e:  # a path no check above named: unwritable, read-only, under a file, gone
+        print(f"pretrax: error: {_describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:
+        print(f"pretrax: error: a file given is not UTF-8 text ({e.reason} at byte {e.start}); "
+              "give UTF-8 text (configs, sweeps and results are YAML or CSV)", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: one line, the traceback kept in a file for the report
+        if os.environ.get("PRETRAX_TRACEBACK"):
+            raise
+        print(f"pretrax: internal error: {type(e).__name__}: {_first_line(e)}; the traceback is in "
+              f"{_save_traceback()} (PRETRAX_TRACEBACK=1 prints it); please report it", file=sys.stderr)
+        return 1
+
+
+def _describe_os_error(e: OSError) -> str:
+    path = e.filename if e.filename is not None else "a path"
+    why = e.strerror or type(e).__name__
+    if isinstance(e, FileExistsError) and os.path.isfile(str(path)):
+        why = "it is a file where a directory is needed"
+    return f"cannot use {path!r}: {why}; give a path this user can read and write (a directory for outputs)"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else "(no message)"
+
+
+def _save_traceback() -> str:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="pretrax-traceback-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(" ".join(sys.argv) + "\n\n" + traceback.format_exc())
+    return path
 
 
 def _quiet_library_logs() -> None:
@@ -50,8 +91,15 @@ def _quiet_library_logs() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's C++ notices
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the whole usage first), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"pretrax: error: {self.prog}: {message} (`{self.prog} --help` shows the usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pretrax", description="Pretrain language models with JAX/Flax.")
+    parser = _OneLineParser(prog="pretrax", description="Pretrain language models with JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train, or resume the run in run.dir from its newest checkpoint")
@@ -60,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="stop after STEP (saving a checkpoint) as if preempted; the schedule still targets train.steps")
     p.add_argument("--no-sample", action="store_true", help="do not print a sample at the end")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="resume even though the data section, run.seed or train.batch_size differ from the "
+                        "checkpoint's (refused otherwise); recorded in RUN_DIR/config_history.jsonl")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("info", help="print the derived numbers of a config (parameters, FLOPs, ...)")
@@ -219,7 +270,7 @@ def cmd_train(args) -> int:
 
     import jax
 
-    result = train(cfg, stop_at=args.stop_at)
+    result = train(cfg, stop_at=args.stop_at, allow_data_change=args.allow_data_change)
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)  # on a pod, one worker reports
     if result.get("preempted"):
         from pretrax.train.preemption import PREEMPTED_EXIT_CODE
@@ -274,6 +325,8 @@ def cmd_checkpoints(args) -> int:
     from pretrax.train.checkpoint_verify import checkpoint_dir, format_reports, list_steps  # no jax: starts fast
 
     storage.check_reachable(args.run_dir, "run dir")
+    if storage.isfile(args.run_dir):
+        raise CheckpointError(f"run dir {args.run_dir!r} is a file; give the run.dir of a training run")
     reports = list_steps(checkpoint_dir(args.run_dir))
     if not reports:
         raise CheckpointError(f"{checkpoint_dir(args.run_dir)} holds no checkpoints; give a run dir that was trained")
@@ -315,8 +368,10 @@ def cmd_coordcheck(args) -> int:
     cfg = config_lib.load(args.config, args.overrides)
     widths = parse_widths(args.widths)
     log = None if args.json else (lambda line: print(line, file=sys.stderr))
+    out = args.out or storage.join(cfg.run.dir, "coordcheck")
+    storage.check_writable_dir(out, "--out" if args.out else "coordcheck output dir (run.dir/coordcheck)")
     result = coordcheck(cfg, widths, args.steps, seeds=args.seeds, log=log)
-    paths = write_outputs(result, args.out or storage.join(cfg.run.dir, "coordcheck"))
+    paths = write_outputs(result, out)
     if args.json:
         print(json.dumps(result.slopes()))
     else:
@@ -337,7 +392,7 @@ def cmd_sweep(args) -> int:
     if not stale_after > 0:
         raise ConfigError(f"--stale-after must be a positive number of seconds, got {args.stale_after:g}")
     sweep = load_sweep(args.sweep, args.dir)  # every point's config is validated before anything runs
-    storage.check_reachable(sweep.dir, "sweep dir")  # a missing bucket: one line, before anything is written
+    storage.check_writable_dir(sweep.dir, "sweep dir")  # a missing bucket, a path under a file: before any run
     from pretrax.sweeps import runner
 
     if args.dry_run:
@@ -381,6 +436,10 @@ def cmd_scaling_fit(args) -> int:
                               f"got {args.budgets!r}") from None
         if not all(c > 0 for c in budgets):
             raise ConfigError(f"--budgets must be positive FLOP counts, got {args.budgets!r}")
+    if args.plot:  # before the fit and its bootstrap, not after
+        from pretrax import storage
+
+        storage.check_writable_dir(storage.parent(storage.absolute(args.plot)), "--plot's directory")
     points = read_points(args.results, args.params, args.compute)
     report = analyse(points, budgets, resamples=args.bootstrap, seed=args.seed)
     if args.plot:
@@ -394,8 +453,10 @@ def cmd_scaling_fit(args) -> int:
 
 
 def cmd_tokenizer_train(args) -> int:
+    from pretrax import storage
     from pretrax.data.spm_train import train_sentencepiece
 
+    storage.check_writable_dir(storage.parent(storage.absolute(args.out)), "--out's directory")
     path = train_sentencepiece(args.inputs, vocab_size=args.vocab_size, model_type=args.model_type, out=args.out)
     print(f"wrote {path}")
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -404,8 +465,10 @@ def cmd_tokenizer_train(args) -> int:
 
 
 def cmd_data_prepare(args) -> int:
+    from pretrax import storage
     from pretrax.data.tfds_prepare import prepare
 
+    storage.check_writable_dir(args.data_dir, "--data-dir")  # before the documents are read and built
     result = prepare(args.inputs, name=args.name, data_dir=args.data_dir, input_format=args.format,
                      text_field=args.text_field, text_split=args.text_split, eval_percent=args.eval_percent,
                      tokenizer=args.tokenizer, overwrite=args.overwrite)

@@ -32,7 +32,7 @@ def compile_for_topology(cfg: Config, topology: str, num_slices: int | None = No
 
     import jax
 
-    from pretrax.data.tokenizer import load_tokenizer
+    from pretrax.data.tokenizer import config_tokenizer
     from pretrax.flops import step_flops
     from pretrax.parallel.mesh import make_mesh
     from pretrax.train.loop import check_batch
@@ -41,7 +41,7 @@ def compile_for_topology(cfg: Config, topology: str, num_slices: int | None = No
 
     mesh = make_mesh(cfg.mesh, devices)
     check_batch(cfg, mesh)
-    vocab = model_vocab_size(cfg, load_tokenizer(cfg.data.tokenizer).vocab_size)
+    vocab = model_vocab_size(cfg, config_tokenizer(cfg.data).vocab_size)
     setup = make_setup(cfg, mesh, vocab)
     flops = step_flops(cfg, vocab, setup.abstract_params)
     chips = topo.chips * slices

@@ -254,6 +254,11 @@ def read_yaml_mapping(path: str, what: str, *, examples: str, holds: str) -> dic
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"{what} {path!r} is not valid YAML: {first}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path!r} is not UTF-8 text (byte {e.start}); give a YAML file, "
+                          f"{examples}") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {path!r} cannot be read ({e.strerror or e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{what} {path!r} must hold {holds}, got {type(raw).__name__}")
     return raw
@@ -520,6 +525,11 @@ def validate_parametrization(p: ParametrizationSection, m: ModelSection) -> None
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def to_plain(obj: Any) -> Any:
+    """A section (or any config value) as plain dicts, lists and scalars, as in to_dict()."""
+    return _to_plain(obj)
 
 
 def _to_plain(obj: Any) -> Any:

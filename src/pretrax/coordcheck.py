@@ -31,7 +31,7 @@ from flax import nnx
 from pretrax import storage
 from pretrax.config import Config
 from pretrax.data.pipeline import make_train_iterator
-from pretrax.data.tokenizer import load_tokenizer
+from pretrax.data.tokenizer import config_tokenizer
 from pretrax.errors import ConfigError
 from pretrax.parallel.mesh import make_mesh
 from pretrax.train.state import build_model, make_setup, model_vocab_size
@@ -140,7 +140,7 @@ def coordcheck(cfg: Config, widths: list[int], steps: int, *, seeds: int = 1, lo
         raise ConfigError(f"--steps and --seeds must be >= 1, got {steps} and {seeds}")
     base = cfg.parametrization.base_d_model or min(widths)
     configs = {(k, w): width_config(cfg, w, k, base) for k in KINDS for w in widths}  # every width checked first
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    tokenizer = config_tokenizer(cfg.data)
     vocab_size = model_vocab_size(cfg, tokenizer.vocab_size)
     data = make_train_iterator(configs["sp", widths[0]])  # the data do not depend on width or kind
     try:

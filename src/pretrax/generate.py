@@ -164,18 +164,19 @@ def load_run(run_dir: str):
     """Config, setup and params of a run's newest checkpoint that restores, on a mesh over the local
     devices. A damaged newer checkpoint is named on stderr and passed over, as a resume does (the
     run dir is only read: `pretrax train` is what sets damaged checkpoints aside)."""
-    from pretrax.data.tokenizer import load_tokenizer
+    from pretrax.data.tokenizer import config_tokenizer
     from pretrax.parallel.mesh import make_mesh
 
     storage.check_reachable(run_dir, "run dir")
     if not storage.isdir(run_dir):
-        raise ConfigError(f"run dir {run_dir!r} does not exist; give the run.dir of a training run")
+        what = "is a file, not a run dir" if storage.isfile(run_dir) else "does not exist"
+        raise ConfigError(f"run dir {run_dir!r} {what}; give the run.dir of a training run")
     if ckpt.latest_step(run_dir) is None:
         raise CheckpointError(f"run dir {run_dir!r} holds no complete checkpoint; train it first")
     saved = _newest_readable_config(run_dir)
     # sampling recomputes a short window per token: the reference attention serves every device
     cfg = config_lib.from_dict(saved, ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1", "model.attention=xla"])
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    tokenizer = config_tokenizer(cfg.data)
     setup = make_setup(cfg, make_mesh(cfg.mesh), model_vocab_size(cfg, tokenizer.vocab_size))
     step, state, _, skipped = ckpt.restore_latest_good(run_dir, cfg, setup.abstract_state(), announce=False)
     if skipped:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from flax import nnx
 
 from pretrax.config import Config
-from pretrax.data.tokenizer import load_tokenizer
-from pretrax.flops import matmul_params, step_flops
+from pretrax.data.tokenizer import config_tokenizer
+from pretrax.flops import attention_note, matmul_params, step_flops
 from pretrax.train.state import build_model, max_positions, model_vocab_size, param_count
 
 
 def describe(cfg: Config) -> str:
-    vocab = model_vocab_size(cfg, load_tokenizer(cfg.data.tokenizer).vocab_size)
+    vocab = model_vocab_size(cfg, config_tokenizer(cfg.data).vocab_size)
     abstract = nnx.eval_shape(lambda: build_model(cfg, vocab, 0))
     params = nnx.state(abstract, nnx.Param)
     n = param_count(params)
@@ -34,7 +34,7 @@ def describe(cfg: Config) -> str:
             f"tokens per step: {flops.tokens} ({cfg.train.batch_size} x {cfg.data.seq_len})",
         ]
     lines += [
-        f"FLOPs per token: {flops.per_token:.4g} (causal attention counted as half)",
+        f"FLOPs per token: {flops.per_token:.4g} ({attention_note(cfg.train.mfu_attention)})",
         f"FLOPs per step: {flops.total:.4g} (matmuls {flops.matmul:.4g}, attention {flops.attention:.4g})",
         f"training FLOPs: {flops.total * cfg.train.steps:.4g} ({cfg.train.steps} steps)",
     ]

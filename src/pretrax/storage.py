@@ -340,6 +340,28 @@ def check_reachable(url: str, what: str = "run.dir") -> None:
                            "it); create it (gcloud storage buckets create gs://BUCKET) or give another bucket")
 
 
+def check_writable_dir(url: str, what: str) -> None:
+    """An output directory that can be made and written, checked before the work that fills it; writes nothing.
+
+    Locally: the nearest existing ancestor must be a directory this user may write (a path under a
+    file, or on a read-only filesystem, is refused); gs://: the bucket must answer.
+    """
+    check_reachable(url, what)
+    if is_remote(url):
+        return
+    path = os.path.abspath(os.path.expanduser(url))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StorageError(f"{what} {url!r} is a file; give a directory (new, or one to write into)")
+    ancestor = path
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise StorageError(f"{what} {url!r} cannot be made: {ancestor!r} is a file; give a directory path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise StorageError(f"{what} {url!r} cannot be written: {ancestor!r} is read-only for this user; "
+                           "give a directory this user can write")
+
+
 def timeout_s() -> float:
     try:
         return float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))

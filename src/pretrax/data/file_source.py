@@ -8,7 +8,10 @@ counted. One warning line per file summarises them. Documents are named
 ``path`` (text, one per file), ``path#k`` (text, k-th blank-line block, from 0)
 or ``path#n`` (jsonl, line number n, from 1); the held-out split hashes these
 names (``corpus.is_heldout``), so a document stays on its side when others are
-added. Bad input is reported at start-up as a one-line ``DataError``.
+added. A text document over PIECE_BYTES is indexed as consecutive pieces that
+share its name (so all stay on one side of the split) and are read one at a
+time: memory does not grow with a document's size. Bad input is reported at
+start-up as a one-line ``DataError``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ from pretrax.errors import DataError
 log = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+# A text document longer than this is read as consecutive pieces of at most this many bytes, so memory
+# stays bounded for a document of any size (one 200 MB line); the pieces keep the document's name. Each
+# batch row holds its current document's ids, so a row holds at most one piece: 64 KiB of text, about
+# 0.5 MB of ids, times the rows per host.
+PIECE_BYTES = 1 << 16
+CUT_WINDOW = 4096  # bytes before a cut searched for whitespace
+READ_CHUNK = 1 << 20  # bytes read at a time while scanning
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -144,42 +154,118 @@ def _jsonl_text(line: bytes, field: str) -> tuple[str | None, str, bool]:
 
 
 def _scan_text(path: str, text_split: str) -> tuple[list[tuple[int, int, int]], FileStats]:
-    """[(ordinal, offset, length)] of the documents of one text file."""
+    """[(ordinal, offset, length)] of the documents of one text file, read in bounded chunks.
+
+    A file (or a line) of any size is never held whole: emptiness and invalid UTF-8
+    are found chunk by chunk, block boundaries from line positions.
+    """
     stats, docs = FileStats(), []
     if text_split == "file":
+        size, has_text, bad = 0, False, False
+        check = _Utf8Check()
         with open(path, "rb") as f:
-            data = f.read()
-        text, bad = _decode(data)
-        if text.strip():
-            docs.append((0, 0, len(data)))
+            while chunk := f.read(READ_CHUNK):
+                size += len(chunk)
+                has_text = has_text or bool(chunk.strip())
+                bad = check.feed(chunk) or bad
+        bad = check.finish() or bad
+        if has_text:
+            docs.append((0, 0, size))
             stats.invalid_utf8 += bad
         else:
             stats.empty += 1
         return docs, stats
 
-    block: list[bytes] = []
-    start = pos = 0
+    start = end = pos = 0  # the open block: [start, end) without the last line's newline
+    in_block = line_has_text = bad = False
+    line_start, check = 0, _Utf8Check()
+    pending: list[bytes] = []  # the current line's parts, kept only while the line is still blank
 
     def close_block() -> None:
-        data = b"".join(block)
-        data = _strip_newline(data)
-        _, bad = _decode(data)
-        docs.append((len(docs), start, len(data)))
-        stats.invalid_utf8 += bad
+        nonlocal in_block, bad
+        docs.append((len(docs), start, end - start))
+        stats.invalid_utf8 += check.finish() or bad
+        in_block, bad = False, False
 
     with open(path, "rb") as f:
-        for line in f:
-            if line.strip():  # bytes.strip: ASCII whitespace, so a line of spaces is blank
-                if not block:
-                    start = pos
-                block.append(line)
-            elif block:
-                close_block()
-                block = []
-            pos += len(line)
-    if block:
+        while part := f.readline(READ_CHUNK):  # a long line comes in parts of at most READ_CHUNK bytes
+            if not line_has_text and part.strip():
+                line_has_text = True
+                if not in_block:
+                    in_block, start, bad = True, line_start, False
+                    check = _Utf8Check()
+                for earlier in pending:
+                    bad = check.feed(earlier) or bad
+            if line_has_text:
+                bad = check.feed(part) or bad
+            else:
+                pending.append(part)
+            pos += len(part)
+            if part.endswith(b"\n"):  # the line ends here
+                if line_has_text:
+                    end = pos - (2 if part.endswith(b"\r\n") else 1)
+                elif in_block:  # a blank line closes the block
+                    close_block()
+                line_start, line_has_text, pending = pos, False, []
+    if line_has_text:
+        end = pos
+    if in_block:
         close_block()
     return docs, stats
+
+
+class _Utf8Check:
+    """Whether a stream of byte chunks is valid UTF-8, fed chunk by chunk (a character may span two)."""
+
+    def __init__(self):
+        import codecs
+
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self.bad = False
+
+    def feed(self, chunk: bytes) -> bool:
+        if not self.bad:
+            try:
+                self._decoder.decode(chunk)
+            except UnicodeDecodeError:
+                self.bad = True
+        return self.bad
+
+    def finish(self) -> bool:
+        return self.feed(b"") or (not self.bad and self._final())
+
+    def _final(self) -> bool:
+        try:
+            self._decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            self.bad = True
+        return self.bad
+
+
+def _pieces(path: str, offset: int, length: int) -> list[tuple[int, int]]:
+    """[(offset, length)] cutting one document into pieces of at most PIECE_BYTES.
+
+    Each cut falls just after the last whitespace byte in the 4 KiB before it (else at a
+    UTF-8 character start), so a piece never splits a character and rarely a word.
+    """
+    pieces, end = [], offset + length
+    with open(path, "rb") as f:
+        while end - offset > PIECE_BYTES:
+            cut = offset + PIECE_BYTES
+            f.seek(cut - CUT_WINDOW)
+            window = f.read(CUT_WINDOW + 4)
+            space = max(window.rfind(b, 0, CUT_WINDOW) for b in (b" ", b"\n", b"\t"))
+            if space >= 0:
+                cut = cut - CUT_WINDOW + space + 1
+            else:
+                back = 0
+                while back < 3 and 0x80 <= window[CUT_WINDOW - back] < 0xC0:  # a continuation byte
+                    back += 1
+                cut -= back
+            pieces.append((offset, cut - offset))
+            offset = cut
+    pieces.append((offset, end - offset))
+    return pieces
 
 
 def _scan_jsonl(path: str, field: str) -> tuple[list[tuple[int, int, int]], FileStats]:
@@ -239,10 +325,11 @@ class FileCorpus(Corpus):
             _log_stats("jsonl" if is_jsonl else "text", path, stats, text_field)
             total = total + stats
             for ordinal, offset, length in docs:
-                cols[0].append(i)
-                cols[1].append(ordinal)
-                cols[2].append(offset)
-                cols[3].append(length)
+                for piece_offset, piece_length in ([(offset, length)] if is_jsonl else _pieces(path, offset, length)):
+                    cols[0].append(i)
+                    cols[1].append(ordinal)
+                    cols[2].append(piece_offset)
+                    cols[3].append(piece_length)
         return cls(files, jsonl, text_split, text_field, *map(np.asarray, cols), stats=total)
 
     def __len__(self) -> int:
@@ -277,8 +364,9 @@ class FileCorpus(Corpus):
                           self.ordinal[idx], self.offset[idx], self.length[idx], self.stats)
 
     def subset(self, names: Sequence[str]) -> "FileCorpus":
-        position = {n: i for i, n in enumerate(self.names)}
-        return self.take([position[n] for n in names])
+        """The documents with these names, every piece of each, in corpus order."""
+        wanted = set(names)
+        return self.take([i for i, n in enumerate(self.names) if n in wanted])
 
 
 def is_jsonl_path(path: str) -> bool:

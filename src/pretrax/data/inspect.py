@@ -7,12 +7,12 @@ import numpy as np
 from pretrax.config import Config
 from pretrax.data.batch_examples import packed_examples
 from pretrax.data.pipeline import make_train_iterator
-from pretrax.data.tokenizer import load_tokenizer
+from pretrax.data.tokenizer import config_tokenizer
 
 
 def describe_examples(cfg: Config, examples: int, *, width: int = 160) -> str:
     """The first `examples` packed segments of the first training batches, one block each."""
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    tokenizer = config_tokenizer(cfg.data)
     data = make_train_iterator(cfg)
     encoder_decoder = cfg.model.kind == "encoder_decoder"
     out: list[str] = []

@@ -44,7 +44,7 @@ from pretrax.data.objectives import FEATURES, OBJECTIVES, causal_lm, make_object
 from pretrax.data.objectives import ConcatExamples, check_sentinels_fit, document_stage, encoder_decoder_lengths_of
 from pretrax.data.packing import RowPacker
 from pretrax.data.pair_packing import PairPacker
-from pretrax.data.tokenizer import load_tokenizer
+from pretrax.data.tokenizer import config_tokenizer
 from pretrax.data.workers import ParallelDocuments, Strided
 from pretrax.errors import ConfigError, DataError
 
@@ -271,7 +271,7 @@ def make_train_iterator(cfg: Config, *, process_index: int = 0, process_count: i
         docs = ParallelDocuments(cfg, docs, num_workers=cfg.data.num_workers, stride=batch)
     rows = batch // process_count
     first_row = process_index * rows
-    objective = objective_for(cfg, load_tokenizer(cfg.data.tokenizer))
+    objective = objective_for(cfg, config_tokenizer(cfg.data))
     packers = [make_packer(cfg, Strided(docs, r, batch), finite=False, row=r, objective=objective)
                for r in range(first_row, first_row + rows)]
     meta = {"seed": cfg.run.seed, "corpus": fingerprint, **_objective_meta(cfg), "global_batch": batch}
@@ -287,7 +287,7 @@ def train_documents(cfg: Config) -> tuple[grain.MapDataset, int]:
         if len(corpus) == 0:
             raise DataError(f"no training documents in data source {_describe(src)} "
                             f"after holding out {cfg.data.heldout_percent}%")
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    tokenizer = config_tokenizer(cfg.data)
     docs = document_dataset(train, tokenizer, document_stage(objective_for(cfg, tokenizer)),
                             seed=cfg.run.seed, shuffle=cfg.data.shuffle, repeat=True, weights=weights)
     return docs, _fingerprint(train, weights)
@@ -364,7 +364,7 @@ def eval_batches(cfg: Config, num_batches: int, batch_size: int, *, process_inde
             "raise data.heldout_percent (or set data.tfds_eval_split) to evaluate"
         )
     heldout = [h for h in heldout if len(h)]
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    tokenizer = config_tokenizer(cfg.data)
     objective = objective_for(cfg, tokenizer)
     docs = document_dataset(heldout, tokenizer, document_stage(objective), seed=cfg.run.seed, shuffle=False,
                             repeat=False)

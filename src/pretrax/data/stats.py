@@ -51,7 +51,7 @@ from pretrax.config import Config
 from pretrax.data.batch_examples import packed_examples
 from pretrax.data.objectives import denoiser_names, denoisers, span_counts, with_sentinels
 from pretrax.data.pipeline import make_train_iterator, objective_for
-from pretrax.data.tokenizer import load_tokenizer
+from pretrax.data.tokenizer import config_tokenizer
 
 
 def _sentinel_ids(tokenizer) -> np.ndarray:
@@ -83,7 +83,7 @@ def collect_stats(cfg: Config, examples: int) -> dict[str, Any]:
     data = cfg.data
     dens = denoisers(data)
     names = denoiser_names(data)
-    tokenizer = load_tokenizer(data.tokenizer)
+    tokenizer = config_tokenizer(data)
     sentinels = _sentinel_ids(with_sentinels(tokenizer, data.num_sentinels))
     eos = int(tokenizer.eos_id)
     modes = [int(tokenizer.mode_token_id(d.mode_token)) if d.mode_token else None for d in dens]

@@ -274,6 +274,17 @@ def _load_spm(path: str, mtime_ns: int, size: int) -> SentencePieceTokenizer:
 _TOKENIZERS = {"bytes": ByteTokenizer}
 
 
+def config_tokenizer(data) -> ByteTokenizer | SentencePieceTokenizer:
+    """A config's tokenizer: data.tokenizer with data.num_sentinels sentinels at the top of its ids.
+
+    Everything of one run (the model's vocabulary, the objective, held-out bits per byte,
+    decoding a sample) must see the same ids, so every command loads it through here.
+    """
+    from pretrax.data.objectives import with_sentinels
+
+    return with_sentinels(load_tokenizer(data.tokenizer), data.num_sentinels)
+
+
 def load_tokenizer(name: str) -> ByteTokenizer | SentencePieceTokenizer:
     """The tokenizer named by data.tokenizer: 'bytes', or the path of a SentencePiece .model file."""
     if name in _TOKENIZERS:

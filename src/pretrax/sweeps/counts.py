@@ -15,7 +15,7 @@ import jax
 from flax import nnx
 
 from pretrax.config import Config
-from pretrax.data.tokenizer import load_tokenizer
+from pretrax.data.tokenizer import config_tokenizer
 from pretrax.flops import step_flops
 from pretrax.train.loop import row_tokens
 from pretrax.train.state import build_model, model_vocab_size
@@ -24,7 +24,7 @@ EMBEDDING_NAMES = {"embed", "unembed", "positions", "relpos"}  # parameter path 
 
 
 def point_counts(cfg: Config) -> dict[str, int | float]:
-    vocab = model_vocab_size(cfg, load_tokenizer(cfg.data.tokenizer).vocab_size)
+    vocab = model_vocab_size(cfg, config_tokenizer(cfg.data).vocab_size)
     params = nnx.state(nnx.eval_shape(lambda: build_model(cfg, vocab, 0)), nnx.Param)
     total = embedding = 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -33,6 +33,6 @@ def point_counts(cfg: Config) -> dict[str, int | float]:
         if EMBEDDING_NAMES & {str(getattr(k, "key", "")) for k in path}:
             embedding += size
     tokens = cfg.train.steps * cfg.train.batch_size * row_tokens(cfg)  # encoder-decoder: decoder tokens
-    per_token = step_flops(cfg, vocab, params).per_token  # both model kinds; causal attention counted as half
+    per_token = step_flops(cfg, vocab, params).per_token  # both model kinds; attention as train.mfu_attention counts it
     return {"params": total, "params_non_embedding": total - embedding, "tokens": tokens,
             "flops": per_token * tokens}

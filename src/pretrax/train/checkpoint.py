@@ -12,12 +12,13 @@ asynchronous and overlap with the following train steps. A resume takes the
 newest checkpoint that restores: damaged newer ones are skipped (said in one
 line on stderr) and set aside in RUN_DIR/damaged_checkpoints/, never deleted.
 A save that fails stops training with one CheckpointError line, and the older
-checkpoints stay: Orbax deletes the ones past `keep` only after a new one is
-complete. docs/reliability.md lists these promises and the tests that prove them.
+checkpoints stay: the ones past `keep` are deleted only after a new one is
+complete, and never left half deleted (retire_old). docs/reliability.md lists these promises and the tests that prove them.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -33,13 +34,16 @@ from pretrax import config as config_lib
 from pretrax import storage
 from pretrax.config import CheckpointSection, Config
 from pretrax.errors import CheckpointError, StorageError
+from pretrax.train import run_record
 from pretrax.train.checkpoint_verify import (  # checkpoint_dir: used by callers too
+    COMMIT_MARK,
     checkpoint_dir,
     find_problem,
     list_steps,
 )
 
 ITEMS = ("state", "data", "config")
+RETIRED = ".retired"  # in checkpoints/: steps being deleted (renamed here first, so none is ever half deleted)
 
 
 def damaged_dir(run_dir: str) -> str:
@@ -56,8 +60,9 @@ def open_manager(run_dir: str, cfg: CheckpointSection, *, read_only: bool = Fals
     if not read_only:
         _check_writable(checkpoint_dir(run_dir))
         _set_aside(run_dir, set_aside)
+        _purge_retired(checkpoint_dir(run_dir))  # steps a killed run had begun to delete
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=cfg.keep,
+        max_to_keep=None,  # retention is pretrax's own (retire_old): Orbax's deletion can be cut half way
         enable_async_checkpointing=cfg.async_save,
         create=not read_only,
         read_only=read_only,
@@ -121,6 +126,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: dict, data_state: dic
     stops; no failed step ever gets its final name, and older steps stay.
     """
     _finish_writing(manager)
+    retire_old(manager, cfg.checkpoint.keep)  # the previous save is complete: older ones may go
     try:
         manager.save(
             step,
@@ -192,6 +198,12 @@ def read_config(manager: ocp.CheckpointManager, step: int) -> dict:
     return restored["config"]
 
 
+def saved_config(run_dir: str, step: int, cfg: Config) -> dict:
+    """The resolved config checkpoint `step` was written with (read only)."""
+    with open_manager(run_dir, cfg.checkpoint, read_only=True) as reader:
+        return read_config(reader, step)
+
+
 # how the same weights are computed with, not what they are: free to change on a resume
 RUNTIME_MODEL_KEYS = frozenset({"model.remat", "model.attention"})
 
@@ -199,13 +211,13 @@ RUNTIME_MODEL_KEYS = frozenset({"model.remat", "model.attention"})
 def check_compatible(saved: dict, cfg: Config, step: int) -> None:
     """Refuse a resume whose model or parametrization differs from the checkpoint's, naming the keys."""
     now = cfg.to_dict()
-    defaults = config_lib.Config().to_dict()  # a checkpoint from before a section existed had its defaults
-    differing = [key for section in ("model", "parametrization")
-                 for key in config_lib.diff(saved.get(section, defaults[section]), now[section], prefix=f"{section}.")
+    # a checkpoint from before a section or key existed had its defaults
+    before = {section: run_record.saved_section(section, saved.get(section)) for section in ("model", "parametrization")}
+    differing = [key for section in before
+                 for key in config_lib.diff(before[section], now[section], prefix=f"{section}.")
                  if key not in RUNTIME_MODEL_KEYS]
     if differing:
-        details = ", ".join(f"{k} (checkpoint {_get({**defaults, **saved}, k)!r}, now {_get(now, k)!r})"
-                            for k in differing)
+        details = ", ".join(f"{k} (checkpoint {_get(before, k)!r}, now {_get(now, k)!r})" for k in differing)
         raise CheckpointError(
             f"checkpoint at step {step} was written for a different model: {details}; "
             "use the checkpoint's values or a new run.dir"
@@ -315,6 +327,53 @@ def _get(tree: dict, dotted: str) -> Any:
     return tree
 
 
-def wait(manager: ocp.CheckpointManager) -> None:
+def wait(manager: ocp.CheckpointManager, keep: int | None = None) -> None:
+    """Wait for the save in flight; with keep, then delete the complete steps past the newest `keep`."""
     _finish_writing(manager)
+    if keep is not None:
+        retire_old(manager, keep)
     jax.effects_barrier()
+
+
+def retire_old(manager: ocp.CheckpointManager, keep: int) -> None:
+    """Delete the complete checkpoints older than the newest `keep`, never leaving one half deleted.
+
+    Called only once the newest save is complete. On a disk a step is first renamed into
+    checkpoints/.retired/ (atomic), then deleted there; on GCS its commit_success.txt goes
+    first, so what a kill leaves is an incomplete step, never a complete one with files missing
+    (`pretrax checkpoints` would call that damaged). Process 0 deletes; all then re-read the list.
+    """
+    directory = str(manager.directory)
+    if jax.process_index() == 0:
+        complete = sorted(r.step for r in list_steps(directory, verify=False) if r.complete)
+        for step in complete[:-keep] if keep > 0 else []:
+            _retire(directory, step)
+        _purge_retired(directory)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("pretrax: old checkpoints retired")
+    manager.reload()
+
+
+def _retire(directory: str, step: int) -> None:
+    path = storage.join(directory, str(step))
+    if storage.is_remote(path):
+        storage.remove(storage.join(path, COMMIT_MARK))  # from here on the step is incomplete, not damaged
+        storage.rmtree(path)
+        return
+    retired = storage.join(directory, RETIRED)
+    storage.makedirs(retired)
+    target = storage.join(retired, f"{step}.{uuid.uuid4().hex[:8]}")
+    os.rename(path, target)
+    storage.rmtree(target)
+
+
+def _purge_retired(directory: str) -> None:
+    """Finish deleting what retire_old renamed away (a kill can interrupt it); never a listed step."""
+    retired = storage.join(directory, RETIRED)
+    if storage.is_remote(directory) or not storage.isdir(retired):
+        return
+    for name in storage.listdir(retired):
+        storage.rmtree(storage.join(retired, name))
+    os.rmdir(retired)  # only process 0 retires, one step at a time: nothing is being renamed into it now

@@ -21,13 +21,13 @@ from pretrax.config import Config
 from pretrax.data.objectives import denoiser_names
 from pretrax.data.pipeline import check_splits, eval_batches, make_train_iterator
 from pretrax.data.prefetch import Prefetcher
-from pretrax.data.tokenizer import load_tokenizer
-from pretrax.errors import ConfigError
+from pretrax.data.tokenizer import config_tokenizer
+from pretrax.errors import ConfigError, DataError
 from pretrax.flops import attention_note, step_flops
 from pretrax.parallel.mesh import batch_parallelism, make_mesh
 from pretrax.perf import device_peak, flop_rates
 from pretrax.train import checkpoint as ckpt
-from pretrax.train import run_lock
+from pretrax.train import run_lock, run_record
 from pretrax.train.metrics import MetricsWriter
 from pretrax.train.nonfinite import MAX_ROLLBACKS, bad_steps, stop_error
 from pretrax.train.preemption import PreemptionWatcher
@@ -66,31 +66,37 @@ def write_config(cfg: Config, run_dir: str) -> None:
 
 
 def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = None,
-          batch_hook: Callable[[int, dict], dict] | None = None) -> dict[str, Any]:
+          batch_hook: Callable[[int, dict], dict] | None = None, allow_data_change: bool = False) -> dict[str, Any]:
     """Train (or resume) the run described by cfg; returns the final numbers.
 
     batch_hook(step, host_batch) -> host_batch runs on each batch before its step: the seam for
     fault injection (tests put a NaN into a batch there) and for batch surgery.
+    allow_data_change: resume even though the data section, seed or batch size differ from the
+    checkpoint's (refused otherwise, run_record.py); the change is recorded in the run's history.
     """
     run_dir = check_run_dir(cfg.run.dir)
     eval_config(cfg)  # refuses an eval objective the model kind cannot be scored on
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    tokenizer = config_tokenizer(cfg.data)
     vocab_size = model_vocab_size(cfg, tokenizer.vocab_size)
     if vocab_size < tokenizer.vocab_size:
+        ordinary = tokenizer.vocab_size - tokenizer.num_sentinels
         raise ConfigError(
-            f"model.vocab_size ({vocab_size}) is smaller than the tokenizer's {tokenizer.vocab_size} ids; "
-            "use 0 (automatic) or a larger value"
+            f"model.vocab_size ({vocab_size}) is smaller than the tokenizer's {tokenizer.vocab_size} ids ({ordinary} "
+            f"ordinary + data.num_sentinels={tokenizer.num_sentinels} sentinels); use 0 (automatic) or a larger "
+            "value, or fewer data.num_sentinels"
         )
     check_splits(cfg)  # no training or held-out documents: refused now, not at the first eval after training
     mesh = make_mesh(cfg.mesh)
     check_batch(cfg, mesh)
     setup = make_setup(cfg, mesh, vocab_size)
     with run_lock.hold(run_dir, primary=jax.process_index() == 0):  # one trainer per run dir; a second is refused
-        return _train(cfg, run_dir, tokenizer, vocab_size, mesh, setup, stop_at, progress, batch_hook)
+        return _train(cfg, run_dir, tokenizer, vocab_size, mesh, setup, stop_at, progress, batch_hook,
+                      allow_data_change)
 
 
 def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, mesh, setup, stop_at: int | None,
-           progress: bool | None, batch_hook: Callable[[int, dict], dict] | None) -> dict[str, Any]:
+           progress: bool | None, batch_hook: Callable[[int, dict], dict] | None,
+           allow_data_change: bool) -> dict[str, Any]:
     """The rest of train(), run while this process holds the run dir's lock (run_lock.py)."""
     # Everything is checked, and the checkpoint read, before anything is written.
     data = make_train_iterator(cfg, process_index=jax.process_index(), process_count=jax.process_count())
@@ -98,13 +104,19 @@ def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, mesh, setup, s
         data = Prefetcher(data, cfg.data.prefetch)
     # the newest checkpoint that restores; damaged newer ones are skipped (one line on stderr), then set aside
     start, state, data_state, damaged = ckpt.restore_latest_good(run_dir, cfg, setup.abstract_state())
+    saved, data_change, position = None, {}, None
     if start is not None:
-        data.set_state(data_state)
+        saved = ckpt.saved_config(run_dir, start, cfg)
+        data_change = run_record.check_data_order(saved, cfg, start, allow=allow_data_change)
+        position = resume_data(data, data_state, data_change)
     else:
         start = 0
         state = init_state(setup, cfg.run.seed)
     storage.makedirs(run_dir)
     write_config(cfg, run_dir)
+    if jax.process_index() == 0:
+        run_record.append(run_dir, cfg, first_step=start + 1, resumed_from=start or None, saved=saved,
+                          data_change=data_change, data_position=position)
     manager = ckpt.open_manager(run_dir, cfg.checkpoint, set_aside=damaged)
 
     total = cfg.train.steps
@@ -181,7 +193,7 @@ def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, mesh, setup, s
                     out.print(f"preempted (SIGTERM) after step {step}: checkpoint saved; run the same command to resume")
                     result["preempted"] = True
                     break
-        ckpt.wait(manager)
+        ckpt.wait(manager, cfg.checkpoint.keep)
     finally:
         data.close()  # the prefetch thread and any document worker processes
         manager.close()
@@ -191,6 +203,28 @@ def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, mesh, setup, s
         result["eval"] = evaluate(state["params"])
     result.update(final_step=end, params=state["params"], setup=setup, tokenizer=tokenizer)
     return result
+
+
+def resume_data(data, data_state: dict, data_change: dict) -> str | None:
+    """Put the data iterator where the checkpoint left it; after an allowed data change, as near as it can.
+
+    With the data unchanged the position is restored exactly (None is returned). After an
+    allowed change each row keeps its place (document index, offset) in the new stream when
+    the rows are the same ("kept"); when the batch's rows differ the stream starts afresh
+    ("restarted"). Either way the run's history says which.
+    """
+    if not data_change:
+        data.set_state(data_state)
+        return None
+    fresh = data.get_state()  # this run's metadata (seed, corpus, objective, global batch)
+    if any(fresh.get(k) != data_state.get(k) for k in ("objective", "layout")):
+        return "restarted"  # a position counts tokens or examples of one objective's documents
+    moved = {**data_state, **{k: v for k, v in fresh.items() if k not in ("first_row", "doc", "offset")}}
+    try:
+        data.set_state(moved)
+        return "kept"
+    except (DataError, KeyError, ValueError):  # other rows: the batch size changed
+        return "restarted"
 
 
 def denoiser_losses(cfg: Config, metrics: dict) -> dict[str, float]:
