@@ -6,29 +6,33 @@ import os
 import pytest
 
 from pretrax import cli
-from pretrax.errors import CheckpointError
+from pretrax.data.pipeline import make_train_iterator
+from pretrax.errors import CheckpointError, DataError
 from pretrax.train import checkpoint as ckpt
 from pretrax.train import run_record
 from pretrax.train.checkpoint_verify import list_steps
-from pretrax.train.loop import train
+from pretrax.train.loop import resume_data, train
 from conftest import TINY
 from test_cli import snapshot
 
 TINY_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml")
 
 
-def _data_rows(run_dir, step):
-    """Each row's place in the document stream, (document, offset), saved with checkpoint `step`."""
+def _data_state(run_dir, step):
+    """The data iterator state saved with checkpoint `step`."""
     import orbax.checkpoint as ocp
 
     with ckpt.open_manager(run_dir, ckpt.Config().checkpoint, read_only=True) as m:
-        data = m.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+        return m.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+
+
+def _data_rows(run_dir, step):
+    """Each row's place in the document stream, (document, offset), saved with checkpoint `step`."""
+    data = _data_state(run_dir, step)
     return list(zip(data["doc"], data["offset"]))
 
 
 def _fresh_rows_after_one_batch(cfg):
-    from pretrax.data.pipeline import make_train_iterator
-
     it = make_train_iterator(cfg)
     next(it)
     state = it.get_state()
@@ -74,12 +78,18 @@ def test_history_records_each_start_and_data_changes_are_refused_unless_allowed(
     assert third["changed"]["data.seq_len"] == [32, 64]
     assert all(after > before for after, before in zip(_data_rows(run_dir, 5), docs_at_4))
     assert _data_rows(run_dir, 5) != _fresh_rows_after_one_batch(longer)
-    bigger = tiny_cfg("train.steps=8", "checkpoint.every=1", "data.seq_len=64", "train.batch_size=16")
-    train(bigger, stop_at=6, progress=False, allow_data_change=True)
-    fourth = run_record.read(run_dir)[3]
-    assert fourth["allowed_data_change"] == ["train.batch_size"] and fourth["data_position"] == "restarted"
-    assert _data_rows(run_dir, 6) == _fresh_rows_after_one_batch(bigger)  # one batch from the stream's start
-    assert [e["first_step"] for e in run_record.read(run_dir)] == [1, 4, 5, 6]
+    assert [e["first_step"] for e in run_record.read(run_dir)] == [1, 4, 5]
+
+    # other rows (a bigger batch) cannot keep their places: the stream starts afresh (the trainer's own call)
+    bigger = tiny_cfg("train.steps=8", "data.seq_len=64", "train.batch_size=16")
+    data = make_train_iterator(bigger)
+    saved_state = _data_state(run_dir, 5)
+    assert resume_data(data, saved_state, {"train.batch_size": (8, 16)}) == "restarted"
+    next(data)
+    assert list(zip(data.get_state()["doc"], data.get_state()["offset"])) == _fresh_rows_after_one_batch(bigger)
+    data.close()
+    with pytest.raises(DataError, match="global_batch"):  # without the allowance the saved state is refused
+        make_train_iterator(bigger).set_state(saved_state)
 
 
 def _tiny_overrides(cfg):
