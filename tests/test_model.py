@@ -61,6 +61,32 @@ def test_gpt1_has_its_published_parameter_count():
     assert count_params(GPT1, vocab_size=40478, max_seq_len=512) == 116_534_784
 
 
+@pytest.mark.parametrize("scaling", [True, False], ids=["gpt2", "gpt1"])
+def test_residual_projections_start_scaled_or_plain(scaling):
+    # GPT-2: attention out and MLP down start at init_std / sqrt(2 n_layers); GPT-1: everything N(0, init_std)
+    cfg = dataclasses.replace(GPT1_TINY, d_model=64, d_ff=256, n_layers=8, residual_init_scaling=scaling)
+    params = nnx.to_pure_dict(nnx.state(make(cfg), nnx.Param))
+    flat = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+
+    def std(*needles):
+        return float(np.std(np.concatenate([v.ravel() for k, v in flat.items()
+                                            if all(n in k for n in needles)])))
+
+    residual = 0.02 / 4 if scaling else 0.02  # sqrt(2 * 8) = 4
+    for needle in ("'out'", "'down'"):
+        assert std(needle, "kernel") == pytest.approx(residual, rel=0.05), needle
+    for needle in ("'query'", "'up'"):
+        assert std(needle, "kernel") == pytest.approx(0.02, rel=0.05), needle
+
+
+def test_gpt1_config_uses_dropout_and_plain_init():
+    from pretrax.config import load as load_config
+
+    model = load_config("configs/gpt1.yaml").model
+    assert model.dropout == 0.1 and not model.residual_init_scaling
+    assert ModelSection().dropout == 0.0 and ModelSection().residual_init_scaling  # the defaults: no change
+
+
 def test_sizes_that_cannot_build_a_model_raise_config_errors():
     with pytest.raises(ConfigError, match="max_seq_len"):
         Decoder(GPT1_TINY, vocab_size=V, max_seq_len=0, rngs=nnx.Rngs(0))

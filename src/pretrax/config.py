@@ -54,6 +54,10 @@ class ModelSection:
     use_bias: bool = False
     tie_embeddings: bool = True
     init_std: float = 0.02
+    # GPT-2's residual init: projections into the residual stream start at init_std / sqrt(2 n_layers);
+    # false: GPT-1's plain normal(init_std) for every matrix
+    residual_init_scaling: bool = True
+    dropout: float = 0.0  # training only: embedding output, attention probabilities, residual branches (GPT-1: 0.1)
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype
     scan_layers: bool = False  # one compiled layer body scanned L times (fast compiles for deep models)
@@ -140,6 +144,7 @@ class TrainSection:
     nan_policy: Literal["stop", "skip", "rollback"] = "stop"  # what a non-finite loss or gradient does
     peak: str = "auto"  # MFU's per-device peak: auto (table by device kind), measure, or TFLOP/s as a number
     mfu_attention: Literal["full", "causal"] = "full"  # model FLOPs: causal attention in full (PaLM) or halved
+    z_loss: float = 0.0  # z_loss * log(Z)^2 added to each token's loss (T5X/PaLM: 1e-4); logged as z_loss; 0: off
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,10 @@ class ParametrizationSection:
 
 @dataclass(frozen=True)
 class OptimSection:
+    # adamw; or adafactor as T5 trains (factored second moments, decay 0.8, update clipping 1.0, steps relative
+    # to each tensor's RMS, no momentum; train/optimizer.py): then b1, b2, eps and mu_dtype are unused, lr is the
+    # relative step (T5: 1e-2) and weight_decay still applies as lr * wd (T5 trained with 0)
+    name: Literal["adamw", "adafactor"] = "adamw"
     lr: float = 3e-3
     warmup_steps: int = 50
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
@@ -437,6 +446,7 @@ def validate(cfg: Config) -> None:
     for key in ("b1", "b2"):  # Adam's moment decays: 1 or more never forgets (or grows), and diverges
         if not 0 <= getattr(cfg.optim, key) < 1:
             raise ConfigError(f"config key 'optim.{key}' must be in [0, 1), got {getattr(cfg.optim, key)}")
+    validate_training_recipe(cfg)
     if not cfg.model.rope_theta > 0:
         raise ConfigError(f"config key 'model.rope_theta' must be > 0, got {cfg.model.rope_theta}")
     if not 0 <= cfg.optim.min_lr_ratio <= 1:
@@ -508,6 +518,24 @@ def check_finite(obj: Any, prefix: str = "") -> None:
                     check_finite(item, f"{key}[{i}].")
         elif isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"config key {key!r} must be a finite number, got {value}")
+
+
+def validate_training_recipe(cfg: Config) -> None:
+    """Optimizer, z-loss and dropout: Adam-only settings are refused under Adafactor rather than ignored."""
+    o = cfg.optim
+    if o.name == "adafactor":
+        adam_only = [k for k in ("b1", "b2", "eps", "mu_dtype") if getattr(o, k) != getattr(OptimSection, k)]
+        if adam_only:
+            keys = ", ".join(f"optim.{k}" for k in adam_only)
+            raise ConfigError(f"{keys} {'is' if len(adam_only) == 1 else 'are'} Adam's and unused by optim.name="
+                              "adafactor (no first moment; decay 0.8, epsilon 1e-30 fixed); remove it or use adamw")
+    if cfg.train.z_loss < 0:
+        raise ConfigError(f"config key 'train.z_loss' must be >= 0 (0: off; T5X uses 1e-4), got {cfg.train.z_loss}")
+    if not 0 <= cfg.model.dropout < 1:
+        raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.model.dropout > 0 and cfg.model.attention != "xla":
+        raise ConfigError(f"model.dropout drops attention probabilities, which model.attention={cfg.model.attention} "
+                          "(a fused kernel) never forms; use model.attention=xla or model.dropout=0")
 
 
 def validate_parametrization(p: ParametrizationSection, m: ModelSection) -> None:

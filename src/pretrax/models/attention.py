@@ -13,7 +13,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from pretrax.config import ModelSection
 from pretrax.models.attention_backends import AttentionMask, attend
-from pretrax.models.layers import RESIDUAL, Einsum
+from pretrax.models.layers import RESIDUAL, Einsum, residual_std
 from pretrax.models.parametrization import STANDARD, Parametrization
 from pretrax.models.positions import apply_rope
 
@@ -25,7 +25,7 @@ class Attention(nnx.Module):
         D, N, K, H, p = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size, parametrization
         kw = dict(use_bias=cfg.use_bias, param_dtype=jnp.dtype(cfg.param_dtype), dtype=jnp.dtype(cfg.dtype),
                   rngs=rngs)
-        std, out_std = p.hidden_std(cfg.init_std), p.residual_std(cfg.init_std, cfg.n_layers)
+        std, out_std = p.hidden_std(cfg.init_std), residual_std(cfg, p)
         heads, kv_heads = ("batch", "length", "heads", "head_dim"), ("batch", "length", "kv_heads", "head_dim")
         self.query = Einsum("BTD,DNH->BTNH", (D, N, H), ("embed", "heads", "head_dim"), std=p.query_std(cfg.init_std),
                             out_axes=heads, **kw)
@@ -37,15 +37,19 @@ class Attention(nnx.Module):
                           **kw)
         self.scale = p.attention_scale(H)
         self.backend = cfg.attention
+        self.dropout = cfg.dropout  # on the attention probabilities, when a dropout key is given
 
     def __call__(self, x: jax.Array, mask: AttentionMask, rope: tuple[jax.Array, jax.Array] | None = None, *,
-                 kv: jax.Array | None = None, bias: jax.Array | None = None) -> jax.Array:
+                 kv: jax.Array | None = None, bias: jax.Array | None = None,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
         """x: (B, T, D) queries' inputs; kv: (B, S, D) keys' and values' inputs (default x:
-        self-attention; another sequence: cross-attention); bias: (B or 1, N, T, S) added to the scores."""
+        self-attention; another sequence: cross-attention); bias: (B or 1, N, T, S) added to the scores;
+        dropout_key: drop attention probabilities with rate model.dropout (None: no dropout)."""
         kv = x if kv is None else kv
         q, k, v = self.query(x), self.key(kv), self.value(kv)  # (B, T, N, H), (B, S, K, H), (B, S, K, H)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = attend(q, k, v, mask, bias=bias, scale=self.scale, backend=self.backend)  # (B, T, N, H)
+        drop = (self.dropout, dropout_key) if dropout_key is not None and self.dropout > 0 else None
+        out = attend(q, k, v, mask, bias=bias, scale=self.scale, backend=self.backend, dropout=drop)  # (B, T, N, H)
         out = checkpoint_name(out, "attention_out")
         return self.out(out)  # (B, T, D)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from pretrax.errors import ConfigError
 from pretrax.models import splash
+from pretrax.models.layers import dropout as drop
 
 BACKENDS = ("xla", "cudnn", "splash")
 _SPLASH_NO_BIAS = "model.attention=splash cannot add the T5 relative position bias (model.positions=relative)"
@@ -73,7 +74,8 @@ class AttentionMask:
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                  bias: jax.Array | None = None, scale: float | None = None) -> jax.Array:
+                  bias: jax.Array | None = None, scale: float | None = None,
+                  dropout: tuple[float, jax.Array] | None = None) -> jax.Array:
     """The reference. q: (B, T, N, H); k, v: (B, S, K, H); mask: (B, T, S) bool; bias: optional
     float (B or 1, N, T, S) added to the scaled scores (T5's relative position bias); scale:
     default 1/sqrt(H) (muP passes sqrt(base H) / H). Returns (B, T, N, H). Query head n reads
@@ -90,6 +92,8 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     # cross-attention) then gives a uniform average rather than NaN
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    if dropout is not None:  # (rate, key): training-time dropout on the probabilities (GPT-1's attention dropout)
+        probs = drop(probs, *dropout)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
     return out.reshape(B, T, N, H)
 
@@ -133,10 +137,13 @@ def check_backend(backend: str, *, platform: str, dtype: str, has_bias: bool) ->
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, bias: jax.Array | None = None,
-           scale: float | None = None, backend: str = "xla") -> jax.Array:
-    """Attention by `backend` (one of BACKENDS); shapes as in xla_attention."""
+           scale: float | None = None, backend: str = "xla", dropout: tuple[float, jax.Array] | None = None) -> jax.Array:
+    """Attention by `backend` (one of BACKENDS); shapes as in xla_attention. dropout (rate, key): xla only
+    (the fused kernels never form the probabilities; config validation refuses the pair)."""
     if backend == "xla":
-        return xla_attention(q, k, v, mask.dense(), bias, scale)
+        return xla_attention(q, k, v, mask.dense(), bias, scale, dropout)
+    if dropout is not None:
+        raise ConfigError(f"model.dropout needs model.attention=xla; {backend} has no attention dropout")
     if backend == "cudnn":
         return cudnn_attention(q, k, v, mask, bias, scale)
     if backend == "splash":

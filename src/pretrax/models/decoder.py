@@ -7,6 +7,9 @@
 tokens -> embedding (+ learned positions) -> n_layers x Block -> (final norm) -> logits.
 The parametrization (sp | mup, see parametrization.py) sets the init scales and the
 multipliers on the embedding output, the residual branches, attention scores and logits.
+Dropout (model.dropout, GPT-1's 0.1) acts on the embedding output, the attention
+probabilities and each residual branch, only when the caller passes a dropout key
+(the train step does; evaluation and sampling do not).
 A row may pack several documents: segment ids keep attention inside each one and
 positions restart at each one, so a document's logits do not depend on its neighbours.
 """
@@ -21,7 +24,7 @@ from pretrax.config import ModelSection, ParametrizationSection
 from pretrax.errors import ConfigError
 from pretrax.models.attention import Attention
 from pretrax.models.attention_backends import AttentionMask
-from pretrax.models.layers import MLP, RESIDUAL, Embed, Unembed, make_norm, record
+from pretrax.models.layers import MLP, RESIDUAL, Embed, Unembed, dropout, make_norm, record, split_key
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.positions import LearnedPositions, rope_angles
 from pretrax.parallel.activations import constrain
@@ -33,23 +36,26 @@ class Block(nnx.Module):
     def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD):
         self.pre_norm = cfg.norm_position == "pre"
         self.branch_mult = parametrization.branch_mult  # depth transfer; 1 otherwise
+        self.dropout = cfg.dropout
         self.attn_norm = make_norm(cfg, rngs)
         self.attn = Attention(cfg, rngs=rngs, parametrization=parametrization)
         self.mlp_norm = make_norm(cfg, rngs)
         self.mlp = MLP(cfg, rngs=rngs, parametrization=parametrization)
 
-    def __call__(self, x: jax.Array, mask: AttentionMask, rope=None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: AttentionMask, rope=None, dropout_key=None) -> jax.Array:
+        k_probs, k_attn, k_mlp = split_key(dropout_key, 3)  # Nones without a key: no dropout
         if self.pre_norm:  # GPT-2 onwards: the residual stream itself is never normalised
-            x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, rope))
-            x = x + self.branch("mlp", self.mlp(self.mlp_norm(x)))
+            x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, rope, dropout_key=k_probs), k_attn)
+            x = x + self.branch("mlp", self.mlp(self.mlp_norm(x)), k_mlp)
         else:  # GPT-1 / original transformer: normalise after each residual add
-            x = self.attn_norm(x + self.branch("attn", self.attn(x, mask, rope)))
-            x = self.mlp_norm(x + self.branch("mlp", self.mlp(x)))
+            x = self.attn_norm(x + self.branch("attn", self.attn(x, mask, rope, dropout_key=k_probs), k_attn))
+            x = self.mlp_norm(x + self.branch("mlp", self.mlp(x), k_mlp))
         return x
 
-    def branch(self, name: str, y: jax.Array) -> jax.Array:
-        """A residual branch's output as added to the stream: scaled for depth transfer, seen by coordcheck."""
-        return record(self, name, scale(y, self.branch_mult))
+    def branch(self, name: str, y: jax.Array, dropout_key=None) -> jax.Array:
+        """A residual branch's output as added to the stream: scaled for depth transfer, dropped out in
+        training, seen by coordcheck."""
+        return record(self, name, dropout(scale(y, self.branch_mult), self.dropout, dropout_key))
 
 
 # What the backward pass may keep from each layer's forward pass instead of recomputing it.
@@ -64,8 +70,8 @@ REMAT_POLICIES = {
 }
 
 
-def _run_block(block: Block, x: jax.Array, mask: AttentionMask, rope) -> jax.Array:
-    return constrain(block(x, mask, rope), RESIDUAL)
+def _run_block(block: Block, x: jax.Array, mask: AttentionMask, rope, *key) -> jax.Array:
+    return constrain(block(x, mask, rope, *key), RESIDUAL)
 
 
 class Decoder(nnx.Module):
@@ -94,11 +100,13 @@ class Decoder(nnx.Module):
                                 dtype=dtype, rngs=rngs))
 
     def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, bidirectional: jax.Array | None = None) -> jax.Array:
+                 segment_ids: jax.Array | None = None, bidirectional: jax.Array | None = None,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
         """tokens, positions, segment_ids, bidirectional: int (B, T). Returns float32 logits (B, T, V).
 
         positions default to 0..T-1, segment_ids to all ones (one document per row;
-        0 marks padding), bidirectional to none (purely causal).
+        0 marks padding), bidirectional to none (purely causal). dropout_key: train with
+        model.dropout (None: no dropout, as in evaluation and sampling).
         """
         B, T = tokens.shape
         if positions is None:
@@ -107,31 +115,35 @@ class Decoder(nnx.Module):
             segment_ids = jnp.ones((B, T), jnp.int32)
         mask = AttentionMask.self_attention(segment_ids, prefix=bidirectional)  # causal, prefix-LM, packed
 
+        embed_key, blocks_key = split_key(dropout_key, 2)
         x = self.embed(tokens)  # (B, T, D)
         if self.positions is not None:
             x = x + self.positions(positions)
+        x = dropout(x, self.cfg.dropout, embed_key)
         x = constrain(record(self, "embed", scale(x, self.parametrization.input_mult)), RESIDUAL)
         rope = None
         if self.cfg.positions == "rope":  # (sin, cos), computed once and shared by every layer
             rope = rope_angles(positions, self.cfg.head_size, self.cfg.rope_theta)
-        x = self._run_blocks(x, mask, rope)
+        x = self._run_blocks(x, mask, rope, blocks_key)
         if self.final_norm is not None:
             x = self.final_norm(x)
         logits = self.embed.attend(x) if self.unembed is None else self.unembed(x)  # (B, T, V) float32
         return record(self, "logits", scale(logits, self.parametrization.output_mult))
 
-    def _run_blocks(self, x: jax.Array, mask: AttentionMask, rope) -> jax.Array:
+    def _run_blocks(self, x: jax.Array, mask: AttentionMask, rope, key=None) -> jax.Array:
+        # one dropout key per layer, the same with and without scan_layers; none (nothing traced) without dropout
+        keys = () if key is None else (jax.random.split(key, self.cfg.n_layers),)
         run = _run_block
         if self.cfg.remat != "none":
             # inside scan, CSE across iterations cannot happen, so its prevention only costs speed
             run = nnx.remat(run, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=not self.cfg.scan_layers)
         if self.cfg.scan_layers:
-            # one compiled layer body, applied L times; weights are sliced along axis 0 ('layers')
-            run = nnx.scan(run, in_axes=(0, nnx.Carry, None, None), out_axes=nnx.Carry,
+            # one compiled layer body, applied L times; weights (and keys) are sliced along axis 0 ('layers')
+            run = nnx.scan(run, in_axes=(0, nnx.Carry, None, None) + (0,) * len(keys), out_axes=nnx.Carry,
                            transform_metadata={nnx.PARTITION_NAME: "layers"})
-            return run(self.blocks, x, mask, rope)
-        for block in self.blocks:
-            x = run(block, x, mask, rope)
+            return run(self.blocks, x, mask, rope, *keys)
+        for i, block in enumerate(self.blocks):
+            x = run(block, x, mask, rope, *(k[i] for k in keys))
         return x
 
 

@@ -26,6 +26,11 @@ Choices, where T5 differs from the decoder-only model in this package:
     Under muP (parametrization.py) both stacks follow the decoder's rules; the
     embedding multiplier applies to both stacks' inputs.
 
+Dropout (model.dropout), as in the decoder, on each stack's embedding output, on
+attention probabilities (self and cross) and on every residual branch, only when a
+dropout key is passed (training); T5's further dropouts (inside the MLP, after
+the final norm) are not applied.
+
 Packed rows: segment ids keep encoder self-attention inside one encoder segment
 (bidirectional), decoder self-attention causal inside one decoder segment, and
 cross-attention from decoder segment k to encoder segment k only. Positions
@@ -46,7 +51,7 @@ from pretrax.errors import ConfigError
 from pretrax.models.attention import Attention
 from pretrax.models.attention_backends import AttentionMask
 from pretrax.models.decoder import REMAT_POLICIES
-from pretrax.models.layers import MLP, RESIDUAL, Embed, Unembed, make_norm, record
+from pretrax.models.layers import MLP, RESIDUAL, Embed, Unembed, dropout, make_norm, record, split_key
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.relative_position import RelativePositionBias
 from pretrax.parallel.activations import constrain
@@ -57,18 +62,21 @@ class EncoderBlock(nnx.Module):
 
     def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD):
         self.branch_mult = parametrization.branch_mult  # depth transfer; 1 otherwise
+        self.dropout = cfg.dropout
         self.attn_norm = make_norm(cfg, rngs)
         self.attn = Attention(cfg, rngs=rngs, parametrization=parametrization)
         self.mlp_norm = make_norm(cfg, rngs)
         self.mlp = MLP(cfg, rngs=rngs, parametrization=parametrization)
 
-    def __call__(self, x: jax.Array, mask: AttentionMask, bias: jax.Array | None) -> jax.Array:
-        x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, bias=bias))
-        return x + self.branch("mlp", self.mlp(self.mlp_norm(x)))
+    def __call__(self, x: jax.Array, mask: AttentionMask, bias: jax.Array | None, dropout_key=None) -> jax.Array:
+        k_probs, k_attn, k_mlp = split_key(dropout_key, 3)  # Nones without a key: no dropout
+        x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, bias=bias, dropout_key=k_probs), k_attn)
+        return x + self.branch("mlp", self.mlp(self.mlp_norm(x)), k_mlp)
 
-    def branch(self, name: str, y: jax.Array) -> jax.Array:
-        """A residual branch's output as added to the stream: scaled for depth transfer, seen by coordcheck."""
-        return record(self, name, scale(y, self.branch_mult))
+    def branch(self, name: str, y: jax.Array, dropout_key=None) -> jax.Array:
+        """A residual branch's output as added to the stream: scaled for depth transfer, dropped out in
+        training, seen by coordcheck."""
+        return record(self, name, dropout(scale(y, self.branch_mult), self.dropout, dropout_key))
 
 
 class DecoderBlock(nnx.Module):
@@ -76,6 +84,7 @@ class DecoderBlock(nnx.Module):
 
     def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD):
         self.branch_mult = parametrization.branch_mult
+        self.dropout = cfg.dropout
         self.attn_norm = make_norm(cfg, rngs)
         self.attn = Attention(cfg, rngs=rngs, parametrization=parametrization)
         self.cross_norm = make_norm(cfg, rngs)
@@ -84,10 +93,12 @@ class DecoderBlock(nnx.Module):
         self.mlp = MLP(cfg, rngs=rngs, parametrization=parametrization)
 
     def __call__(self, x: jax.Array, encoded: jax.Array, mask: AttentionMask, cross_mask: AttentionMask,
-                 bias: jax.Array | None) -> jax.Array:
-        x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, bias=bias))
-        x = x + self.branch("cross", self.cross(self.cross_norm(x), cross_mask, kv=encoded))
-        return x + self.branch("mlp", self.mlp(self.mlp_norm(x)))
+                 bias: jax.Array | None, dropout_key=None) -> jax.Array:
+        k_probs, k_attn, k_cross_probs, k_cross, k_mlp = split_key(dropout_key, 5)
+        x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, bias=bias, dropout_key=k_probs), k_attn)
+        x = x + self.branch("cross", self.cross(self.cross_norm(x), cross_mask, kv=encoded, dropout_key=k_cross_probs),
+                            k_cross)
+        return x + self.branch("mlp", self.mlp(self.mlp_norm(x)), k_mlp)
 
     branch = EncoderBlock.branch
 
@@ -123,25 +134,26 @@ class Stack(nnx.Module):
                                     for _ in range(n_layers)])
         self.final_norm = make_norm(cfg, rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array | None, *args) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array | None, *args, dropout_key=None) -> jax.Array:
         """x (B, T, D); positions (B, T) or None (0..T-1 in every row); args: the block's inputs after x,
-        without the bias, which is computed here once and appended."""
+        without the bias, which is computed here once and appended (then one dropout key per layer)."""
         bias = None
         if self.relpos is not None:
             if positions is None:  # the same bias for every row: compute it once, (1, N, T, T)
                 positions = jnp.arange(x.shape[1], dtype=jnp.int32)[None]
             bias = self.relpos(positions, positions)  # (B or 1, N, T, T) float32
         args = (*args, bias)
+        keys = () if dropout_key is None else (jax.random.split(dropout_key, self.cfg.n_layers),)
         run = _call_block
         if self.cfg.remat != "none":
             run = nnx.remat(run, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=not self.cfg.scan_layers)
         if self.cfg.scan_layers:
-            run = nnx.scan(run, in_axes=(0, nnx.Carry) + (None,) * len(args), out_axes=nnx.Carry,
+            run = nnx.scan(run, in_axes=(0, nnx.Carry) + (None,) * len(args) + (0,) * len(keys), out_axes=nnx.Carry,
                            transform_metadata={nnx.PARTITION_NAME: "layers"})
-            x = run(self.blocks, x, *args)
+            x = run(self.blocks, x, *args, *keys)
         else:
-            for block in self.blocks:
-                x = run(block, x, *args)
+            for i, block in enumerate(self.blocks):
+                x = run(block, x, *args, *(k[i] for k in keys))
         return self.final_norm(x)
 
 
@@ -172,28 +184,34 @@ class EncoderDecoder(nnx.Module):
 
     def __call__(self, encoder_tokens: jax.Array, decoder_tokens: jax.Array, *,
                  encoder_segment_ids: jax.Array | None = None, decoder_segment_ids: jax.Array | None = None,
-                 encoder_positions: jax.Array | None = None, decoder_positions: jax.Array | None = None) -> jax.Array:
+                 encoder_positions: jax.Array | None = None, decoder_positions: jax.Array | None = None,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
         """encoder_* int (B, S), decoder_* int (B, T). Returns float32 logits (B, T, V).
 
         decoder_tokens are the decoder's inputs (the targets shifted right). Segment ids
-        default to all ones (one example per row), positions to 0..len-1.
+        default to all ones (one example per row), positions to 0..len-1. dropout_key:
+        train with model.dropout (None: no dropout).
         """
-        encoded = self.encode(encoder_tokens, segment_ids=encoder_segment_ids, positions=encoder_positions)
+        encoder_key, decoder_key = split_key(dropout_key, 2)
+        encoded = self.encode(encoder_tokens, segment_ids=encoder_segment_ids, positions=encoder_positions,
+                              dropout_key=encoder_key)
         return self.decode(encoded, decoder_tokens, encoder_segment_ids=encoder_segment_ids,
-                           segment_ids=decoder_segment_ids, positions=decoder_positions)
+                           segment_ids=decoder_segment_ids, positions=decoder_positions, dropout_key=decoder_key)
 
     def encode(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
-               positions: jax.Array | None = None) -> jax.Array:
+               positions: jax.Array | None = None, dropout_key: jax.Array | None = None) -> jax.Array:
         """Encoder tokens (B, S) -> encoded (B, S, D) in the compute dtype (after the encoder's final norm)."""
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
         mask = AttentionMask.self_attention(segment_ids, causal=False)  # bidirectional within a segment
-        x = constrain(record(self, "encoder_embed", scale(self.embed(tokens), self.parametrization.input_mult)),
-                      RESIDUAL)
-        return self.encoder(x, positions, mask)
+        embed_key, stack_key = split_key(dropout_key, 2)
+        x = dropout(self.embed(tokens), self.cfg.dropout, embed_key)
+        x = constrain(record(self, "encoder_embed", scale(x, self.parametrization.input_mult)), RESIDUAL)
+        return self.encoder(x, positions, mask, dropout_key=stack_key)
 
     def decode(self, encoded: jax.Array, tokens: jax.Array, *, encoder_segment_ids: jax.Array | None = None,
-               segment_ids: jax.Array | None = None, positions: jax.Array | None = None) -> jax.Array:
+               segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
+               dropout_key: jax.Array | None = None) -> jax.Array:
         """encoded (B, S, D) from `encode`, decoder tokens (B, T) -> float32 logits (B, T, V)."""
         B, S = encoded.shape[:2]
         if encoder_segment_ids is None:
@@ -204,8 +222,9 @@ class EncoderDecoder(nnx.Module):
         # decoder segment k reads encoder segment k. A decoder row with no matching encoder
         # token (padding) gets a uniform average over masked scores: finite, unused.
         cross_mask = AttentionMask.cross_attention(segment_ids, encoder_segment_ids)
-        x = constrain(record(self, "decoder_embed", scale(self.embed(tokens), self.parametrization.input_mult)),
-                      RESIDUAL)
-        x = self.decoder(x, positions, encoded, mask, cross_mask)
+        embed_key, stack_key = split_key(dropout_key, 2)
+        x = dropout(self.embed(tokens), self.cfg.dropout, embed_key)
+        x = constrain(record(self, "decoder_embed", scale(x, self.parametrization.input_mult)), RESIDUAL)
+        x = self.decoder(x, positions, encoded, mask, cross_mask, dropout_key=stack_key)
         logits = self.embed.attend(x) if self.unembed is None else self.unembed(x)  # (B, T, V) float32
         return record(self, "logits", scale(logits, self.parametrization.output_mult))

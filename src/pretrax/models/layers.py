@@ -43,6 +43,30 @@ def normal_or_zeros(std: float):
     return nnx.initializers.normal(std) if std else nnx.initializers.zeros_init()
 
 
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout: zero each entry with probability `rate`, scale the rest by 1/(1 - rate).
+
+    key None (evaluation, sampling, every caller that passes none) or rate 0: x unchanged, nothing traced.
+    The key is explicit, not an nnx.Rngs stream in the model, so the params stay the model's only state
+    and the trainer derives each step's key from the run seed and the step (exact resume).
+    """
+    if key is None or rate == 0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def split_key(key: jax.Array | None, n: int) -> tuple:
+    """n independent keys from key, or n Nones when dropout is off."""
+    return (None,) * n if key is None else tuple(jax.random.split(key, n))
+
+
+def residual_std(cfg: ModelSection, p: Parametrization) -> float:
+    """Init std of the projections into the residual stream: GPT-2's init_std / sqrt(2 n_layers)
+    (model.residual_init_scaling, the default) or GPT-1's plain init_std, as any hidden matrix."""
+    return p.residual_std(cfg.init_std, cfg.n_layers) if cfg.residual_init_scaling else p.hidden_std(cfg.init_std)
+
+
 def record(module: nnx.Module, name: str, value: jax.Array) -> jax.Array:
     """Hand `value` to an enclosing nnx.capture(..., nnx.Intermediate) (pretrax coordcheck).
 
@@ -167,8 +191,7 @@ class MLP(nnx.Module):
         hidden = ("batch", "length", "mlp")
         self.gate = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), std=std, out_axes=hidden, **kw) if gated else None
         self.up = Einsum("BTD,DF->BTF", (D, F), ("embed", "mlp"), std=std, out_axes=hidden, **kw)
-        self.down = Einsum("BTF,FD->BTD", (F, D), ("mlp", "embed"), std=p.residual_std(cfg.init_std, cfg.n_layers),
-                           out_axes=RESIDUAL, **kw)
+        self.down = Einsum("BTF,FD->BTD", (F, D), ("mlp", "embed"), std=residual_std(cfg, p), out_axes=RESIDUAL, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]

@@ -37,6 +37,11 @@ the residual projections start at init_std / sqrt(2 base_n_layers) (the base
 depth, so depth enters through the multiplier alone). Other CompleteP rules
 (Adam epsilon, norm-gain and bias LRs) are not applied.
 
+Adafactor (optim.name: adafactor) steps relative to each tensor's RMS, which for
+a hidden matrix is its muP init std, ∝ 1/sqrt(m); so its hidden LR factor is
+1/sqrt(m) (times the depth factor) where Adam's is 1/m, and the step's entries
+come out ∝ 1/m as muP asks. Every other role keeps factor 1 (docs/mup.md).
+
 At m = 1 and r = 1, with the zero inits off, every number here is exactly SP's.
 """
 
@@ -105,11 +110,18 @@ class Parametrization:
         return head_dim**-0.5 / math.sqrt(self.head_dim_mult) if self.mup else head_dim**-0.5
 
     # ---------------------------------------------------------------- learning rates
-    def lr_mult(self, role: str) -> float:
-        """Factor on the Adam direction (not on weight decay) of a parameter of this role."""
+    def lr_mult(self, role: str, optimizer: str = "adamw") -> float:
+        """Factor on the optimizer's direction (not on weight decay) of a parameter of this role.
+
+        Adam: 1/m for hidden matrices. Adafactor's step is already scaled by the tensor's RMS,
+        ∝ 1/sqrt(m) for a hidden matrix under muP init, so it needs only the remaining 1/sqrt(m).
+        """
         if role != "hidden":
             return 1.0
-        return (1.0 / self.width_mult if self.mup else 1.0) * self.depth_mult ** (self.depth_alpha - 1.0)
+        width = 1.0
+        if self.mup:
+            width = 1.0 / math.sqrt(self.width_mult) if optimizer == "adafactor" else 1.0 / self.width_mult
+        return width * self.depth_mult ** (self.depth_alpha - 1.0)
 
     @property
     def scales_lr(self) -> bool:
@@ -181,10 +193,10 @@ def _map_specs(fn, logical_specs: Any) -> Any:
     return jax.tree_util.tree_map_with_path(fn, logical_specs, is_leaf=lambda s: isinstance(s, P))
 
 
-def lr_multipliers(logical_specs: Any, parametrization: Parametrization) -> Any | None:
-    """Per-parameter factors on the Adam direction, shaped like the parameters; None
-    when every factor is 1 under SP (the optimizer is then plain optax.adamw)."""
+def lr_multipliers(logical_specs: Any, parametrization: Parametrization, optimizer: str = "adamw") -> Any | None:
+    """Per-parameter factors on the optimizer's direction, shaped like the parameters; None
+    when every factor is 1 under SP (the optimizer is then plain optax.adamw, or Adafactor)."""
     if not parametrization.scales_lr:
         return None
-    return _map_specs(lambda path, spec: parametrization.lr_mult(role(path, spec)), logical_specs)
+    return _map_specs(lambda path, spec: parametrization.lr_mult(role(path, spec), optimizer), logical_specs)
 

@@ -170,7 +170,7 @@ def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, mesh, setup, s
                     now = time.perf_counter()
                     for (s, _), m in zip(pending, fetched):
                         result["losses"][s] = float(m["loss"])
-                    row = {k: float(fetched[-1][k]) for k in ("loss", "lr", "grad_norm")}
+                    row = {k: float(fetched[-1][k]) for k in ("loss", "lr", "grad_norm", "z_loss") if k in fetched[-1]}
                     row.update(denoiser_losses(cfg, fetched[-1]))
                     if result["skipped_steps"]:
                         row["skipped_steps"] = len(result["skipped_steps"])

@@ -1,4 +1,4 @@
-"""AdamW with warmup + decay, global-norm clipping and a weight-decay mask.
+"""AdamW or Adafactor with warmup + decay, global-norm clipping and a weight-decay mask.
 
 Weight decay applies to matrices only: norms and biases (vectors once the
 scan-over-layers axis is ignored) are not decayed. The mask is computed from
@@ -8,6 +8,13 @@ Per-parameter learning-rate factors (muP's lr/m for hidden matrices, depth
 transfer; models/parametrization.py) scale the Adam direction only: the decay
 stays lr * weight_decay, as MuAdamW keeps it. Chaining a per-parameter scale
 after optax.adamw would shrink the decay by the same factor.
+
+Adafactor (Shazeer & Stern 2018) with the settings T5 and UL2 were trained with
+(T5X's adafactor defaults): factored second moments for tensors whose two largest
+dims are >= 128, decay rate 0.8 (beta2_t = 1 - t^-0.8), update clipping at RMS 1,
+steps relative to each tensor's RMS (floored at 1e-3), no first moment. It is
+optax's adafactor with the LR factors and the decoupled decay placed as for
+AdamW; under muP the factors differ (parametrization.py, docs/mup.md).
 """
 
 from __future__ import annotations
@@ -63,13 +70,69 @@ def scale_by_tree(factors: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+# T5X's Adafactor (t5x/adafactor.py defaults): decay_rate 0.8, epsilon1 1e-30 (added to squared gradients),
+# epsilon2 1e-3 (the floor of a tensor's RMS in the relative step), clipping_threshold 1.0, factoring >= 128.
+ADAFACTOR = dict(decay_rate=0.8, epsilon=1e-30, min_scale=1e-3, clipping=1.0, min_dim_size_to_factor=128)
+
+
+def factoring_shape(shape: tuple[int, ...], spec: P) -> tuple[int, ...]:
+    """The shape Adafactor factors a tensor as: heads x head_dim joined into one axis.
+
+    optax factors the two largest axes; an attention kernel (D, N, H) would pair D with
+    H (64 < 128, so not factored at all) and keep a full second moment. T5X factors its
+    2-D (embed, joined_kv) kernel; joining N and H here does the same.
+    """
+    out, names = [], []
+    for size, name in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        if name == "head_dim" and names and names[-1] in ("heads", "kv_heads"):
+            out[-1] *= size
+        else:
+            out.append(size)
+            names.append(name)
+    return tuple(out)
+
+
+def reshaped(inner: optax.GradientTransformation, logical_specs: Any) -> optax.GradientTransformation:
+    """`inner` applied to every tensor viewed in its factoring_shape; updates come back in the parameter's shape."""
+
+    def view(tree):
+        if not jax.tree.leaves(tree):  # optax.tree_map_params's placeholder: no tensors, nothing to reshape
+            return tree
+        return jax.tree.map(lambda x, spec: x.reshape(factoring_shape(x.shape, spec)), tree, logical_specs)
+
+    def update(updates, state, params=None):
+        new, state = inner.update(view(updates), state, None if params is None else view(params))
+        return jax.tree.map(lambda n, u: n.reshape(u.shape), new, updates), state
+
+    return optax.GradientTransformation(lambda params: inner.init(view(params)), update)
+
+
+def adafactor_direction(logical_specs: Any) -> optax.GradientTransformation:
+    """Adafactor's step before the learning rate: g / sqrt(factored v), clipped to RMS <= 1, times RMS(param)."""
+    a = ADAFACTOR
+    return optax.chain(
+        reshaped(optax.scale_by_factored_rms(decay_rate=a["decay_rate"], epsilon=a["epsilon"],
+                                             min_dim_size_to_factor=a["min_dim_size_to_factor"]), logical_specs),
+        optax.clip_by_block_rms(a["clipping"]),
+        optax.scale_by_param_block_rms(a["min_scale"]),
+    )
+
+
 def make_optimizer(cfg: OptimSection, total_steps: int, logical_specs: Any,
                    lr_multipliers: Any = None) -> optax.GradientTransformation:
-    """lr_multipliers: per-parameter factors on the Adam direction (not on the decay); None: plain AdamW."""
+    """lr_multipliers: per-parameter factors on the Adam (or Adafactor) direction, not on the decay;
+    None: plain AdamW (or Adafactor)."""
     schedule = learning_rate_schedule(cfg, total_steps)
     parts = []
     if cfg.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    if cfg.name == "adafactor":  # direction -> x factor -> + wd * param -> x -lr(t), as for AdamW below
+        parts += [adafactor_direction(logical_specs),
+                  scale_by_tree(lr_multipliers) if lr_multipliers is not None else optax.identity(),
+                  optax.add_decayed_weights(cfg.weight_decay, decay_mask(logical_specs)) if cfg.weight_decay
+                  else optax.identity(),
+                  optax.scale_by_learning_rate(schedule)]
+        return optax.chain(*parts)
     if lr_multipliers is not None:  # optax.adamw's three steps with the factors after Adam, before the decay
         parts.append(optax.chain(
             optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, mu_dtype=cfg.mu_dtype),
@@ -85,3 +148,22 @@ def make_optimizer(cfg: OptimSection, total_steps: int, logical_specs: Any,
         )
     )
     return optax.chain(*parts)
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt: Any, abstract_params: Any,
+                        param_shardings: Any, replicated: Any) -> Any:
+    """Optimizer state laid out like its parameters: a moment shaped like its parameter takes the parameter's
+    sharding; Adafactor's row/column statistics (the parameter's shape less one axis) take it less that axis;
+    anything else (counters, Adafactor's (1,) placeholders) is replicated."""
+
+    def like(leaf, param, sharding):
+        if leaf.shape == param.shape:
+            return sharding
+        spec = tuple(sharding.spec) + (None,) * (len(param.shape) - len(sharding.spec))
+        for axis in range(len(param.shape)):
+            if param.shape[:axis] + param.shape[axis + 1:] == leaf.shape:
+                return jax.sharding.NamedSharding(sharding.mesh, P(*spec[:axis], *spec[axis + 1:]))
+        return replicated
+
+    return optax.tree_map_params(tx, like, abstract_opt, abstract_params, param_shardings,
+                                 transform_non_params=lambda _: replicated)

@@ -27,7 +27,7 @@ from pretrax.models.attention_backends import check_backend
 from pretrax.models.decoder import Decoder
 from pretrax.models.parametrization import lr_multipliers
 from pretrax.parallel.rules import tree_shardings
-from pretrax.train.optimizer import make_optimizer
+from pretrax.train.optimizer import make_optimizer, opt_state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +74,14 @@ def make_setup(cfg: Config, mesh: Mesh, vocab_size: int) -> TrainSetup:
     abstract_model = nnx.eval_shape(lambda: build_model(cfg, vocab_size, 0))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
     logical_specs = nnx.get_partition_spec(abstract_params)
-    lr_mults = lr_multipliers(logical_specs, abstract_model.parametrization)  # None under sp
+    lr_mults = lr_multipliers(logical_specs, abstract_model.parametrization, cfg.optim.name)  # None under sp
     tx = make_optimizer(cfg.optim, cfg.train.steps, logical_specs, lr_mults)
     rules = dict(cfg.mesh.rules)
     param_shardings = tree_shardings(abstract_params, logical_specs, mesh, rules)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    # optimizer moments mirror their parameter's sharding; counters etc. are replicated
-    opt_shardings = optax.tree_map_params(
-        tx,
-        lambda _, sharding: sharding,
-        abstract_opt,
-        param_shardings,
-        transform_non_params=lambda _: NamedSharding(mesh, P()),
-    )
     replicated = NamedSharding(mesh, P())
+    # optimizer moments mirror their parameter's sharding; counters etc. are replicated
+    opt_shardings = opt_state_shardings(tx, abstract_opt, abstract_params, param_shardings, replicated)
     state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings, "rng": replicated}
     return TrainSetup(cfg, mesh, vocab_size, graphdef, abstract_params, logical_specs, tx, state_shardings)
 

@@ -3,6 +3,12 @@
 The loss is the mean cross-entropy over target tokens of the whole global
 batch (sum over tokens / number of tokens), so gradient accumulation over
 micro-batches gives the same update as one big batch.
+
+train.z_loss adds z_loss * log(Z)^2 per target token (Z the softmax's normaliser), as
+T5X's cross_entropy_with_logits does, to keep the logits from drifting; the logged
+`loss` stays the plain cross-entropy (comparable with eval and across settings) and
+`z_loss` is logged next to it. Dropout (model.dropout) takes a key derived from the
+run's seed and the step, so a resumed run draws the same masks.
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ def batch_keys(cfg, *, with_denoiser: bool = True) -> tuple[str, ...]:
     return keys + (("denoiser",) if with_denoiser and cfg.data.objective != "causal_lm" else ())
 
 
-def logits_of(model: Any, batch: dict) -> jax.Array:
-    """The model's float32 logits (B, T, V) for a packed batch of either model kind."""
+def logits_of(model: Any, batch: dict, dropout_key: jax.Array | None = None) -> jax.Array:
+    """The model's float32 logits (B, T, V) for a packed batch of either model kind (dropout off without a key)."""
     if "encoder_inputs" in batch:
         return model(
             batch["encoder_inputs"],
@@ -44,12 +50,14 @@ def logits_of(model: Any, batch: dict) -> jax.Array:
             decoder_segment_ids=batch["segment_ids"],
             encoder_positions=batch["encoder_positions"],
             decoder_positions=batch["positions"],
+            dropout_key=dropout_key,
         )
     return model(
         batch["inputs"],
         positions=batch["positions"],
         segment_ids=batch["segment_ids"],
         bidirectional=batch["bidirectional"],
+        dropout_key=dropout_key,
     )
 
 
@@ -59,38 +67,68 @@ def token_losses(graphdef: Any, params: Any, batch: dict) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
 
 
-def _summed_loss(graphdef, params, batch, num_denoisers: int):
-    """Summed masked loss, and the token counts (and per-denoiser sums for UL2-style objectives)."""
+def z_loss_terms(logits: jax.Array, z_loss: float) -> jax.Array:
+    """z_loss * log(Z)^2 per position, log Z = logsumexp of the logits (T5X cross_entropy_with_logits).
+
+    Its gradient in the logits is 2 z_loss log(Z) softmax(logits), which pulls log Z towards 0.
+    """
+    return z_loss * jnp.square(jax.nn.logsumexp(logits, axis=-1))
+
+
+def dropout_key(setup: TrainSetup, state: dict) -> jax.Array | None:
+    """This step's dropout key: the run's key (from run.seed) folded with the step; None when dropout is off."""
+    if setup.cfg.model.dropout == 0:
+        return None
+    return jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+
+def _summed_loss(graphdef, params, batch, num_denoisers: int, z_loss: float = 0.0, key=None):
+    """Summed masked loss, and the token counts (and per-denoiser sums for UL2-style objectives).
+
+    With z_loss > 0 the loss differentiated is cross-entropy + z-loss; stats keep the cross-entropy
+    and the z-loss sums apart.
+    """
     mask = batch["loss_mask"]
-    losses = token_losses(graphdef, params, batch) * mask  # (B, T)
+    if z_loss == 0 and key is None:  # the default program, exactly as before z-loss and dropout existed
+        losses = token_losses(graphdef, params, batch) * mask  # (B, T)
+    else:
+        logits = logits_of(nnx.merge(graphdef, params), batch, key)  # (B, T, V) float32
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]) * mask
     stats = {"count": jnp.sum(mask)}
     if num_denoisers:
         which = jax.nn.one_hot(batch["denoiser"], num_denoisers, dtype=losses.dtype)  # (B, T, K)
         stats["denoiser_loss"] = jnp.einsum("BT,BTK->K", losses, which)
         stats["denoiser_tokens"] = jnp.einsum("BT,BTK->K", mask, which)
-    return jnp.sum(losses), stats
+    if z_loss == 0:
+        return jnp.sum(losses), stats
+    stats["cross_entropy"] = jnp.sum(losses)
+    stats["z_loss"] = jnp.sum(z_loss_terms(logits, z_loss) * mask)
+    return stats["cross_entropy"] + stats["z_loss"], stats
 
 
-def _grads(setup: TrainSetup, params: Any, batch: dict) -> tuple[jax.Array, dict, Any]:
-    """Summed loss, token counts and summed gradients, accumulated over micro-batches."""
+def _grads(setup: TrainSetup, params: Any, batch: dict, key=None) -> tuple[jax.Array, dict, Any]:
+    """Summed loss, token counts and summed gradients, accumulated over micro-batches (key: dropout's, or None)."""
     k = len(denoiser_names(setup.cfg.data)) if "denoiser" in batch else 0
-    grad_fn = jax.value_and_grad(lambda p, b: _summed_loss(setup.graphdef, p, b, k), has_aux=True)
+    z = setup.cfg.train.z_loss
+    grad_fn = jax.value_and_grad(lambda p, b, key: _summed_loss(setup.graphdef, p, b, k, z, key), has_aux=True)
     accum = setup.cfg.train.grad_accum
     if accum == 1:
-        (loss_sum, stats), grads = grad_fn(params, batch)
+        (loss_sum, stats), grads = grad_fn(params, batch, key)
         return loss_sum, stats, grads
 
     def split(x):  # (B, ...) -> (A, B/A, ...): micro-batch i takes rows i, i+A, ... so each stays sharded
         return x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
 
-    def body(carry, micro):
-        (l, st), g = grad_fn(params, micro)
+    def body(carry, micro_and_key):
+        (l, st), g = grad_fn(params, *micro_and_key)
         return jax.tree.map(jnp.add, carry, (l, st, g)), None
 
     micro = jax.tree.map(split, batch)
-    (loss_shape, stats_shape), grads_shape = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro))
+    keys = None if key is None else jax.random.split(key, accum)  # each micro-batch draws its own dropout masks
+    first = jax.tree.map(lambda x: x[0], (micro, keys))
+    (loss_shape, stats_shape), grads_shape = jax.eval_shape(grad_fn, params, *first)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_shape, stats_shape, grads_shape))
-    (loss_sum, stats, grads), _ = jax.lax.scan(body, zeros, micro)
+    (loss_sum, stats, grads), _ = jax.lax.scan(body, zeros, (micro, keys))
     return loss_sum, stats, grads
 
 
@@ -99,7 +137,7 @@ def make_train_step(setup: TrainSetup) -> Callable[[dict, dict], tuple[dict, dic
     lr_at = learning_rate_schedule(setup.cfg.optim, setup.cfg.train.steps)
 
     def step(state: dict, batch: dict) -> tuple[dict, dict]:
-        loss_sum, stats, grads = _grads(setup, state["params"], batch)
+        loss_sum, stats, grads = _grads(setup, state["params"], batch, dropout_key(setup, state))
         count = jnp.maximum(stats.pop("count"), 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         grad_norm = optax.tree.norm(grads)
@@ -110,6 +148,9 @@ def make_train_step(setup: TrainSetup) -> Callable[[dict, dict], tuple[dict, dic
         finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         params, opt_state = jax.tree.map(keep, params, state["params"]), jax.tree.map(keep, opt_state, state["opt_state"])
+        if "z_loss" in stats:  # the objective was cross-entropy + z-loss; log them apart, per token
+            loss_sum = stats.pop("cross_entropy")
+            stats["z_loss"] = stats["z_loss"] / count
         metrics = {
             "loss": loss_sum / count,
             "grad_norm": grad_norm,
