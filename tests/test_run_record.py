@@ -102,6 +102,10 @@ def test_a_checkpoint_from_before_a_key_existed_compares_with_its_default(tiny_c
     saved = cfg.to_dict()
     del saved["model"]["n_kv_heads"], saved["data"]["shuffle"], saved["train"]["batch_size"]
     ckpt.check_compatible(saved, cfg, 3)  # no error
+    # dropout and the init rule change how the weights are trained or were drawn, not what they are
+    ckpt.check_compatible(saved, tiny_cfg("model.dropout=0.1", "model.residual_init_scaling=false"), 3)
+    with pytest.raises(CheckpointError, match=r"model\.d_ff \(checkpoint 64, now 128\)"):
+        ckpt.check_compatible(saved, tiny_cfg("model.d_ff=128"), 3)
     assert run_record.data_order_changes(saved, cfg) == {"train.batch_size": (16, 8)}  # 16: the default
     saved["data"]["mixture"] = [{"source": "stdlib"}]
     assert "data.mixture" in run_record.data_order_changes(saved, cfg)

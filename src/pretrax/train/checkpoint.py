@@ -204,8 +204,9 @@ def saved_config(run_dir: str, step: int, cfg: Config) -> dict:
         return read_config(reader, step)
 
 
-# how the same weights are computed with, not what they are: free to change on a resume
-RUNTIME_MODEL_KEYS = frozenset({"model.remat", "model.attention"})
+# how the same weights are computed or trained with, or how they were first drawn, not what they are:
+# free to change on a resume (run_record.py records the change)
+RUNTIME_MODEL_KEYS = frozenset({"model.remat", "model.attention", "model.dropout", "model.residual_init_scaling"})
 
 
 def check_compatible(saved: dict, cfg: Config, step: int) -> None:
