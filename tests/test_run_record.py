@@ -112,6 +112,7 @@ def test_a_checkpoint_from_before_a_key_existed_compares_with_its_default(tiny_c
     assert run_record.data_order_changes(cfg.to_dict(), tiny_cfg("data.num_workers=2", "data.prefetch=0")) == {}
 
 
+@pytest.mark.slow
 def test_an_interrupted_retention_never_leaves_a_damaged_checkpoint(tiny_cfg, monkeypatch, capsys):
     """Ctrl-C while an old step is being deleted: the step was renamed away first, so none is half deleted."""
     from pretrax import storage
