@@ -250,6 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-slices", type=int, default=None, metavar="K",
                    help="K slices joined over DCN (sets mesh.dcn_data; default: mesh.dcn_data)")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    p.add_argument("--search", action="store_true", help="try meshes, remat, grad_accum and attention backends; "
+                   "print the plans that fit, fastest first by a roofline estimate (exit 3 if none fits)")
+    for flag, what in (("data", "data ways"), ("fsdp", "fsdp ways"), ("tensor", "tensor ways"),
+                       ("remat", "remat policies"), ("grad-accum", "micro-batch counts"),
+                       ("attention", "attention backends")):
+        p.add_argument(f"--{flag}", default=None, metavar="A,B", help=f"--search: only these {what}")
+    p.add_argument("--max-compiles", type=int, default=24, metavar="N", help="--search: at most N plan compiles")
+    p.add_argument("--jobs", type=int, default=None, metavar="J",
+                   help="--search: J compiles at once, in worker processes (default: CPU cores / 2)")
     p.set_defaults(func=cmd_compile)
     return parser
 
@@ -533,7 +542,19 @@ def cmd_compile(args) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from pretrax import config as config_lib
     from pretrax.compile import compile_for_topology, exit_code, format_report
+    from pretrax.errors import PretraxError
 
+    restricted = [f for f in ("data", "fsdp", "tensor", "remat", "grad_accum", "attention") if getattr(args, f)]
+    if restricted and not args.search:
+        raise PretraxError(f"--{restricted[0].replace('_', '-')} restricts a --search; add --search")
+    if args.search:
+        from pretrax import compile_search as cs
+
+        space = cs.parse_space(args.data, args.fsdp, args.tensor, args.remat, args.grad_accum, args.attention)
+        found = cs.search(config_lib.load(args.config, args.overrides), args.topology, args.num_slices, space,
+                          args.max_compiles, args.jobs)
+        print(json.dumps(found) if args.json else cs.format_search(found))
+        return cs.exit_code(found)
     report = compile_for_topology(config_lib.load(args.config, args.overrides), args.topology, args.num_slices)
     print(json.dumps(report) if args.json else format_report(report))
     return exit_code(report)

@@ -37,6 +37,29 @@ _ALIASES = {"v5litepod": "v5e"}
 
 
 @dataclasses.dataclass(frozen=True)
+class ChipSpec:
+    """One chip's peaks, for the roofline step-time estimate (pretrax.roofline)."""
+
+    peak_tflops: float  # bf16 dense
+    hbm_gbps: float  # HBM bandwidth, GB/s
+    ici_gbps: float  # inter-chip interconnect, GB/s per chip, one direction (the docs' Gbps / 8)
+
+
+# Per chip, from the Cloud TPU documentation (docs.cloud.google.com/tpu/docs/<generation>), as read 2026-12:
+CHIP_SPECS = {
+    # v4: "275 teraflops (bf16)", "HBM2 capacity and bandwidth 32 GiB, 1200 GBps"; ICI 2400 Gbps per chip
+    # (the TPU system-architecture page's "Interchip Interconnect BW"; the v4 page gives only pod figures)
+    "v4": ChipSpec(275.0, 1200.0, 300.0),
+    # v5e: "197 TFLOPs", "16 GB, 819 GBps", "Interchip Interconnect BW 1600 Gbps" (bidirectional 400 GBps)
+    "v5e": ChipSpec(197.0, 819.0, 200.0),
+    # v5p: "459 TFLOPs", "95GB, 2765 GBps", "Interchip Interconnect BW 4800 Gbps" (bidirectional 1200 GBps)
+    "v5p": ChipSpec(459.0, 2765.0, 600.0),
+    # v6e: "918 TFLOPs", "HBM bandwidth per chip 1638 GBps", "Bidirectional ICI bandwidth (per chip) 800 GBps"
+    "v6e": ChipSpec(918.0, 1638.0, 400.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class Topology:
     name: str  # as given, e.g. "v5p-128"
     generation: str  # v4, v5e, v5p, v6e
@@ -47,6 +70,10 @@ class Topology:
     @property
     def libtpu_name(self) -> str:
         return f"{GENERATIONS[self.generation].libtpu_name}:{'x'.join(map(str, self.grid))}"
+
+    @property
+    def spec(self) -> ChipSpec:
+        return CHIP_SPECS[self.generation]
 
     @property
     def chips_per_host_bounds(self) -> tuple[int, int, int]:
