@@ -1,5 +1,6 @@
 """The T5 / GPT-1 training recipe: Adafactor (and its muP form), z-loss, dropout (issue 16, items 4 and 8)."""
 
+import dataclasses
 import json
 import math
 import types
@@ -20,6 +21,8 @@ from pretrax.models import make_model
 from pretrax.models.layers import dropout
 from pretrax.models.parametrization import lr_multipliers, resolve
 from pretrax.parallel.mesh import make_mesh
+from pretrax.data.pipeline import make_train_iterator
+from pretrax.train import checkpoint as ckpt
 from pretrax.train.loop import train
 from pretrax.train.optimizer import make_optimizer
 from pretrax.train.state import build_model, init_state, make_setup, model_vocab_size
@@ -47,7 +50,7 @@ def decoder_batch(rows=8, length=32, seed=0):
 
 
 def tiny_setup(tiny_cfg, *overrides):
-    cfg = tiny_cfg(*overrides)
+    cfg = tiny_cfg("model.n_layers=1", *overrides)
     setup = make_setup(cfg, make_mesh(cfg.mesh, jax.devices()[:1]), 256)  # one device: the quickest compile
     return setup, init_state(setup, cfg.run.seed)
 
@@ -94,6 +97,7 @@ def test_adafactor_is_optax_adafactor_with_t5_settings():
         np.testing.assert_allclose(p1[k], p2[k], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_mup_hidden_update_entries_shrink_as_one_over_width():
     # muP asks a hidden matrix's update entries to scale as 1/m (Adam: lr/m). Adafactor's step is
     # lr * factor * RMS(W), RMS(W) ~ 1/sqrt(m) under muP init, so its factor must be 1/sqrt(m); the
@@ -102,22 +106,23 @@ def test_mup_hidden_update_entries_shrink_as_one_over_width():
     rms = {}
     for width in (128, 512):
         cfg = ModelSection(d_model=width, d_ff=width, n_layers=1, n_heads=4)
-        model = make_model(cfg, vocab_size=V, max_seq_len=32, rngs=nnx.Rngs(params=0), parametrization=p)
-        _, params = nnx.split(model, nnx.Param)
-        specs = nnx.get_partition_spec(params)
+        build = lambda: make_model(cfg, vocab_size=V, max_seq_len=32, rngs=nnx.Rngs(params=0),  # noqa: E731
+                                   parametrization=p)
+        specs = nnx.get_partition_spec(nnx.state(nnx.eval_shape(build), nnx.Param))
         txs = {name: make_optimizer(OptimSection(name=name, lr=0.01, warmup_steps=0, schedule="constant",
                                                  weight_decay=0.0, clip_norm=0),
                                     10, specs, lr_multipliers(specs, resolve(cfg, p), name))
                for name in ("adamw", "adafactor")}
 
         @jax.jit
-        def first_updates(params):
+        def first_updates():  # the model is built inside: one compile instead of an eager op per weight
+            params = nnx.state(build(), nnx.Param)
             grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(1), x.shape), params)
             return {name: jax.tree.map(lambda u: jnp.sqrt(jnp.mean(jnp.square(u))),
                                        tx.update(grads, tx.init(params), params)[0])
                     for name, tx in txs.items()}
 
-        rms[width] = {(name, jax.tree_util.keystr(k)): float(v) for name, tree in first_updates(params).items()
+        rms[width] = {(name, jax.tree_util.keystr(k)): float(v) for name, tree in first_updates().items()
                       for k, v in jax.tree_util.tree_leaves_with_path(tree)}
     checked = 0
     for key in rms[128]:
@@ -145,32 +150,6 @@ def test_z_loss_value_and_gradient_by_hand():
     np.testing.assert_allclose(grad, 2 * z * log_z[:, None] * softmax, rtol=1e-5)
 
 
-def test_z_loss_is_in_the_gradient_and_logged_apart(tiny_cfg):
-    z = 0.5  # large, so its share of the gradient is far above rounding
-    with_z, state = tiny_setup(tiny_cfg, f"train.z_loss={z}")
-    batch = to_global(with_z, decoder_batch())
-
-    @jax.jit
-    def by_hand(params):
-        """Cross-entropy and z-loss per token, the gradient of their sum written out here, and the step's."""
-        def parts(p):
-            logits = logits_of(nnx.merge(with_z.graphdef, p), batch)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-            z_sum = jnp.sum(z_loss_terms(logits, z) * batch["loss_mask"])
-            return jnp.sum(ce * batch["loss_mask"]) + z_sum, (z_sum, jnp.mean(ce))
-
-        (_, (z_sum, ce)), grad = jax.value_and_grad(parts, has_aux=True)(params)
-        return z_sum / batch["loss_mask"].size, ce, grad, _grads(with_z, params, batch)[2]
-
-    z_mean, ce, grad, step_grad = by_hand(state["params"])
-    for a, b in zip(jax.tree.leaves(step_grad), jax.tree.leaves(grad)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
-    # the step logs cross-entropy as `loss` (as without z-loss) and the per-token z-loss next to it
-    _, metrics = make_train_step(with_z)(state, batch)
-    assert float(metrics["loss"]) == pytest.approx(float(ce), rel=1e-6)
-    assert float(metrics["z_loss"]) == pytest.approx(float(z_mean), rel=1e-5) and float(z_mean) > 0
-
-
 # ---------------------------------------------------------------- dropout
 
 
@@ -182,30 +161,27 @@ def test_dropout_drops_at_its_rate_and_keeps_the_mean():
     assert dropout(x, 0.25, None) is x and dropout(x, 0.0, jax.random.key(0)) is x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["decoder", "encoder_decoder"])
 def test_dropout_acts_only_with_a_key(kind):
     # the train step passes a key; evaluation, scoring and sampling pass none, and then the model with
     # dropout 0.5 is the model without dropout (same weights, same logits)
     extra = dict(kind=kind, positions="relative") if kind == "encoder_decoder" else {}
-    cfg = ModelSection(d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.5, **extra)
-    off = ModelSection(d_model=32, n_layers=2, n_heads=4, d_ff=64, **extra)
-    model = make_model(cfg, vocab_size=V, max_seq_len=32, rngs=nnx.Rngs(params=0))
-    plain = nnx.eval_shape(lambda: make_model(off, vocab_size=V, max_seq_len=32, rngs=nnx.Rngs(params=0)))
+    cfg = ModelSection(d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.5, **extra)
+    off = dataclasses.replace(cfg, dropout=0.0)
+    g, params = nnx.split(make_model(cfg, vocab_size=V, max_seq_len=16, rngs=nnx.Rngs(params=0)), nnx.Param)
+    g0 = nnx.split(nnx.eval_shape(lambda: make_model(off, vocab_size=V, max_seq_len=16, rngs=nnx.Rngs(params=0))),
+                   nnx.Param)[0]
     batch = {k: jnp.asarray(v % V) for k, v in decoder_batch(rows=2, length=16).items()}
     if kind == "encoder_decoder":
         batch.update(encoder_inputs=batch["targets"], encoder_segment_ids=batch["segment_ids"],
                      encoder_positions=batch["positions"])
-    (g, params), (g0, _) = nnx.split(model, nnx.Param), nnx.split(plain, nnx.Param)
-
-    @jax.jit
-    def run(params, key1, key2):
-        return (logits_of(nnx.merge(g0, params), batch), logits_of(nnx.merge(g, params), batch),
-                logits_of(nnx.merge(g, params), batch, key1), logits_of(nnx.merge(g, params), batch, key2))
-
-    base, no_key, a, b = run(params, jax.random.key(1), jax.random.key(2))
-    a_again = run(params, jax.random.key(1), jax.random.key(1))[3]
+    without = jax.jit(lambda p: (logits_of(nnx.merge(g0, p), batch), logits_of(nnx.merge(g, p), batch)))
+    train_mode = jax.jit(lambda p, key: logits_of(nnx.merge(g, p), batch, key))
+    base, no_key = without(params)
     np.testing.assert_array_equal(no_key, base)
-    np.testing.assert_array_equal(a, a_again)  # a key fixes the masks
+    a, b = train_mode(params, jax.random.key(1)), train_mode(params, jax.random.key(2))
+    np.testing.assert_array_equal(a, train_mode(params, jax.random.key(1)))  # a key fixes the masks
     assert not np.allclose(a, base) and not np.allclose(a, b)
 
 
@@ -223,6 +199,7 @@ def test_dropout_key_follows_the_seed_and_the_step(tiny_cfg):
     assert dropout_key(off, {"rng": None, "step": 0}) is None
 
 
+@pytest.mark.slow
 def test_sampling_ignores_dropout(tiny_cfg):
     with_dropout, state = tiny_setup(tiny_cfg, "model.dropout=0.5", "data.seq_len=16")
     plain, _ = tiny_setup(tiny_cfg, "data.seq_len=16")
@@ -236,26 +213,75 @@ def test_sampling_ignores_dropout(tiny_cfg):
 
 @pytest.mark.slow
 def test_adafactor_z_loss_dropout_train_and_resume_exactly(tiny_cfg, tmp_path):
-    """12 steps straight == 6 steps, stop, resume: the Adafactor state and the dropout masks come back."""
-    # Adafactor's lr is a step relative to each tensor's RMS (0.02 at init): 0.1 moves weights ~2e-3 a step
-    common = ["optim.name=adafactor", "optim.lr=0.1", "optim.warmup_steps=2", "train.z_loss=1e-4",
-              "model.dropout=0.1", "train.steps=12", "checkpoint.every=6", "train.log_every=3", "train.eval_every=0",
-              "train.eval_batches=1", "train.sample_tokens=0", "mesh.data=2", "mesh.fsdp=4"]
-    straight = train(tiny_cfg(*common, run_dir=str(tmp_path / "a")), progress=False)["losses"]
-    train(tiny_cfg(*common, run_dir=str(tmp_path / "b")), stop_at=6, progress=False)
-    resumed = train(tiny_cfg(*common, run_dir=str(tmp_path / "b")), progress=False)
-    assert resumed["start_step"] == 6
-    assert [resumed["losses"][s] for s in range(7, 13)] == [straight[s] for s in range(7, 13)]
-    assert np.mean([straight[s] for s in range(10, 13)]) < straight[1] - 1.0, straight
-    rows = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
-    assert all(0 < r["z_loss"] < 0.01 for r in rows), rows
+    """One setup (Adafactor, z-loss, dropout): the step's gradient is cross-entropy + z-loss with this
+    step's dropout masks; `loss` logs the cross-entropy and `z_loss` the z-loss; 12 steps lower the loss;
+    6 steps, an Orbax checkpoint, a restore and 6 more give the same losses as 12 straight."""
+    z = 0.01
+    setup, state = tiny_setup(tiny_cfg, "optim.name=adafactor", "optim.lr=0.1", "optim.warmup_steps=2",
+                              f"train.z_loss={z}", "model.dropout=0.1", "train.steps=12")
+    data = make_train_iterator(setup.cfg)
+    batches = [to_global(setup, next(data)) for _ in range(12)]
+    data.close()
+    batch, key = batches[0], dropout_key(setup, state)
+
+    @jax.jit
+    def by_hand(params):
+        def parts(p):
+            logits = logits_of(nnx.merge(setup.graphdef, p), batch, key)  # step 1's masks
+            mask = batch["loss_mask"]
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]) * mask
+            z_sum = jnp.sum(z_loss_terms(logits, z) * mask)
+            return jnp.sum(ce) + z_sum, (jnp.sum(ce) / jnp.sum(mask), z_sum / jnp.sum(mask))
+
+        (_, (ce, z_mean)), grad = jax.value_and_grad(parts, has_aux=True)(params)
+        return ce, z_mean, grad, _grads(setup, params, batch, key)[2]
+
+    ce, z_mean, grad, step_grad = by_hand(state["params"])
+    for a, b in zip(jax.tree.leaves(step_grad), jax.tree.leaves(grad)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+    step = make_train_step(setup)
+    fresh = jax.tree.map(jnp.copy, state)
+    straight = []
+    for i, b in enumerate(batches):
+        state, metrics = step(state, b)
+        straight.append(float(metrics["loss"]))
+        if i == 0:
+            assert float(metrics["loss"]) == pytest.approx(float(ce), rel=1e-6)
+            assert float(metrics["z_loss"]) == pytest.approx(float(z_mean), rel=1e-5) and float(z_mean) > 0
+    assert np.mean(straight[-3:]) < straight[0] - 1.0, straight
+
+    state = fresh
+    for b in batches[:6]:
+        state, _ = step(state, b)
+    manager = ckpt.open_manager(str(tmp_path / "run"), setup.cfg.checkpoint)
+    ckpt.save(manager, 6, state, {}, setup.cfg)
+    ckpt.wait(manager)
+    del state
+    state, _ = ckpt.restore(manager, 6, setup.abstract_state())
+    manager.close()
+    resumed = []
+    for b in batches[6:]:
+        state, metrics = step(state, b)
+        resumed.append(float(metrics["loss"]))
+    assert resumed == straight[6:]
+
+
+@pytest.mark.slow
+def test_the_trainer_logs_z_loss(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("train.z_loss=1e-4", "model.n_layers=1", "train.steps=2", "train.log_every=1",
+                   "train.eval_batches=1", "train.sample_tokens=0")
+    train(cfg, progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2] and all(0 < r["z_loss"] < 0.01 for r in rows), rows
 
 
 # ---------------------------------------------------------------- bad input
 
 
 @pytest.mark.parametrize("overrides,words", [
-    (["optim.name=adafactor", "optim.mu_dtype=bfloat16"], "optim.mu_dtype is Adam's and unused by optim.name=adafactor"),
+    (["optim.name=adafactor", "optim.mu_dtype=bfloat16"],
+     "optim.mu_dtype is Adam's and unused by optim.name=adafactor"),
     (["optim.name=adafactor", "optim.b1=0.8", "optim.b2=0.99"], "optim.b1, optim.b2 are Adam's"),
     (["train.z_loss=-1e-4"], "config key 'train.z_loss' must be >= 0"),
     (["model.dropout=1"], "config key 'model.dropout' must be in [0, 1), got 1.0"),

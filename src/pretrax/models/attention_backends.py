@@ -137,7 +137,8 @@ def check_backend(backend: str, *, platform: str, dtype: str, has_bias: bool) ->
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, bias: jax.Array | None = None,
-           scale: float | None = None, backend: str = "xla", dropout: tuple[float, jax.Array] | None = None) -> jax.Array:
+           scale: float | None = None, backend: str = "xla",
+           dropout: tuple[float, jax.Array] | None = None) -> jax.Array:
     """Attention by `backend` (one of BACKENDS); shapes as in xla_attention. dropout (rate, key): xla only
     (the fused kernels never form the probabilities; config validation refuses the pair)."""
     if backend == "xla":
