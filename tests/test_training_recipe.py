@@ -97,6 +97,28 @@ def test_adafactor_is_optax_adafactor_with_t5_settings():
         np.testing.assert_allclose(p1[k], p2[k], rtol=1e-5, atol=1e-7)
 
 
+def test_adafactor_treats_a_scanned_stack_as_its_layers():
+    # scan_layers stacks the layers' weights on a 'layers' axis; the second moments, the update clipping
+    # and the relative step are each layer's own, as without scan (two layers of very different scales)
+    from jax.sharding import PartitionSpec as P
+
+    cfg = OptimSection(name="adafactor", lr=0.01, warmup_steps=0, schedule="constant", weight_decay=0.0, clip_norm=0)
+    stacked, single = (make_optimizer(cfg, 10, {"w": spec}) for spec in (P("layers", "embed", "mlp"),
+                                                                         P("embed", "mlp")))
+    w = [jax.random.normal(jax.random.key(i), (128, 160)) * s for i, s in enumerate((0.02, 0.5))]
+    g = [jax.random.normal(jax.random.key(10 + i), (128, 160)) * s for i, s in enumerate((1.0, 1e3))]
+
+    @jax.jit
+    def updates():
+        p, grads = {"w": jnp.stack(w)}, {"w": jnp.stack(g)}
+        return (stacked.update(grads, stacked.init(p), p)[0]["w"],
+                [single.update({"w": g[i]}, single.init({"w": w[i]}), {"w": w[i]})[0]["w"] for i in range(2)])
+
+    both, each = updates()
+    for i in range(2):
+        np.testing.assert_allclose(both[i], each[i], rtol=1e-5, atol=1e-9)
+
+
 @pytest.mark.slow
 def test_mup_hidden_update_entries_shrink_as_one_over_width():
     # muP asks a hidden matrix's update entries to scale as 1/m (Adam: lr/m). Adafactor's step is

@@ -14,7 +14,9 @@ Adafactor (Shazeer & Stern 2018) with the settings T5 and UL2 were trained with
 dims are >= 128, decay rate 0.8 (beta2_t = 1 - t^-0.8), update clipping at RMS 1,
 steps relative to each tensor's RMS (floored at 1e-3), no first moment. It is
 optax's adafactor with the LR factors and the decoupled decay placed as for
-AdamW; under muP the factors differ (parametrization.py, docs/mup.md).
+AdamW; under muP the factors differ (parametrization.py, docs/mup.md). Two
+layout fixes keep it T5X's: attention kernels are factored as D x (heads *
+head_dim), and a scan_layers stack is clipped and scaled per layer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
@@ -107,14 +110,43 @@ def reshaped(inner: optax.GradientTransformation, logical_specs: Any) -> optax.G
     return optax.GradientTransformation(lambda params: inner.init(view(params)), update)
 
 
+def _layer_rms(x: jax.Array, spec: P) -> jax.Array:
+    """RMS of x, per layer when x is stacked over 'layers' (scan_layers), so a stack is treated as its layers
+    are without scan (T5X's Adafactor keeps a scanned axis as a batch axis the same way)."""
+    names = tuple(spec) + (None,) * (x.ndim - len(spec))
+    axes = tuple(i for i, name in enumerate(names) if name != "layers")
+    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)), axis=axes, keepdims=True))
+
+
+def clip_by_layer_rms(threshold: float, logical_specs: Any) -> optax.GradientTransformation:
+    """optax.clip_by_block_rms, per layer of a stacked tensor: u / max(1, RMS(u) / threshold)."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: (u / jnp.maximum(1.0, _layer_rms(u, s) / threshold)).astype(u.dtype),
+                            updates, logical_specs), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def scale_by_param_layer_rms(min_scale: float, logical_specs: Any) -> optax.GradientTransformation:
+    """optax.scale_by_param_block_rms, per layer of a stacked tensor: u * max(RMS(param), min_scale)."""
+
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u, p, s: (u * jnp.maximum(_layer_rms(p, s), min_scale)).astype(u.dtype),
+                            updates, params, logical_specs), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def adafactor_direction(logical_specs: Any) -> optax.GradientTransformation:
     """Adafactor's step before the learning rate: g / sqrt(factored v), clipped to RMS <= 1, times RMS(param)."""
     a = ADAFACTOR
     return optax.chain(
         reshaped(optax.scale_by_factored_rms(decay_rate=a["decay_rate"], epsilon=a["epsilon"],
                                              min_dim_size_to_factor=a["min_dim_size_to_factor"]), logical_specs),
-        optax.clip_by_block_rms(a["clipping"]),
-        optax.scale_by_param_block_rms(a["min_scale"]),
+        clip_by_layer_rms(a["clipping"], logical_specs),
+        scale_by_param_layer_rms(a["min_scale"], logical_specs),
     )
 
 
