@@ -106,6 +106,9 @@ def test_a_checkpoint_from_before_a_key_existed_compares_with_its_default(tiny_c
     ckpt.check_compatible(saved, tiny_cfg("model.dropout=0.1", "model.residual_init_scaling=false"), 3)
     with pytest.raises(CheckpointError, match=r"model\.d_ff \(checkpoint 64, now 128\)"):
         ckpt.check_compatible(saved, tiny_cfg("model.d_ff=128"), 3)
+    with pytest.raises(CheckpointError, match=r"different optimizer: optim\.name \(checkpoint 'adamw', now "
+                                              r"'adafactor'\)"):  # Adam's moments cannot become factors
+        ckpt.check_compatible(saved, tiny_cfg("optim.name=adafactor"), 3)
     assert run_record.data_order_changes(saved, cfg) == {"train.batch_size": (16, 8)}  # 16: the default
     saved["data"]["mixture"] = [{"source": "stdlib"}]
     assert "data.mixture" in run_record.data_order_changes(saved, cfg)

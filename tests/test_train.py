@@ -148,6 +148,9 @@ def test_learning_rate_schedule():
     assert float(lr(0)) == pytest.approx(0.1) and float(lr(9)) == pytest.approx(1.0)
     assert float(lr(60)) == pytest.approx(0.55, abs=1e-3)  # half-way down the cosine
     assert float(lr(110)) == pytest.approx(0.1)
+    # T5's: held at lr for warmup_steps, then lr * sqrt(warmup / step) (T5X: 0.01 until 10k, 0.005 at 40k)
+    t5 = learning_rate_schedule(OptimSection(lr=1e-2, warmup_steps=10_000, schedule="rsqrt"), 100_000)
+    assert [float(t5(s)) for s in (0, 10_000, 40_000)] == pytest.approx([1e-2, 1e-2, 5e-3])
 
 
 def _snapshot(root):

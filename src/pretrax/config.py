@@ -169,7 +169,7 @@ class OptimSection:
     name: Literal["adamw", "adafactor"] = "adamw"
     lr: float = 3e-3
     warmup_steps: int = 50
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "rsqrt"] = "cosine"  # rsqrt: T5's, held for warmup_steps
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
     b1: float = 0.9
     b2: float = 0.95

@@ -217,10 +217,15 @@ def check_compatible(saved: dict, cfg: Config, step: int) -> None:
     differing = [key for section in before
                  for key in config_lib.diff(before[section], now[section], prefix=f"{section}.")
                  if key not in RUNTIME_MODEL_KEYS]
+    saved_optim = run_record.saved_section("optim", saved.get("optim"))
+    if saved_optim.get("name") != now["optim"]["name"]:  # Adam's moments and Adafactor's factors differ in shape
+        differing.append("optim.name")
+        before["optim"] = saved_optim
     if differing:
         details = ", ".join(f"{k} (checkpoint {_get(before, k)!r}, now {_get(now, k)!r})" for k in differing)
         raise CheckpointError(
-            f"checkpoint at step {step} was written for a different model: {details}; "
+            f"checkpoint at step {step} was written for a different "
+            f"{'optimizer' if differing == ['optim.name'] else 'model'}: {details}; "
             "use the checkpoint's values or a new run.dir"
         )
 

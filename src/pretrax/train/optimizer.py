@@ -32,7 +32,14 @@ from pretrax.config import OptimSection
 
 
 def learning_rate_schedule(cfg: OptimSection, total_steps: int) -> optax.Schedule:
-    """Linear warmup to cfg.lr, then cosine/linear decay to lr * min_lr_ratio at total_steps."""
+    """Linear warmup to cfg.lr, then cosine/linear decay to lr * min_lr_ratio at total_steps.
+
+    rsqrt is T5's (T5X `constant * rsqrt_decay`): lr held for warmup_steps, then lr * sqrt(warmup / step);
+    no ramp and no floor, as T5.1.1 and UL2 were trained (lr 1e-2, 10,000 steps).
+    """
+    if cfg.schedule == "rsqrt":
+        hold = max(cfg.warmup_steps, 1)
+        return lambda step: cfg.lr * jnp.sqrt(hold / jnp.maximum(step, hold))
     warmup = min(cfg.warmup_steps, total_steps)
     decay_steps = max(total_steps - warmup, 1)
     end = cfg.lr * cfg.min_lr_ratio
