@@ -95,6 +95,7 @@ def test_generate_without_checkpoint(tmp_path):
     assert proc.returncode == 2 and "no complete checkpoint" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # a subprocess and a tfds build or a 248M-parameter model: out of make test-fast
 def test_info_t5_1_1_base_parameter_count():
     proc = run_cli("info", "configs/t5_1_1_base.yaml")
     assert proc.returncode == 0, proc.stderr[-2000:]

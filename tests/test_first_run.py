@@ -51,6 +51,7 @@ def shell(command: str, *extra: str, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a subprocess and a tfds build or a 248M-parameter model: out of make test-fast
 def test_data_prepare_prints_a_train_command_that_evaluates_on_the_validation_split(tmp_path, monkeypatch, capsys):
     docs = write_corpus(tmp_path / "my docs")
     monkeypatch.chdir(tmp_path)  # not the checkout: configs/tiny.yaml is not here
