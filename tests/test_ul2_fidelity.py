@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY
+from test_objectives import merge
 from pretrax import config
 from pretrax.cli import main
 from pretrax.config import DataSection, DenoiserSection as D
@@ -34,18 +35,7 @@ def raw_segment(inputs, targets, d: D, mode) -> list[int]:
     inputs = list(inputs[len(mode):])
     if d.kind == "prefix":
         return inputs + list(targets[:-1])
-    spans, k = {}, None
-    for t in targets[:-1]:
-        if t in SENT:
-            k = t
-            spans[k] = []
-        else:
-            spans[k].append(t)
-    out = []
-    for t in inputs:
-        out.extend(spans.pop(t) if t in SENT else [t])
-    assert not spans
-    return out
+    return merge(inputs, targets)
 
 
 def packed(packer, rows: int) -> list:
