@@ -16,6 +16,8 @@ from pretrax.errors import ConfigError
 from pretrax.parallel.mesh import make_mesh
 from pretrax.parallel.topologies import parse_topology
 
+pytestmark = pytest.mark.tpu_compile
+
 TINY_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml")
 SCANNED = TINY + ["model.scan_layers=true"]  # one layer body: the quickest compile
 

@@ -13,6 +13,8 @@ from pretrax.compile_search import REMATS, format_search, parse_space, search
 from pretrax.errors import ConfigError
 from pretrax.roofline import collective_bytes
 
+pytestmark = pytest.mark.tpu_compile
+
 TINY_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml")
 XLA_ONLY = dict(tensor="1", attention="xla")  # on v5e-4: meshes 4x1x1, 2x2x1, 1x4x1
 

@@ -156,6 +156,7 @@ def test_kill_9_mid_run_on_gcs_resumes_exactly(gcs, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_write_one_checkpoint_to_gcs_that_both_and_one_restore(gcs, tmp_path):
     from test_multiprocess import run_two_processes
 

@@ -16,6 +16,8 @@ from conftest import TINY
 from pretrax import config as config_lib
 from pretrax.train.loop import train
 
+pytestmark = pytest.mark.multiprocess
+
 WORKER = textwrap.dedent(
     """
     import json, sys
