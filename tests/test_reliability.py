@@ -28,7 +28,9 @@ from pretrax.train.checkpoint_verify import list_steps
 from pretrax.train.loop import train
 
 CONFIG = "configs/tiny.yaml"
-LONG = ["train.steps=40", "checkpoint.every=5"]  # room to land a kill between checkpoints, far from the end
+# room to land a kill between checkpoints, far from the end; with GPT-1's dropout, so the kill -9 resume
+# also proves the dropout masks follow the run seed and the step (the same losses as a run never killed)
+LONG = ["train.steps=40", "checkpoint.every=5", "model.dropout=0.1"]
 # every run here uses LONG, so they all share the programs compiled once
 
 
