@@ -194,3 +194,31 @@ def test_ul2_decoder_logs_loss_per_denoiser(tmp_path):
         assert all(np.isfinite(row[k]) and row[k] > 0 for k in present)
         # the total is the token-weighted mean of the per-denoiser losses, so it lies between them
         assert min(row[k] for k in present) - 1e-4 <= row["loss"] <= max(row[k] for k in present) + 1e-4
+
+
+@pytest.mark.slow
+def test_bits_per_byte_by_hand_for_a_model_that_predicts_uniformly(tiny_cfg):
+    """All-zero weights give uniform logits: every target costs ln V nats, so held-out bits per byte is
+    log2(V) x targets / target bytes, and with byte tokens a target is one byte unless it is a special id."""
+    import math
+
+    import jax.numpy as jnp
+
+    from pretrax.data.pipeline import eval_batches
+    from pretrax.data.tokenizer import ByteTokenizer, config_tokenizer
+    from pretrax.train.loop import make_evaluator
+    from pretrax.train.state import init_state, model_vocab_size
+
+    cfg = tiny_cfg("train.eval_batches=2")
+    tok = config_tokenizer(cfg.data)
+    vocab = model_vocab_size(cfg, tok.vocab_size)
+    setup = make_setup(cfg, make_mesh(cfg.mesh), vocab)
+    params = jax.tree.map(jnp.zeros_like, init_state(setup, 0)["params"])
+    result = make_evaluator(cfg, setup, tok)(params)
+    batches = eval_batches(cfg, 2, cfg.train.batch_size)
+    targets = np.concatenate([b["targets"][b["loss_mask"] > 0] for b in batches])
+    first = ByteTokenizer.byte_offset
+    n_bytes = int(np.sum((targets >= first) & (targets < first + 256)))
+    assert 0 < n_bytes <= len(targets)  # an end-of-document target stands for no byte
+    assert result["eval_loss"] == pytest.approx(math.log(vocab), rel=1e-5)
+    assert result["eval_bits_per_byte"] == pytest.approx(math.log2(vocab) * len(targets) / n_bytes, rel=1e-5)
