@@ -32,12 +32,15 @@ def test_fsdp_train_step_holds_no_whole_batch_activation(tiny_cfg, kind):
     every device (measured while building this: 11 whole-batch logits arrays, 3x the temporaries)."""
     extra = ["model.kind=encoder_decoder", "model.positions=relative", "data.objective=span_corruption",
              f"data.inputs_len={SEQ}", f"data.targets_len={SEQ}"] if kind == "encoder_decoder" else []
-    cfg = tiny_cfg("mesh.data=1", "mesh.fsdp=8", f"train.batch_size={BATCH}", "model.d_model=64",
+    # d_model 96: no weight has a dimension equal to BATCH, so any rank-3+ array led by BATCH is activations:
+    # (B, T, D) residuals and logits, (B, T, F) MLP, and (B, K, G, T, S) attention scores alike
+    cfg = tiny_cfg("mesh.data=1", "mesh.fsdp=8", f"train.batch_size={BATCH}", "model.d_model=96",
                    "model.d_ff=256", *extra)
     hlo = compiled_train_step(cfg).as_text()
-    whole_batch = sorted(set(re.findall(rf"(?:f32|bf16)\[{BATCH},{SEQ},[0-9,]*\]", hlo)))
+    whole_batch = sorted(set(re.findall(rf"(?:f32|bf16)\[{BATCH},\d+,\d+[0-9,]*\]", hlo)))
     assert whole_batch == []
     assert re.search(rf"f32\[{BATCH // 8},{SEQ},{VOCAB}\]", hlo)  # the logits, one eighth per device
+    assert re.search(rf"(?:f32|bf16)\[{BATCH // 8},\d+,\d+,{SEQ},{SEQ}\]", hlo)  # (B, K, G, T, S) scores, split too
 
 
 @pytest.mark.devices(8)
