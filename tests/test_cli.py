@@ -26,10 +26,23 @@ def trained_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_train_prints_bits_per_byte_and_a_sample(trained_run):
+    import json
+
+    from pretrax import config as config_lib
+
     run_dir, stdout = trained_run
-    assert "held-out bits per byte:" in stdout
-    assert "sample:" in stdout
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "metrics.jsonl").is_file()
+    lines = stdout.splitlines()
+    # the closing figures are the final evaluation's, as metrics.jsonl recorded it
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 4
+    assert f"held-out loss: {last['eval_loss']:.4f} nats/token" in lines
+    assert f"held-out bits per byte: {last['eval_bits_per_byte']:.4f}" in lines
+    sample = stdout.split("sample:\n", 1)[1]
+    assert sample.startswith("def ") and len(sample.rstrip("\n")) > len("def ")
+    # config.yaml is the resolved config this run trained with
+    expected = config_lib.load("configs/tiny.yaml", [*TINY, f"run.dir={run_dir}", "train.sample_tokens=20",
+                                                     "train.steps=4", "checkpoint.every=2"])
+    assert config_lib.load(str(run_dir / "config.yaml")) == expected
 
 
 def snapshot(root):
