@@ -22,6 +22,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from pretrax.errors import ConfigError
+from pretrax.storage import check_url
 
 
 @dataclass(frozen=True)
@@ -479,12 +480,8 @@ def validate(cfg: Config) -> None:
     validate_parametrization(cfg.parametrization, m)
     if not cfg.run.dir:
         raise ConfigError("run.dir is empty; give a local directory or gs://bucket/path")
-    from pretrax.storage import check_url  # s3://, hdfs://: refused here, never a local folder named "s3:"
-
-    check_url(cfg.run.dir, "run.dir")
-    from pretrax.perf import check_peak  # here, so a bad train.peak is refused before a run dir is written
-
-    check_peak(cfg.train.peak)
+    check_url(cfg.run.dir, "run.dir")  # s3://, hdfs://: refused here, never a local folder named "s3:"
+    check_peak(cfg.train.peak)  # refused before a run dir is written
     if cfg.train.batch_size % cfg.train.grad_accum:
         raise ConfigError(
             f"train.batch_size ({cfg.train.batch_size}) must be divisible by train.grad_accum ({cfg.train.grad_accum})"
@@ -504,6 +501,19 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(
                     f"mesh.rules.{logical} maps to unknown mesh axis {t!r}; valid: {', '.join(MESH_AXES)} or null"
                 )
+
+
+def check_peak(spec: str) -> str:
+    """train.peak, checked before any work: auto, measure, or a positive finite number."""
+    spec = str(spec).strip()
+    if spec not in ("auto", "measure"):
+        try:
+            number = float(spec)
+        except ValueError:
+            number = float("nan")
+        if not 0 < number < float("inf"):
+            raise ConfigError(f"train.peak must be 'auto', 'measure' or a positive number of TFLOP/s, got {spec!r}")
+    return spec
 
 
 def check_finite(obj: Any, prefix: str = "") -> None:

@@ -43,6 +43,7 @@ import jax
 from flax import nnx
 
 from pretrax.config import Config, ModelSection
+from pretrax.models import build_model
 
 # train.mfu_attention: how the text names it, wherever FLOPs or MFU are shown
 ATTENTION_CONVENTIONS = {
@@ -109,9 +110,6 @@ def step_flops(cfg: Config, vocab_size: int, abstract_params: Any = None, attent
     convention = attention or cfg.train.mfu_attention
     causal = CAUSAL_SHARE[convention]
     if abstract_params is None:
-        # imported here: pretrax.train imports this module
-        from pretrax.train.state import build_model
-
         abstract_params = nnx.state(nnx.eval_shape(lambda: build_model(cfg, vocab_size, 0)), nnx.Param)
     m, B = cfg.model, cfg.train.batch_size
     pair = 12.0 * m.n_heads * m.head_size  # training FLOPs per (query, key) pair per layer

@@ -22,7 +22,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from pretrax.errors import ConfigError
+from pretrax.config import check_peak  # noqa: F401 (train.peak's check lives with the other config checks)
 
 # bf16 dense TFLOP/s per device (datasheets; no sparsity). First match on the
 # lower-cased jax device_kind wins, so the more specific patterns come first.
@@ -53,19 +53,6 @@ class Peak:
 def table_peak(device_kind: str) -> float | None:
     kind = device_kind.lower()
     return next((tflops for pattern, tflops in PEAKS if re.search(pattern, kind)), None)
-
-
-def check_peak(spec: str) -> str:
-    """train.peak, checked before any work: auto, measure, or a positive finite number."""
-    spec = str(spec).strip()
-    if spec not in ("auto", "measure"):
-        try:
-            number = float(spec)
-        except ValueError:
-            number = float("nan")
-        if not 0 < number < float("inf"):
-            raise ConfigError(f"train.peak must be 'auto', 'measure' or a positive number of TFLOP/s, got {spec!r}")
-    return spec
 
 
 @functools.cache

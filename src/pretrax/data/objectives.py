@@ -114,6 +114,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from pretrax.config import DataSection, DenoiserSection
+from pretrax.data.tokenizer import with_sentinels  # noqa: F401 (objectives.with_sentinels)
 from pretrax.errors import ConfigError
 
 # What every objective emits per document (and the batch carries, with segment_ids and positions).
@@ -555,25 +556,6 @@ def _denoising(dens_of: Callable[[DataSection], Sequence[DenoiserSection]]):
         return DenoisingObjective(dens_of(data), with_sentinels(tokenizer, data.num_sentinels), seq_len,
                                   encoder_decoder, concat=data.concat_documents)
     return build
-
-
-def with_sentinels(tokenizer, n: int):
-    """The tokenizer with ``n`` sentinels (data.num_sentinels) above its ordinary ids: seqio's ``extra_ids``.
-
-    Sentinel k is then id B + n - 1 - k (B ordinary ids), counting down from the top as T5's
-    ``<extra_id_k>``; the default 100 keeps the tokenizer's own ids.
-    """
-    from pretrax.data.tokenizer import ByteTokenizer, SentencePieceTokenizer
-
-    if getattr(tokenizer, "num_sentinels", None) == n:
-        return tokenizer
-    if isinstance(tokenizer, ByteTokenizer):
-        return ByteTokenizer(n)
-    if isinstance(tokenizer, SentencePieceTokenizer):
-        state = tokenizer.__getstate__()
-        return SentencePieceTokenizer(state["model_proto"], source=state["source"], num_sentinels=n)
-    raise ConfigError(f"data.num_sentinels={n}: the tokenizer {type(tokenizer).__name__} has a fixed "
-                      f"{getattr(tokenizer, 'num_sentinels', 'unknown number of')} sentinels")
 
 
 def check_sentinels_fit(data: DataSection, tokenizer, model_vocab: int, vocab_key: str = "model.vocab_size") -> None:

@@ -268,7 +268,7 @@ def make_train_iterator(cfg: Config, *, process_index: int = 0, process_count: i
         raise ConfigError(f"train.batch_size ({batch}) must be divisible by the number of hosts ({process_count})")
     docs, fingerprint = train_documents(cfg)
     if cfg.data.num_workers > 0:
-        docs = ParallelDocuments(cfg, docs, num_workers=cfg.data.num_workers, stride=batch)
+        docs = ParallelDocuments(cfg, docs, build=train_documents, num_workers=cfg.data.num_workers, stride=batch)
     rows = batch // process_count
     first_row = process_index * rows
     objective = objective_for(cfg, config_tokenizer(cfg.data))

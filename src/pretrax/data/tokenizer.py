@@ -280,8 +280,6 @@ def config_tokenizer(data) -> ByteTokenizer | SentencePieceTokenizer:
     Everything of one run (the model's vocabulary, the objective, held-out bits per byte,
     decoding a sample) must see the same ids, so every command loads it through here.
     """
-    from pretrax.data.objectives import with_sentinels
-
     return with_sentinels(load_tokenizer(data.tokenizer), data.num_sentinels)
 
 
@@ -305,3 +303,20 @@ def load_tokenizer(name: str) -> ByteTokenizer | SentencePieceTokenizer:
         raise ConfigError(f"unknown data.tokenizer {name!r}: not 'bytes' and not an existing file; "
                           "valid: 'bytes' or the path of a SentencePiece .model file")
     return _load_spm(os.path.abspath(name), st.st_mtime_ns, st.st_size)
+
+
+def with_sentinels(tokenizer, n: int):
+    """The tokenizer with ``n`` sentinels (data.num_sentinels) above its ordinary ids: seqio's ``extra_ids``.
+
+    Sentinel k is then id B + n - 1 - k (B ordinary ids), counting down from the top as T5's
+    ``<extra_id_k>``; the default 100 keeps the tokenizer's own ids.
+    """
+    if getattr(tokenizer, "num_sentinels", None) == n:
+        return tokenizer
+    if isinstance(tokenizer, ByteTokenizer):
+        return ByteTokenizer(n)
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        state = tokenizer.__getstate__()
+        return SentencePieceTokenizer(state["model_proto"], source=state["source"], num_sentinels=n)
+    raise ConfigError(f"data.num_sentinels={n}: the tokenizer {type(tokenizer).__name__} has a fixed "
+                      f"{getattr(tokenizer, 'num_sentinels', 'unknown number of')} sentinels")

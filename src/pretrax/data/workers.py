@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 _WORKER_DOCS = None  # the document dataset, built once in each worker process
 
 
-def _init_worker(cfg) -> None:
+def _init_worker(build: Callable[[Any], tuple[Any, int]], cfg) -> None:
+    """Build the document dataset in this worker: build is pipeline.train_documents, passed in (not
+    imported here) so the pipeline depends on this module and not the other way round."""
     global _WORKER_DOCS
-    from pretrax.data.pipeline import train_documents
-
-    _WORKER_DOCS, _ = train_documents(cfg)
+    _WORKER_DOCS, _ = build(cfg)
 
 
 def _load(g: int):
@@ -35,13 +35,14 @@ class ParallelDocuments:
     documents) up to `lookahead`; anything not scheduled is computed here.
     """
 
-    def __init__(self, cfg, docs: Sequence[Any], *, num_workers: int, stride: int, lookahead: int = 4):
+    def __init__(self, cfg, docs: Sequence[Any], *, build: Callable[[Any], tuple[Any, int]], num_workers: int,
+                 stride: int, lookahead: int = 4):
         self._docs = docs
         self._stride = stride
         self._lookahead = lookahead
         # spawn, not fork: the trainer's process holds JAX runtime threads that fork would copy
         self._pool = ProcessPoolExecutor(
-            num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(cfg,)
+            num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(build, cfg)
         )
         self._futures: dict[int, Future] = {}
         self._limit = max(64, stride * lookahead * 2)

@@ -21,10 +21,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pretrax.config import Config
-from pretrax.models import EncoderDecoder, make_model
+from pretrax.models import build_model, max_positions  # noqa: F401 (callers import them from here too)
 from pretrax.models import splash
 from pretrax.models.attention_backends import check_backend
-from pretrax.models.decoder import Decoder
 from pretrax.models.parametrization import lr_multipliers
 from pretrax.parallel.rules import tree_shardings
 from pretrax.train.optimizer import make_optimizer, opt_state_shardings
@@ -37,15 +36,6 @@ def model_vocab_size(cfg: Config, tokenizer_vocab: int) -> int:
     if cfg.model.vocab_size:
         return cfg.model.vocab_size
     return -(-tokenizer_vocab // 128) * 128
-
-
-def max_positions(cfg: Config) -> int:
-    return cfg.model.max_seq_len or cfg.data.seq_len
-
-
-def build_model(cfg: Config, vocab_size: int, seed: int) -> Decoder | EncoderDecoder:
-    return make_model(cfg.model, vocab_size=vocab_size, max_seq_len=max_positions(cfg), rngs=nnx.Rngs(params=seed),
-                      parametrization=cfg.parametrization)
 
 
 @dataclasses.dataclass(frozen=True)
