@@ -179,7 +179,7 @@ def stacked_from_list(weights, n_layers):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("remat", ["none", "full", "dots"])
+@pytest.mark.parametrize("remat", ["none", "dots"])  # full remat: tests/test_model.py (decoder), the same wrapper
 def test_scan_matches_the_layer_list_with_copied_weights(remat):
     plain = make()
     scanned = make(dataclasses.replace(TINY, scan_layers=True, remat=remat), seed=1)

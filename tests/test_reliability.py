@@ -123,7 +123,7 @@ def reference(tmp_path_factory):
 @pytest.mark.slow
 def test_kill_9_during_training_resumes_as_if_never_killed(reference, tmp_path):
     reference = reference[1]
-    seeds = (0, 1, 2)
+    seeds = (0, 1)  # two kills at two random steps (a third added 20 s of CPU to a suite at its time budget)
     # a random step per seed, past step 10: the save at 10 waited for the one at 5, so one is complete
     kill_after = {seed: random.Random(seed).randint(11, 25) for seed in seeds}
     runs = {seed: str(tmp_path / f"seed{seed}") for seed in seeds}
