@@ -35,7 +35,7 @@ from collections import deque
 from typing import Any
 
 from pretrax.config import Config
-from pretrax.errors import ConfigError
+from pretrax.errors import ConfigError, first_line
 from pretrax.parallel.topologies import Topology, parse_topology
 from pretrax.roofline import LIMITS, combine, program_cost, scaled, step_time
 
@@ -260,12 +260,12 @@ def evaluate(cfg_dict: dict, topology: str, slices: int, plan: Plan, model_flops
         compiled = _compile(cfg, devices)
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
-            return {**row, "status": "refused", "reason": _first_line(e)}
+            return {**row, "status": "refused", "reason": first_line(e)}
         oom = out_of_memory(str(e), topo.hbm_gib)
         return {**row, "status": "too_big", "fits": False, "total_gib": oom["needed_gib"], "at_least": True,
                 "compile_seconds": _since(start)}
     except (ConfigError, ValueError, TypeError) as e:  # a sharding the shapes do not divide, a bad batch split
-        return {**row, "status": "refused", "reason": _first_line(e)}
+        return {**row, "status": "refused", "reason": first_line(e)}
     memory = memory_of(compiled)
     total = memory["total"] / GIB
     row.update(memory_bytes=memory, total_gib=round(total, 3), at_least=False, fits=total <= topo.hbm_gib,
@@ -275,14 +275,9 @@ def evaluate(cfg_dict: dict, topology: str, slices: int, plan: Plan, model_flops
     try:
         cost, extra = step_cost(cfg, devices, compiled)
     except (jax.errors.JaxRuntimeError, ConfigError, ValueError, TypeError) as e:  # it fits; only the estimate is lost
-        return {**row, "status": "fits", "step_s": None, "cost_error": _first_line(e), "seconds": _since(start)}
+        return {**row, "status": "fits", "step_s": None, "cost_error": first_line(e), "seconds": _since(start)}
     estimate = step_time(cost, topo.spec, model_flops_per_chip)
     return {**row, "status": "fits", "cost": cost, "cost_compiles": extra, **estimate, "seconds": _since(start)}
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _progress(n: int, budget: int, plan: Plan, row: dict[str, Any]) -> None:

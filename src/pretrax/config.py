@@ -592,6 +592,13 @@ def _dump_value(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+def get_dotted(tree: Any, dotted: str) -> Any:
+    """A plain config dict's value at a dotted key ("optim.lr"), or None where there is none."""
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, Mapping) else None
+    return tree
+
+
 def diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two plain config dicts."""
     keys = []

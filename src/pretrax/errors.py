@@ -28,3 +28,9 @@ class TrainingError(PretraxError):
 
 class StorageError(PretraxError):
     """A run dir's storage that cannot be reached or used (a missing bucket, no answer, no permission)."""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line, at most 300 characters (its type's name when it has no message)."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from pretrax.errors import ConfigError, StorageError
+from pretrax.errors import ConfigError, StorageError, first_line
 
 SUPPORTED_SCHEMES = ("gs",)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -334,7 +334,7 @@ def check_reachable(url: str, what: str = "run.dir") -> None:
     except StorageError:
         raise
     except Exception as e:  # credentials, HTTP errors: name them
-        raise StorageError(f"{what} {url!r}: bucket gs://{bucket} cannot be used: {_first_line(e)}") from None
+        raise StorageError(f"{what} {url!r}: bucket gs://{bucket} cannot be used: {first_line(e)}") from None
     if not found:
         raise StorageError(f"{what} {url!r}: bucket gs://{bucket} does not exist (or these credentials cannot see "
                            "it); create it (gcloud storage buckets create gs://BUCKET) or give another bucket")
@@ -393,7 +393,3 @@ def _remote(url: str, call: Callable[[], T]) -> T:
         raise box["error"]  # type: ignore[misc]
     return box["value"]  # type: ignore[return-value]
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]

@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 
 from pretrax import config as config_lib
 from pretrax import storage
-from pretrax.config import CheckpointSection, Config
+from pretrax.config import CheckpointSection, Config, get_dotted
 from pretrax.errors import CheckpointError, StorageError
 from pretrax.train import run_record
 from pretrax.train.checkpoint_verify import (  # checkpoint_dir: used by callers too
@@ -222,7 +222,7 @@ def check_compatible(saved: dict, cfg: Config, step: int) -> None:
         differing.append("optim.name")
         before["optim"] = saved_optim
     if differing:
-        details = ", ".join(f"{k} (checkpoint {_get(before, k)!r}, now {_get(now, k)!r})" for k in differing)
+        details = ", ".join(f"{k} (checkpoint {get_dotted(before, k)!r}, now {get_dotted(now, k)!r})" for k in differing)
         raise CheckpointError(
             f"checkpoint at step {step} was written for a different "
             f"{'optimizer' if differing == ['optim.name'] else 'model'}: {details}; "
@@ -325,12 +325,6 @@ def _restore_error(manager: ocp.CheckpointManager, step: int, e: Exception) -> C
     if problem:
         return DamagedCheckpointError(step, problem)
     return CheckpointError(f"checkpoint at step {step} does not match this run's state: {_reason(e)}")
-
-
-def _get(tree: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
 
 
 def wait(manager: ocp.CheckpointManager, keep: int | None = None) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from pretrax import config as config_lib
 from pretrax import storage
-from pretrax.config import Config
+from pretrax.config import Config, get_dotted
 from pretrax.errors import CheckpointError
 
 HISTORY = "config_history.jsonl"
@@ -60,8 +60,8 @@ def data_order_changes(saved: dict, cfg: Config) -> dict[str, tuple[Any, Any]]:
     before = {section: saved_section(section, saved.get(section)) for section in ("data", "run", "train")}
     keys = [k for k in config_lib.diff(before["data"], now["data"], prefix="data.")
             if k not in DATA_RUNTIME_KEYS and not k.endswith(".data_dir")]
-    keys += [k for k in DATA_ORDER_KEYS if _get(before, k) != _get(now, k)]
-    return {k: (_get(before, k), _get(now, k)) for k in keys}
+    keys += [k for k in DATA_ORDER_KEYS if get_dotted(before, k) != get_dotted(now, k)]
+    return {k: (get_dotted(before, k), get_dotted(now, k)) for k in keys}
 
 
 def check_data_order(saved: dict, cfg: Config, step: int, *, allow: bool) -> dict[str, tuple[Any, Any]]:
@@ -83,7 +83,7 @@ def config_changes(saved: dict | None, cfg: Config) -> dict[str, list[Any]]:
         return {}
     now = cfg.to_dict()
     before = {section: saved_section(section, saved.get(section)) for section in now}
-    return {k: [_get(before, k), _get(now, k)] for k in config_lib.diff(before, now)}
+    return {k: [get_dotted(before, k), get_dotted(now, k)] for k in config_lib.diff(before, now)}
 
 
 def append(run_dir: str, cfg: Config, *, first_step: int, resumed_from: int | None, saved: dict | None,
@@ -116,9 +116,3 @@ def read(run_dir: str) -> list[dict]:
         except ValueError:
             continue
     return entries
-
-
-def _get(tree: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
