@@ -1,17 +1,20 @@
 """Sampling from a trained run: temperature, top-k and top-p (nucleus).
 
-Kept apart from the model (no KV cache yet): each new token runs the model
-over a fixed-size window, so the function compiles once and the model code
-has no serving branch. Fine for the small models this is used with; a cached
-decoding path belongs with the speed work.
+By default with a KV cache (the model's `decode_step`, models/kv_cache.py): the prompt
+is filled in one pass, then each new token is one jitted call over a preallocated,
+fixed-shape cache, so nothing recompiles while sampling. ``cache=False`` (``pretrax
+generate --no-cache``) is the reference: every token runs the whole model over a
+fixed-size window again. The jitted functions live at module level with the graph and
+the sampling settings static, so a second sample from the same model compiles nothing.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import shlex
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -54,8 +57,12 @@ def default_mode(cfg) -> str | None:
     return next((d.mode_token or None for d in denoisers(cfg.data) if d.kind == "prefix"), None)
 
 
-def _choose(logits: jax.Array, key, temperature: float, top_k: int, top_p: float) -> jax.Array:
+Choice = tuple  # (temperature, top_k, top_p): static, so a jitted step compiles once per setting
+
+
+def _choose(logits: jax.Array, key, choice: Choice) -> jax.Array:
     """The next token from float32 logits (V,): greedy at temperature 0, else a filtered sample."""
+    temperature, top_k, top_p = choice
     if temperature == 0:
         return jnp.argmax(logits)
     return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p))
@@ -77,6 +84,7 @@ def sample(
     top_p: float = 0.95,
     seed: int = 0,
     mode: str | None = None,
+    cache: bool = True,
 ) -> str:
     """The continuation of prompt (text only, without the prompt).
 
@@ -86,78 +94,154 @@ def sample(
     document start (bos). Encoder-decoder: the encoder reads [mode] + prompt +
     eos (no mode token when None) and the decoder writes from bos, as the
     encoder-decoder format trains it (``--mode S`` asks a UL2 model to continue).
+    cache: decode with the KV cache (False: recompute the window for every token).
     """
-    pick = functools.partial(_choose, temperature=temperature, top_k=top_k, top_p=top_p)
+    kw = dict(max_new_tokens=max_new_tokens, choice=(temperature, top_k, top_p), seed=seed, stop_id=tokenizer.eos_id,
+              pad_id=tokenizer.pad_id, cache=cache)
+    mode_ids = [] if mode is None else [_mode_id(tokenizer, mode)]
     if setup.cfg.model.kind == "encoder_decoder":
-        return _sample_encoder_decoder(setup, params, tokenizer, prompt, max_new_tokens, pick, seed, mode)
-    window = max_positions(setup.cfg)
-    if mode is None:
-        ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
-        prefix = 0
-    else:
-        ids = [_mode_id(tokenizer, mode)] + tokenizer.encode(prompt)
-        prefix = len(ids)
-        if prefix >= window:
-            raise ConfigError(f"the prompt ({prefix} tokens with its mode token) does not fit the {window}-token window")
+        return tokenizer.decode(encoder_decoder_new_ids(setup, params, mode_ids + tokenizer.encode(prompt)
+                                                        + [tokenizer.eos_id], bos_id=tokenizer.bos_id, **kw))
+    ids = (mode_ids or [tokenizer.bos_id]) + tokenizer.encode(prompt)
+    return tokenizer.decode(decoder_new_ids(setup, params, ids, prefix=len(ids) if mode_ids else 0, **kw))
 
-    @jax.jit
-    def next_token(params, tokens, bidirectional, length, key):
-        model = nnx.merge(setup.graphdef, params)
-        logits = model(tokens[None], bidirectional=bidirectional[None])[0, length - 1].astype(jnp.float32)  # (V,)
-        return pick(logits, key)
 
-    key = jax.random.key(seed)
-    new: list[int] = []
-    for i in range(max_new_tokens):
-        context = (ids + new)[-window:]
-        buf = np.full((window,), tokenizer.pad_id, np.int32)
-        buf[: len(context)] = context
-        bidirectional = (np.arange(window) < prefix).astype(np.int32)
-        token = int(next_token(params, jnp.asarray(buf), jnp.asarray(bidirectional), len(context),
-                               jax.random.fold_in(key, i)))
-        if token == tokenizer.eos_id:
+def decoder_new_ids(setup, params: Any, ids: list[int], *, max_new_tokens: int, stop_id: int | None = None,
+                    **kw) -> list[int]:
+    """Up to max_new_tokens ids continuing ids from a decoder-only model, stopping before stop_id;
+    kw as decoder_steps (prefix, choice, seed, pad_id, cache)."""
+    return _take(decoder_steps(setup, params, ids, **kw), max_new_tokens, stop_id)
+
+
+def encoder_decoder_new_ids(setup, params: Any, encoder_ids: list[int], *, max_new_tokens: int,
+                            stop_id: int | None = None, **kw) -> list[int]:
+    """Up to min(max_new_tokens, data.targets_len) decoder ids for the encoder's ids, stopping before
+    stop_id; kw as encoder_decoder_steps (bos_id, choice, seed, pad_id, cache)."""
+    return _take(encoder_decoder_steps(setup, params, encoder_ids, **kw), max_new_tokens, stop_id)
+
+
+def _take(steps: Iterator[tuple[int, jax.Array]], n: int, stop_id: int | None) -> list[int]:
+    new = []
+    for token, _ in itertools.islice(steps, n):
+        if token == stop_id:
             break
         new.append(token)
-    return tokenizer.decode(new)
+    return new
 
 
-def _sample_encoder_decoder(setup, params, tokenizer, prompt, max_new_tokens, pick, seed, mode) -> str:
-    """Encode the prompt once, then decode token by token over a fixed targets_len window."""
+def decoder_steps(setup, params: Any, ids: list[int], *, prefix: int = 0, choice: Choice = (0.0, 0, 1.0),
+                  seed: int = 0, pad_id: int = 0, cache: bool = True) -> Iterator[tuple[int, jax.Array]]:
+    """(token, the float32 logits (V,) it was chosen from) for each new position after ids, without end.
+
+    prefix: the first `prefix` ids are attended bidirectionally (a prefix-LM prompt; it must fit the
+    window). The context is the newest max_positions(cfg) ids. With the cache, once the window is full
+    the cache is filled again from the newest half of it (the recompute path slides the window by one
+    token instead, so past the window the two differ).
+    """
+    window = max_positions(setup.cfg)
+    if prefix >= window:
+        raise ConfigError(f"the prompt ({prefix} tokens with its mode token) does not fit the {window}-token window")
+    g, key, new, filled, kv = setup.graphdef, jax.random.key(seed), [], 0, None
+    for i in itertools.count():
+        k = jax.random.fold_in(key, i)
+        if not cache:
+            context = (ids + new)[-window:]
+            bidirectional = jnp.asarray(np.arange(window) < prefix, jnp.int32)
+            token, logits = _recompute_next(g, params, _padded(context, window, pad_id), bidirectional, len(context),
+                                            k, choice=choice)
+        elif kv is None or filled == window:  # the prompt, or a full cache: fill it in one pass
+            context = (ids + new)[-(window if kv is None else window // 2):]
+            token, logits, kv = _prefill(g, params, _padded(context, window, pad_id), len(context),
+                                         prefix if kv is None else 0, k, choice=choice)
+            filled = len(context)
+        else:  # one token: the last one chosen, at the next free position
+            token, logits, kv = _step(g, params, jnp.int32(new[-1]), kv, filled, k, choice=choice)
+            filled += 1
+        new.append(int(token))
+        yield new[-1], logits
+
+
+def encoder_decoder_steps(setup, params: Any, encoder_ids: list[int], *, bos_id: int,
+                          choice: Choice = (0.0, 0, 1.0), seed: int = 0, pad_id: int = 0,
+                          cache: bool = True) -> Iterator[tuple[int, jax.Array]]:
+    """(token, its float32 logits (V,)) for each decoder position, data.targets_len of them: the
+    encoder's ids encoded once, the decoder started from bos_id, over the KV cache or (cache False)
+    over the whole targets_len window per token."""
     from pretrax.data.objectives import encoder_decoder_lengths_of
 
     inputs_len, targets_len = encoder_decoder_lengths_of(setup.cfg.data)
-    enc_ids = ([] if mode is None else [_mode_id(tokenizer, mode)]) + tokenizer.encode(prompt) + [tokenizer.eos_id]
-    if len(enc_ids) > inputs_len:
-        raise ConfigError(f"the prompt ({len(enc_ids)} encoder tokens with mode token and eos) does not fit "
+    if len(encoder_ids) > inputs_len:
+        raise ConfigError(f"the prompt ({len(encoder_ids)} encoder tokens with mode token and eos) does not fit "
                           f"data.inputs_len={inputs_len}")
-    enc = np.full((1, inputs_len), tokenizer.pad_id, np.int32)
-    enc[0, : len(enc_ids)] = enc_ids
-    enc_segments = (np.arange(inputs_len) < len(enc_ids)).astype(np.int32)[None]  # padding: segment 0, never read
+    enc = _padded(encoder_ids, inputs_len, pad_id)[None]
+    segments = jnp.asarray(np.arange(inputs_len) < len(encoder_ids), jnp.int32)[None]  # padding: 0, never read
+    g, key, token = setup.graphdef, jax.random.key(seed), bos_id
+    if cache:
+        kv = _encoder_decoder_cache(g, params, enc, segments, length=targets_len)
+    else:
+        encoded = _encode(g, params, enc, segments)
+        dec = np.full((targets_len,), pad_id, np.int32)
+    for i in range(targets_len):
+        k = jax.random.fold_in(key, i)
+        if cache:
+            token, logits, kv = _step(g, params, jnp.int32(token), kv, i, k, choice=choice)
+        else:
+            dec[i] = token
+            token, logits = _encoder_decoder_next(g, params, encoded, segments, jnp.asarray(dec), i + 1, k,
+                                                  choice=choice)
+        token = int(token)
+        yield token, logits
 
-    @jax.jit
-    def encode(params, tokens, segments):
-        return nnx.merge(setup.graphdef, params).encode(tokens, segment_ids=segments)
 
-    @jax.jit
-    def next_token(params, encoded, segments, tokens, length, key):
-        model = nnx.merge(setup.graphdef, params)
-        logits = model.decode(encoded, tokens[None], encoder_segment_ids=segments)[0, length - 1]
-        return pick(logits.astype(jnp.float32), key)
+def _padded(ids: list[int], length: int, pad_id: int) -> jax.Array:
+    buf = np.full((length,), pad_id, np.int32)
+    buf[: len(ids)] = ids
+    return jnp.asarray(buf)
 
-    encoded = encode(params, jnp.asarray(enc), jnp.asarray(enc_segments))
-    key = jax.random.key(seed)
-    dec = np.full((targets_len,), tokenizer.pad_id, np.int32)
-    dec[0] = tokenizer.bos_id
-    new: list[int] = []
-    for i in range(min(max_new_tokens, targets_len)):
-        token = int(next_token(params, encoded, jnp.asarray(enc_segments), jnp.asarray(dec), i + 1,
-                               jax.random.fold_in(key, i)))
-        if token == tokenizer.eos_id:
-            break
-        new.append(token)
-        if i + 1 < targets_len:
-            dec[i + 1] = token
-    return tokenizer.decode(new)
+
+# ---------------------------------------------------------------- the jitted steps (graphdef and choice static)
+
+_jit = functools.partial(jax.jit, static_argnames=("graphdef", "choice"))
+
+
+@_jit
+def _recompute_next(graphdef, params, tokens, bidirectional, length, key, *, choice):
+    """The reference: the whole window (T,) again, the logits at length - 1."""
+    logits = nnx.merge(graphdef, params)(tokens[None], bidirectional=bidirectional[None])[0, length - 1]
+    return _choose(logits, key, choice), logits
+
+
+@_jit
+def _prefill(graphdef, params, tokens, length, prefix, key, *, choice):
+    """A fresh cache filled with tokens (T,) (a prompt padded to the window) in one pass: (next token, cache)."""
+    model = nnx.merge(graphdef, params)
+    logits, cache = model.decode_step(tokens[None], model.init_cache(1, tokens.shape[0]), start=0, prefix=prefix)
+    return _choose(logits[0, length - 1], key, choice), logits[0, length - 1], cache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "choice"), donate_argnames=("cache",))
+def _step(graphdef, params, token, cache, position, key, *, choice):
+    """One token at `position`, its keys and values written into the cache in place: (next token, cache)."""
+    logits, cache = nnx.merge(graphdef, params).decode_step(token.reshape(1, 1), cache, start=position)
+    return _choose(logits[0, 0], key, choice), logits[0, 0], cache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "length"))
+def _encoder_decoder_cache(graphdef, params, tokens, segments, *, length):
+    model = nnx.merge(graphdef, params)
+    return model.init_cache(model.encode(tokens, segment_ids=segments), length, segments)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _encode(graphdef, params, tokens, segments):
+    return nnx.merge(graphdef, params).encode(tokens, segment_ids=segments)
+
+
+@_jit
+def _encoder_decoder_next(graphdef, params, encoded, segments, tokens, length, key, *, choice):
+    """The reference: the decoder over its whole window (T,) again, the logits at length - 1."""
+    logits = nnx.merge(graphdef, params).decode(encoded, tokens[None], encoder_segment_ids=segments)[0, length - 1]
+    return _choose(logits, key, choice), logits
 
 
 def load_run(run_dir: str):

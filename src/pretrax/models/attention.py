@@ -2,6 +2,9 @@
 
 The softmax(q k^T) v in the middle is computed by the backend `model.attention` names
 (attention_backends.py); who may attend to whom is an AttentionMask.
+
+`decode` is the serving path (KV cache): the keys and values of earlier positions are
+kept in preallocated (B, S, K, H) arrays, so each new token costs one query row.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from pretrax.config import ModelSection
-from pretrax.models.attention_backends import AttentionMask, attend
+from pretrax.models.attention_backends import AttentionMask, attend, xla_attention
 from pretrax.models.layers import RESIDUAL, Einsum, residual_std
 from pretrax.models.parametrization import STANDARD, Parametrization
 from pretrax.models.positions import apply_rope
@@ -53,3 +56,27 @@ class Attention(nnx.Module):
         out = attend(q, k, v, mask, bias=bias, scale=self.scale, backend=self.backend, dropout=drop)  # (B, T, N, H)
         out = checkpoint_name(out, "attention_out")
         return self.out(out)  # (B, T, D)
+
+    def decode(self, x: jax.Array, cache: dict, mask: jax.Array, rope: tuple[jax.Array, jax.Array] | None = None, *,
+               start: jax.Array | None = None, bias: jax.Array | None = None) -> tuple[jax.Array, dict]:
+        """Attention of T new queries x (B, T, D) over a KV cache {"k", "v"}: (B, S, K, H) each.
+
+        start given (self-attention): the new tokens sit at positions start..start+T-1; their keys and
+        values (K heads, as GQA stores them) are written there first. start None (cross-attention): the
+        cache holds the encoder's keys and values, computed once (`project_kv`). mask: (B, T, S) bool
+        over the cache's slots (slots not yet written must be masked); bias: (B or 1, N, T, S).
+        Returns (out (B, T, D), the cache with the new keys and values).
+        """
+        q = self.query(x)  # (B, T, N, H)
+        if start is not None:
+            k, v = self.key(x), self.value(x)  # (B, T, K, H)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            cache = {name: jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype), start, 1)
+                     for name, new in (("k", k), ("v", v))}
+        out = xla_attention(q, cache["k"], cache["v"], mask, bias, self.scale)  # (B, T, N, H)
+        return self.out(out), cache
+
+    def project_kv(self, kv: jax.Array) -> dict:
+        """Keys and values {"k", "v"} (B, S, K, H) of a sequence (B, S, D): the cross-attention cache."""
+        return {"k": self.key(kv), "v": self.value(kv)}

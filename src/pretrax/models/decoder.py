@@ -12,6 +12,7 @@ probabilities and each residual branch, only when the caller passes a dropout ke
 (the train step does; evaluation and sampling do not).
 A row may pack several documents: segment ids keep attention inside each one and
 positions restart at each one, so a document's logits do not depend on its neighbours.
+Sampling uses `decode_step`, a separate small path over a KV cache (kv_cache.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from flax import nnx
 
 from pretrax.config import ModelSection, ParametrizationSection
 from pretrax.errors import ConfigError
+from pretrax.models import kv_cache
 from pretrax.models.attention import Attention
 from pretrax.models.attention_backends import AttentionMask
 from pretrax.models.layers import MLP, RESIDUAL, Embed, Unembed, dropout, make_norm, record, split_key
@@ -44,13 +46,23 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array, mask: AttentionMask, rope=None, dropout_key=None) -> jax.Array:
         k_probs, k_attn, k_mlp = split_key(dropout_key, 3)  # Nones without a key: no dropout
+        return self._layer(x, lambda h: (self.attn(h, mask, rope, dropout_key=k_probs), None), k_attn, k_mlp)[0]
+
+    def decode(self, x: jax.Array, cache: dict, mask: jax.Array, rope, start: jax.Array) -> tuple[jax.Array, dict]:
+        """The layer over new tokens x (B, T, D) at positions start.., reading and extending its KV cache."""
+        return self._layer(x, lambda h: self.attn.decode(h, cache, mask, rope, start=start))
+
+    def _layer(self, x: jax.Array, attend, k_attn=None, k_mlp=None):
+        """The residual block around attend(normed x) -> (output, cache), shared by training and decoding."""
         if self.pre_norm:  # GPT-2 onwards: the residual stream itself is never normalised
-            x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, rope, dropout_key=k_probs), k_attn)
+            y, cache = attend(self.attn_norm(x))
+            x = x + self.branch("attn", y, k_attn)
             x = x + self.branch("mlp", self.mlp(self.mlp_norm(x)), k_mlp)
         else:  # GPT-1 / original transformer: normalise after each residual add
-            x = self.attn_norm(x + self.branch("attn", self.attn(x, mask, rope, dropout_key=k_probs), k_attn))
+            y, cache = attend(x)
+            x = self.attn_norm(x + self.branch("attn", y, k_attn))
             x = self.mlp_norm(x + self.branch("mlp", self.mlp(x), k_mlp))
-        return x
+        return x, cache
 
     def branch(self, name: str, y: jax.Array, dropout_key=None) -> jax.Array:
         """A residual branch's output as added to the stream: scaled for depth transfer, dropped out in
@@ -116,15 +128,41 @@ class Decoder(nnx.Module):
         mask = AttentionMask.self_attention(segment_ids, prefix=bidirectional)  # causal, prefix-LM, packed
 
         embed_key, blocks_key = split_key(dropout_key, 2)
+        x, rope = self._embed(tokens, positions, embed_key)
+        return self._logits(self._run_blocks(x, mask, rope, blocks_key))
+
+    def init_cache(self, batch: int, length: int) -> dict:
+        """An empty KV cache for `length` positions (at most max_seq_len with learned positions)."""
+        return kv_cache.empty(self.cfg, self.cfg.n_layers, batch, length)
+
+    def decode_step(self, tokens: jax.Array, cache: dict, *, start: jax.Array,
+                    prefix: jax.Array | int = 0) -> tuple[jax.Array, dict]:
+        """The decoding path: tokens (B, T) at positions start..start+T-1 of every row, the earlier
+        positions read from cache. Returns (float32 logits (B, T, V), cache with these positions written).
+
+        Prefill: start 0, the prompt (padding after it is harmless: nothing before it reads it). Then one
+        token per call. prefix: the first `prefix` positions attend to each other (a prefix-LM prompt).
+        """
+        B, T = tokens.shape
+        positions = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
+        x, rope = self._embed(tokens, positions)
+        mask = kv_cache.slot_mask(start, T, cache["k"].shape[2], prefix)  # (1, T, S)
+        x, cache = kv_cache.run_layers(self.blocks, self.cfg.scan_layers, x, cache, mask, rope, start)
+        return self._logits(x), cache
+
+    def _embed(self, tokens: jax.Array, positions: jax.Array, key=None):
+        """The residual stream's start (B, T, D) and the RoPE angles every layer shares (None without RoPE)."""
         x = self.embed(tokens)  # (B, T, D)
         if self.positions is not None:
             x = x + self.positions(positions)
-        x = dropout(x, self.cfg.dropout, embed_key)
+        x = dropout(x, self.cfg.dropout, key)
         x = constrain(record(self, "embed", scale(x, self.parametrization.input_mult)), RESIDUAL)
         rope = None
         if self.cfg.positions == "rope":  # (sin, cos), computed once and shared by every layer
             rope = rope_angles(positions, self.cfg.head_size, self.cfg.rope_theta)
-        x = self._run_blocks(x, mask, rope, blocks_key)
+        return x, rope
+
+    def _logits(self, x: jax.Array) -> jax.Array:
         if self.final_norm is not None:
             x = self.final_norm(x)
         logits = self.embed.attend(x) if self.unembed is None else self.unembed(x)  # (B, T, V) float32

@@ -36,6 +36,10 @@ Packed rows: segment ids keep encoder self-attention inside one encoder segment
 cross-attention from decoder segment k to encoder segment k only. Positions
 restart at each segment, so packed examples give the same logits as run alone.
 Segment 0 is padding; its outputs are finite and meaningless.
+
+Sampling encodes once and then runs `decode_step` over a KV cache (kv_cache.py): the
+cross-attention keys and values are computed once per prompt, the decoder's own are
+added one position at a time.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from flax import nnx
 
 from pretrax.config import ModelSection, ParametrizationSection
 from pretrax.errors import ConfigError
+from pretrax.models import kv_cache
 from pretrax.models.attention import Attention
 from pretrax.models.attention_backends import AttentionMask
 from pretrax.models.decoder import REMAT_POLICIES
@@ -99,6 +104,15 @@ class DecoderBlock(nnx.Module):
         x = x + self.branch("cross", self.cross(self.cross_norm(x), cross_mask, kv=encoded, dropout_key=k_cross_probs),
                             k_cross)
         return x + self.branch("mlp", self.mlp(self.mlp_norm(x)), k_mlp)
+
+    def decode(self, x: jax.Array, cache: dict, mask: jax.Array, cross_mask: jax.Array, bias: jax.Array | None,
+               start: jax.Array) -> tuple[jax.Array, dict]:
+        """The decoding path: new tokens x (B, T, D) at positions start.., self-attention over the layer's
+        cache["self"] (extended here), cross-attention over cache["cross"] (the encoder's, fixed)."""
+        y, self_kv = self.attn.decode(self.attn_norm(x), cache["self"], mask, start=start, bias=bias)
+        x = x + self.branch("attn", y)
+        x = x + self.branch("cross", self.cross.decode(self.cross_norm(x), cache["cross"], cross_mask)[0])
+        return x + self.branch("mlp", self.mlp(self.mlp_norm(x))), {"self": self_kv, "cross": cache["cross"]}
 
     branch = EncoderBlock.branch
 
@@ -155,6 +169,17 @@ class Stack(nnx.Module):
             for i, block in enumerate(self.blocks):
                 x = run(block, x, *args, *(k[i] for k in keys))
         return self.final_norm(x)
+
+    def decode(self, x: jax.Array, cache: dict, mask: jax.Array, cross_mask: jax.Array,
+               start: jax.Array) -> tuple[jax.Array, dict]:
+        """The decoder stack's decoding path: x (B, T, D) at positions start..; cache {"self", "cross"}
+        stacked over layers. The relative bias is that of the new positions against every cached slot."""
+        bias = None
+        if self.relpos is not None:  # (1, N, T, S); slots after a query are masked, whatever their bucket
+            slots = cache["self"]["k"].shape[2]
+            bias = self.relpos(start + jnp.arange(x.shape[1], dtype=jnp.int32)[None], jnp.arange(slots)[None])
+        x, cache = kv_cache.run_layers(self.blocks, self.cfg.scan_layers, x, cache, mask, cross_mask, bias, start)
+        return self.final_norm(x), cache
 
 
 class EncoderDecoder(nnx.Module):
@@ -226,5 +251,39 @@ class EncoderDecoder(nnx.Module):
         x = dropout(self.embed(tokens), self.cfg.dropout, embed_key)
         x = constrain(record(self, "decoder_embed", scale(x, self.parametrization.input_mult)), RESIDUAL)
         x = self.decoder(x, positions, encoded, mask, cross_mask, dropout_key=stack_key)
+        return self._logits(x)
+
+    def init_cache(self, encoded: jax.Array, length: int, encoder_segment_ids: jax.Array | None = None) -> dict:
+        """The decoding cache for `length` decoder positions (data.targets_len): every layer's
+        cross-attention keys and values of `encoded` (B, S, D), computed once here, and empty
+        self-attention slots. encoder_segment_ids (B, S): 0 marks encoder padding, never read."""
+        B, S = encoded.shape[:2]
+        if encoder_segment_ids is None:
+            encoder_segment_ids = jnp.ones((B, S), jnp.int32)
+
+        def cross_kv(block, encoded):
+            return block.cross.project_kv(encoded)
+
+        if self.cfg.scan_layers:
+            cross = nnx.vmap(cross_kv, in_axes=(0, None), out_axes=0,
+                             transform_metadata={nnx.PARTITION_NAME: "layers"})(self.decoder.blocks, encoded)
+        else:
+            cross = jax.tree.map(lambda *a: jnp.stack(a), *[cross_kv(b, encoded) for b in self.decoder.blocks])
+        return {"self": kv_cache.empty(self.cfg, self.cfg.n_layers, B, length), "cross": cross,
+                "encoder_segment_ids": encoder_segment_ids}
+
+    def decode_step(self, tokens: jax.Array, cache: dict, *, start: jax.Array) -> tuple[jax.Array, dict]:
+        """The decoding path: decoder tokens (B, T) at positions start..start+T-1 (bos at 0, as training
+        starts the decoder), the earlier ones read from cache (`init_cache`). Returns (float32 logits
+        (B, T, V), the cache with these positions written)."""
+        T = tokens.shape[1]
+        x = constrain(scale(self.embed(tokens), self.parametrization.input_mult), RESIDUAL)
+        mask = kv_cache.slot_mask(start, T, cache["self"]["k"].shape[2])  # (1, T, S) causal
+        cross_mask = jnp.broadcast_to(cache["encoder_segment_ids"][:, None, :] == 1,
+                                      (tokens.shape[0], T, cache["encoder_segment_ids"].shape[1]))  # (B, T, S_enc)
+        x, layers = self.decoder.decode(x, {"self": cache["self"], "cross": cache["cross"]}, mask, cross_mask, start)
+        return self._logits(x), {**cache, **layers}
+
+    def _logits(self, x: jax.Array) -> jax.Array:
         logits = self.embed.attend(x) if self.unembed is None else self.unembed(x)  # (B, T, V) float32
         return record(self, "logits", scale(logits, self.parametrization.output_mult))
