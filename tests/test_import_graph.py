@@ -86,3 +86,16 @@ def test_no_import_cycle_even_through_late_imports():
 
 def test_the_checker_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_pretrax_module_imports_torch_or_transformers():
+    """Training never pays for the hf extra: interop reads and writes safetensors and JSON itself, so no
+    module, late imports included, names torch or transformers (tests/test_hf_interop.py checks it at run time)."""
+    heavy = ("torch", "transformers")
+    found = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(open(path).read())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{module}: {n}" for n in names if n.split(".")[0] in heavy]
+    assert not found, found

@@ -111,7 +111,7 @@ class DataSection(SourceSection):
     """The input pipeline: one source (the fields above) or a weighted `mixture` of sources."""
 
     mixture: tuple[SourceSection, ...] = ()  # when given, these sources replace the single one above
-    tokenizer: str = "bytes"  # bytes, or the path of a SentencePiece .model file
+    tokenizer: str = "bytes"  # bytes, the path of a SentencePiece .model file, or none (token ids only: pretrax import)
     seq_len: int = 256
     objective: Literal["causal_lm", "prefix_lm", "span_corruption", "ul2"] = "causal_lm"
     denoisers: tuple[DenoiserSection, ...] = ()  # ul2: the mixture; empty: the paper's seven (objectives.py)

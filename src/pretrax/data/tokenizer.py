@@ -6,8 +6,10 @@ which tokenizer produced the ids. All of them offer the same interface:
 ``vocab_size``, ``pad_id``, ``eos_id``, ``bos_id``, ``encode(text)``,
 ``decode(ids)``, ``token_bytes``, ``sentinel_id(k)``, ``mode_token_id(name)``.
 
-``data.tokenizer`` names one: ``bytes`` (:class:`ByteTokenizer`), or the path
-of any SentencePiece ``.model`` file (:class:`SentencePieceTokenizer`).
+``data.tokenizer`` names one: ``bytes`` (:class:`ByteTokenizer`), the path
+of any SentencePiece ``.model`` file (:class:`SentencePieceTokenizer`), or
+``none`` (:class:`IdsTokenizer`: token ids only, for a checkpoint imported
+without a tokenizer pretrax can use; ``pretrax import``, docs/interop.md).
 
 SentencePiece id layout
 -----------------------
@@ -271,10 +273,49 @@ def _load_spm(path: str, mtime_ns: int, size: int) -> SentencePieceTokenizer:
     return SentencePieceTokenizer.from_file(path)
 
 
-_TOKENIZERS = {"bytes": ByteTokenizer}
+class IdsTokenizer:
+    """No tokenizer (data.tokenizer: none): the run takes token ids, never text.
+
+    An imported checkpoint whose own tokenizer pretrax cannot use keeps its weights
+    usable: "text" is ids written as numbers (``encode("5,17,9") == [5, 17, 9]``,
+    ``decode`` writes them back the same way), so sampling and scoring work on ids
+    and training on text is refused with one line. vocab_size 0: the model's
+    vocabulary (model.vocab_size) is the only size. The special ids are pretrax's
+    own layout (pad 0, eos 1, bos 2) unless given.
+    """
+
+    fingerprint = "ids"
+    num_sentinels = 0
+    token_bytes = np.zeros(0, np.int32)
+    ids_only = True
+
+    def __init__(self, *, pad_id: int = 0, eos_id: int = 1, bos_id: int = 2, vocab_size: int = 0):
+        self.pad_id, self.eos_id, self.bos_id, self.vocab_size = pad_id, eos_id, bos_id, vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [int(t) for t in text.replace(",", " ").split()]
+        except ValueError:
+            raise ConfigError(f"data.tokenizer is none: this run takes token ids such as 5,17,9, not text "
+                              f"({text[:40]!r}); set data.tokenizer to 'bytes' or a SentencePiece .model "
+                              "to read text") from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return ",".join(str(i) for i in _flat_ids(ids))
+
+    def sentinel_id(self, k: int) -> int:
+        raise ConfigError("data.tokenizer is none: it has no sentinels for span corruption; set data.tokenizer "
+                          "to 'bytes' or a SentencePiece .model")
+
+    def mode_token_id(self, name: str) -> int:
+        raise ConfigError(f"data.tokenizer is none: it has no mode token {name!r}; set data.tokenizer to "
+                          "'bytes' or a SentencePiece .model trained by `pretrax tokenizer train`")
 
 
-def config_tokenizer(data) -> ByteTokenizer | SentencePieceTokenizer:
+_TOKENIZERS = {"bytes": ByteTokenizer, "none": IdsTokenizer}
+
+
+def config_tokenizer(data) -> ByteTokenizer | SentencePieceTokenizer | IdsTokenizer:
     """A config's tokenizer: data.tokenizer with data.num_sentinels sentinels at the top of its ids.
 
     Everything of one run (the model's vocabulary, the objective, held-out bits per byte,
@@ -283,8 +324,8 @@ def config_tokenizer(data) -> ByteTokenizer | SentencePieceTokenizer:
     return with_sentinels(load_tokenizer(data.tokenizer), data.num_sentinels)
 
 
-def load_tokenizer(name: str) -> ByteTokenizer | SentencePieceTokenizer:
-    """The tokenizer named by data.tokenizer: 'bytes', or the path of a SentencePiece .model file."""
+def load_tokenizer(name: str) -> ByteTokenizer | SentencePieceTokenizer | IdsTokenizer:
+    """The tokenizer named by data.tokenizer: 'bytes', 'none' (ids only), or the path of a SentencePiece .model."""
     if name in _TOKENIZERS:
         return _TOKENIZERS[name]()
     from pretrax import storage
@@ -311,8 +352,8 @@ def with_sentinels(tokenizer, n: int):
     Sentinel k is then id B + n - 1 - k (B ordinary ids), counting down from the top as T5's
     ``<extra_id_k>``; the default 100 keeps the tokenizer's own ids.
     """
-    if getattr(tokenizer, "num_sentinels", None) == n:
-        return tokenizer
+    if getattr(tokenizer, "num_sentinels", None) == n or isinstance(tokenizer, IdsTokenizer):
+        return tokenizer  # ids only: sentinels are whatever ids the caller gives
     if isinstance(tokenizer, ByteTokenizer):
         return ByteTokenizer(n)
     if isinstance(tokenizer, SentencePieceTokenizer):

@@ -77,6 +77,9 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
     run_dir = check_run_dir(cfg.run.dir)
     eval_config(cfg)  # refuses an eval objective the model kind cannot be scored on
     tokenizer = config_tokenizer(cfg.data)
+    if getattr(tokenizer, "ids_only", False):  # an import without a usable tokenizer (pretrax import)
+        raise ConfigError("data.tokenizer is none (token ids only), so training cannot read text; set "
+                          "data.tokenizer to 'bytes' or a SentencePiece .model whose ids fit model.vocab_size")
     vocab_size = model_vocab_size(cfg, tokenizer.vocab_size)
     if vocab_size < tokenizer.vocab_size:
         ordinary = tokenizer.vocab_size - tokenizer.num_sentinels
