@@ -244,10 +244,10 @@ def _encoder_decoder_next(graphdef, params, encoded, segments, tokens, length, k
     return _choose(logits, key, choice), logits
 
 
-def load_run(run_dir: str):
-    """Config, setup and params of a run's newest checkpoint that restores, on a mesh over the local
-    devices. A damaged newer checkpoint is named on stderr and passed over, as a resume does (the
-    run dir is only read: `pretrax train` is what sets damaged checkpoints aside)."""
+def load_run(run_dir: str, step: int | None = None):
+    """Config, setup and params of a run's newest checkpoint that restores (or of checkpoint `step`),
+    on a mesh over the local devices. A damaged newer checkpoint is named on stderr and passed over,
+    as a resume does (the run dir is only read: `pretrax train` is what sets damaged checkpoints aside)."""
     from pretrax.data.tokenizer import config_tokenizer
     from pretrax.parallel.mesh import make_mesh
 
@@ -257,16 +257,29 @@ def load_run(run_dir: str):
         raise ConfigError(f"run dir {run_dir!r} {what}; give the run.dir of a training run")
     if ckpt.latest_step(run_dir) is None:
         raise CheckpointError(f"run dir {run_dir!r} holds no complete checkpoint; train it first")
-    saved = _newest_readable_config(run_dir)
-    # sampling recomputes a short window per token: the reference attention serves every device
+    saved = _newest_readable_config(run_dir) if step is None else _config_of_step(run_dir, step)
+    # the decoding path (KV cache) and the reference attention serve every device
     cfg = config_lib.from_dict(saved, ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1", "model.attention=xla"])
     tokenizer = config_tokenizer(cfg.data)
     setup = make_setup(cfg, make_mesh(cfg.mesh), model_vocab_size(cfg, tokenizer.vocab_size))
+    if step is not None:
+        with ckpt.open_manager(run_dir, cfg.checkpoint, read_only=True) as reader:
+            return cfg, setup, tokenizer, ckpt.restore(reader, step, setup.abstract_state())[0]["params"], step
     step, state, _, skipped = ckpt.restore_latest_good(run_dir, cfg, setup.abstract_state(), announce=False)
     if skipped:
         print(f"pretrax: {ckpt.describe_skipped(skipped)}; sampling from step {step}, the newest that restores",
               file=sys.stderr, flush=True)
     return cfg, setup, tokenizer, state["params"], step
+
+
+def _config_of_step(run_dir: str, step: int) -> dict:
+    """The config saved with checkpoint `step`; a step the run does not have is an error listing those it has."""
+    with ckpt.open_manager(run_dir, config_lib.CheckpointSection(), read_only=True) as reader:
+        steps = sorted(reader.all_steps())
+        if step not in steps:
+            raise CheckpointError(f"run dir {run_dir!r} has no checkpoint at step {step}; its checkpoints are at "
+                                  f"steps {', '.join(map(str, steps))}")
+        return ckpt.read_config(reader, step)
 
 
 def _newest_readable_config(run_dir: str) -> dict:
