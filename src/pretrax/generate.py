@@ -4,8 +4,8 @@ By default with a KV cache (the model's `decode_step`, models/kv_cache.py): the 
 is filled in one pass, then each new token is one jitted call over a preallocated,
 fixed-shape cache, so nothing recompiles while sampling. ``cache=False`` (``pretrax
 generate --no-cache``) is the reference: every token runs the whole model over a
-fixed-size window again. The jitted functions live at module level with the graph and
-the sampling settings static, so a second sample from the same model compiles nothing.
+fixed-size window again. The jitted functions are made once per model graph and sampling
+setting (`_jitted`), so a second sample from the same model compiles nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import functools
 import itertools
 import shlex
 import sys
+import types
 from typing import Any, Iterator
 
 import jax
@@ -57,7 +58,7 @@ def default_mode(cfg) -> str | None:
     return next((d.mode_token or None for d in denoisers(cfg.data) if d.kind == "prefix"), None)
 
 
-Choice = tuple  # (temperature, top_k, top_p): static, so a jitted step compiles once per setting
+Choice = tuple  # (temperature, top_k, top_p); `_jitted` makes one set of sampling steps per setting
 
 
 def _choose(logits: jax.Array, key, choice: Choice) -> jax.Array:
@@ -141,21 +142,19 @@ def decoder_steps(setup, params: Any, ids: list[int], *, prefix: int = 0, choice
     window = max_positions(setup.cfg)
     if prefix >= window:
         raise ConfigError(f"the prompt ({prefix} tokens with its mode token) does not fit the {window}-token window")
-    g, key, new, filled, kv = setup.graphdef, jax.random.key(seed), [], 0, None
+    f, key, new, filled, kv = _jitted(setup.graphdef, choice), jax.random.key(seed), [], 0, None
     for i in itertools.count():
-        k = jax.random.fold_in(key, i)
         if not cache:
             context = (ids + new)[-window:]
             bidirectional = jnp.asarray(np.arange(window) < prefix, jnp.int32)
-            token, logits = _recompute_next(g, params, _padded(context, window, pad_id), bidirectional, len(context),
-                                            k, choice=choice)
+            token, logits = f.recompute(params, _padded(context, window, pad_id), bidirectional, len(context), key, i)
         elif kv is None or filled == window:  # the prompt, or a full cache: fill it in one pass
             context = (ids + new)[-(window if kv is None else window // 2):]
-            token, logits, kv = _prefill(g, params, _padded(context, window, pad_id), len(context),
-                                         prefix if kv is None else 0, k, choice=choice)
+            token, logits, kv = f.prefill(params, _padded(context, window, pad_id), len(context),
+                                          prefix if kv is None else 0, key, i)
             filled = len(context)
-        else:  # one token: the last one chosen, at the next free position
-            token, logits, kv = _step(g, params, jnp.int32(new[-1]), kv, filled, k, choice=choice)
+        else:  # one token: the one just chosen (still on the device), at the next free position
+            token, logits, kv = f.step(params, token, kv, filled, key, i)
             filled += 1
         new.append(int(token))
         yield new[-1], logits
@@ -175,22 +174,19 @@ def encoder_decoder_steps(setup, params: Any, encoder_ids: list[int], *, bos_id:
                           f"data.inputs_len={inputs_len}")
     enc = _padded(encoder_ids, inputs_len, pad_id)[None]
     segments = jnp.asarray(np.arange(inputs_len) < len(encoder_ids), jnp.int32)[None]  # padding: 0, never read
-    g, key, token = setup.graphdef, jax.random.key(seed), bos_id
+    f, key, token = _jitted(setup.graphdef, choice), jax.random.key(seed), jnp.asarray(bos_id, jnp.int32)
     if cache:
-        kv = _encoder_decoder_cache(g, params, enc, segments, length=targets_len)
+        kv = f.encoder_decoder_cache(params, enc, segments, targets_len)
     else:
-        encoded = _encode(g, params, enc, segments)
+        encoded = f.encode(params, enc, segments)
         dec = np.full((targets_len,), pad_id, np.int32)
     for i in range(targets_len):
-        k = jax.random.fold_in(key, i)
         if cache:
-            token, logits, kv = _step(g, params, jnp.int32(token), kv, i, k, choice=choice)
+            token, logits, kv = f.step(params, token, kv, i, key, i)
         else:
             dec[i] = token
-            token, logits = _encoder_decoder_next(g, params, encoded, segments, jnp.asarray(dec), i + 1, k,
-                                                  choice=choice)
-        token = int(token)
-        yield token, logits
+            token, logits = f.encoder_decoder_next(params, encoded, segments, jnp.asarray(dec), i + 1, key, i)
+        yield int(token), logits
 
 
 def _padded(ids: list[int], length: int, pad_id: int) -> jax.Array:
@@ -199,49 +195,48 @@ def _padded(ids: list[int], length: int, pad_id: int) -> jax.Array:
     return jnp.asarray(buf)
 
 
-# ---------------------------------------------------------------- the jitted steps (graphdef and choice static)
+@functools.lru_cache(maxsize=8)
+def _jitted(graphdef, choice: Choice) -> types.SimpleNamespace:
+    """The jitted sampling functions of one model graph and one sampling setting, made once. They close
+    over both rather than taking them as static arguments: hashing a graphdef walks the whole model,
+    which would cost more than a small model's decoding step on every token. Each picks its token
+    with the key folded with the step number i, the same on every path."""
 
-_jit = functools.partial(jax.jit, static_argnames=("graphdef", "choice"))
+    def pick(logits, key, i):
+        return _choose(logits, jax.random.fold_in(key, i), choice), logits
 
+    def recompute(params, tokens, bidirectional, length, key, i):
+        """The reference: the whole window (T,) through the model again, the logits at length - 1."""
+        logits = nnx.merge(graphdef, params)(tokens[None], bidirectional=bidirectional[None])[0, length - 1]
+        return pick(logits, key, i)
 
-@_jit
-def _recompute_next(graphdef, params, tokens, bidirectional, length, key, *, choice):
-    """The reference: the whole window (T,) again, the logits at length - 1."""
-    logits = nnx.merge(graphdef, params)(tokens[None], bidirectional=bidirectional[None])[0, length - 1]
-    return _choose(logits, key, choice), logits
+    def prefill(params, tokens, length, prefix, key, i):
+        """A fresh cache filled with tokens (T,) (a prompt padded to the window) in one pass."""
+        model = nnx.merge(graphdef, params)
+        logits, cache = model.decode_step(tokens[None], model.init_cache(1, tokens.shape[0]), start=0, prefix=prefix)
+        return *pick(logits[0, length - 1], key, i), cache
 
+    def step(params, token, cache, position, key, i):
+        """One token at `position`, its keys and values written into the (donated) cache in place."""
+        logits, cache = nnx.merge(graphdef, params).decode_step(token.reshape(1, 1), cache, start=position)
+        return *pick(logits[0, 0], key, i), cache
 
-@_jit
-def _prefill(graphdef, params, tokens, length, prefix, key, *, choice):
-    """A fresh cache filled with tokens (T,) (a prompt padded to the window) in one pass: (next token, cache)."""
-    model = nnx.merge(graphdef, params)
-    logits, cache = model.decode_step(tokens[None], model.init_cache(1, tokens.shape[0]), start=0, prefix=prefix)
-    return _choose(logits[0, length - 1], key, choice), logits[0, length - 1], cache
+    def encoder_decoder_cache(params, tokens, segments, length):
+        model = nnx.merge(graphdef, params)
+        return model.init_cache(model.encode(tokens, segment_ids=segments), length, segments)
 
+    def encode(params, tokens, segments):
+        return nnx.merge(graphdef, params).encode(tokens, segment_ids=segments)
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "choice"), donate_argnames=("cache",))
-def _step(graphdef, params, token, cache, position, key, *, choice):
-    """One token at `position`, its keys and values written into the cache in place: (next token, cache)."""
-    logits, cache = nnx.merge(graphdef, params).decode_step(token.reshape(1, 1), cache, start=position)
-    return _choose(logits[0, 0], key, choice), logits[0, 0], cache
+    def encoder_decoder_next(params, encoded, segments, tokens, length, key, i):
+        """The reference: the decoder over its whole window (T,) again, the logits at length - 1."""
+        logits = nnx.merge(graphdef, params).decode(encoded, tokens[None], encoder_segment_ids=segments)[0, length - 1]
+        return pick(logits, key, i)
 
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "length"))
-def _encoder_decoder_cache(graphdef, params, tokens, segments, *, length):
-    model = nnx.merge(graphdef, params)
-    return model.init_cache(model.encode(tokens, segment_ids=segments), length, segments)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _encode(graphdef, params, tokens, segments):
-    return nnx.merge(graphdef, params).encode(tokens, segment_ids=segments)
-
-
-@_jit
-def _encoder_decoder_next(graphdef, params, encoded, segments, tokens, length, key, *, choice):
-    """The reference: the decoder over its whole window (T,) again, the logits at length - 1."""
-    logits = nnx.merge(graphdef, params).decode(encoded, tokens[None], encoder_segment_ids=segments)[0, length - 1]
-    return _choose(logits, key, choice), logits
+    return types.SimpleNamespace(
+        recompute=jax.jit(recompute), prefill=jax.jit(prefill), step=jax.jit(step, donate_argnums=2),
+        encoder_decoder_cache=jax.jit(encoder_decoder_cache, static_argnums=3), encode=jax.jit(encode),
+        encoder_decoder_next=jax.jit(encoder_decoder_next))
 
 
 def load_run(run_dir: str, step: int | None = None):
