@@ -145,6 +145,16 @@ def test_score_errors_are_one_line(decoder_run, capsys, args, message):
     assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_run_without_a_tokenizer_scores_ids_only(tmp_path, capsys):
+    run_dir, _, _ = make_run(tmp_path / "ids", "data.tokenizer=none", "model.vocab_size=384")  # as `pretrax import`
+    code, _, err = score(capsys, run_dir, "--text", "abc")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--text needs a tokenizer and this run has none (data.tokenizer: none); give token ids with --ids" in err
+    code, out, _ = score(capsys, run_dir, "--ids", "2,70,71")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["pos", "id", "logprob"] and lines[3].split()[:2] == ["2", "71"]
+
+
 def test_score_a_given_step(decoder_run, capsys):
     code, out, _ = score(capsys, decoder_run[0], "--ids", "2,3,4", "--step", "1", "--json")
     assert code == 0 and len(json.loads(out)["logprobs"]) == 2
