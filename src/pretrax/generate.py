@@ -149,7 +149,7 @@ def decoder_steps(setup, params: Any, ids: list[int], *, prefix: int = 0, choice
             bidirectional = jnp.asarray(np.arange(window) < prefix, jnp.int32)
             token, logits = f.recompute(params, _padded(context, window, pad_id), bidirectional, len(context), key, i)
         elif kv is None or filled == window:  # the prompt, or a full cache: fill it in one pass
-            context = (ids + new)[-(window if kv is None else window // 2):]
+            context = (ids + new)[-(window if kv is None else max(window // 2, 1)):]
             token, logits, kv = f.prefill(params, _padded(context, window, pad_id), len(context),
                                           prefix if kv is None else 0, key, i)
             filled = len(context)
