@@ -38,6 +38,9 @@ setup(
         # libtpu, the TPU compiler: `pretrax compile` builds for any TPU topology on any x86 machine;
         # the pin is jax 0.10.2's own tpu extra (libtpu 0.0.42.*, a 213 MB wheel)
         "tpu": ["jax[tpu]==0.10.2"],
+        # `pretrax import` / `export` read and write safetensors; torch and transformers only for the tests that
+        # check the weights against transformers itself (never imported by pretrax: docs/interop.md)
+        "hf": ["safetensors", "torch", "transformers>=5"],
     },
     entry_points={"console_scripts": ["pretrax=pretrax.cli:main"]},
 )

@@ -27,8 +27,12 @@ from pretrax.errors import ConfigError
 from pretrax.models.parametrization import resolve
 
 
-def fold(flat: dict[str, np.ndarray], cfg: Config) -> tuple[dict[str, np.ndarray], Config]:
-    """(weights, config) of the sp model computing what `flat` computes under cfg's parametrization."""
+def fold(flat: dict[str, np.ndarray], cfg: Config, *, inverse: bool = False) -> tuple[dict[str, np.ndarray], Config]:
+    """(weights, config) of the sp model computing what `flat` computes under cfg's parametrization.
+
+    inverse: the other way (import): `flat` are sp weights, returned are the weights that compute the
+    same under cfg's parametrization (each factor divided instead of multiplied), and cfg itself.
+    """
     m = cfg.model
     p = resolve(m, cfg.parametrization)
     out = dict(flat)
@@ -37,7 +41,7 @@ def fold(flat: dict[str, np.ndarray], cfg: Config) -> tuple[dict[str, np.ndarray
         if factor != 1.0:
             for name in out:
                 if re.search(pattern, name):
-                    out[name] = out[name] * np.float32(factor)
+                    out[name] = out[name] * np.float32(factor) if not inverse else out[name] / np.float32(factor)
 
     times(r"\.(attn|cross)\.query\.(kernel|bias)$", p.attention_scale(m.head_size) * math.sqrt(m.head_size))
     times(r"\.(attn|cross|mlp)\.(out|down)\.(kernel|bias)$", p.branch_mult)
@@ -48,7 +52,7 @@ def fold(flat: dict[str, np.ndarray], cfg: Config) -> tuple[dict[str, np.ndarray
             times(rf"^{re.escape(_readout_norm(cfg))}\.(scale|bias)$", readout)
     else:
         times(r"^unembed\.kernel$", p.output_mult)
-    return out, dataclasses.replace(cfg, parametrization=ParametrizationSection())
+    return out, cfg if inverse else dataclasses.replace(cfg, parametrization=ParametrizationSection())
 
 
 def _readout_norm(cfg: Config) -> str:

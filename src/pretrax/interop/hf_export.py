@@ -89,6 +89,9 @@ def check_out_dir(out_dir: str) -> None:
 
 def export(run_dir: str, out_dir: str, step: int | None = None) -> str:
     """Write the transformers directory; returns a one-line summary."""
+    from pretrax.interop.hf_import import require_safetensors
+
+    require_safetensors()
     from safetensors.numpy import save
 
     check_out_dir(out_dir)

@@ -5,9 +5,12 @@ checkpoint code (train/checkpoint.py), so `pretrax train RUN_DIR/config.yaml`
 resumes from it as from any checkpoint of its own: the weights, a fresh
 optimizer state, and the data iterator at its start. The config is
 config.json's architecture (hf_families.py) plus the overrides (data.*,
-train.*, optim.*, ...; a model.* override may only change how the same
-weights are computed, such as model.scan_layers or model.remat). The weights
-are placed on the config's mesh as they are read, and restore on any other.
+train.*, optim.*, parametrization.*, ...; a model.* override may only change
+how the same weights are computed, such as model.scan_layers or model.remat).
+Under a parametrization.* override (muP, depth transfer) the weights are
+divided by its multipliers (fold.py, inverted), so the run computes what the
+HF model computes and trains on with muP's learning rates. The weights are
+placed on the config's mesh as they are read, and restore on any other.
 
 A SentencePiece tokenizer.model / spiece.model in HF_DIR is copied into
 RUN_DIR and becomes data.tokenizer when pretrax can use it (an eos id, pad/eos
@@ -31,14 +34,15 @@ from pretrax import config as config_lib
 from pretrax import storage
 from pretrax.errors import CheckpointError, ConfigError
 from pretrax.interop import hf_families, params as params_lib
+from pretrax.interop.fold import fold
 
 # Tensors transformers writes that hold nothing pretrax needs: tied copies of the shared embedding, T5's
 # unused cross-attention bias, rotary frequency and causal-mask buffers of older checkpoints.
 IGNORED = re.compile(r"^(encoder|decoder)\.embed_tokens\.weight$|EncDecAttention\.relative_attention_bias|"
                      r"\.inv_freq$|\.attn\.(bias|masked_bias)$")
 # model.* keys an override may change: how the same weights are computed, stored or trained
-FREE_MODEL_KEYS = frozenset({"scan_layers", "remat", "attention", "dropout", "param_dtype", "dtype", "max_seq_len",
-                             "init_std", "residual_init_scaling"})
+FREE_MODEL_KEYS = frozenset({"scan_layers", "remat", "attention", "dropout", "param_dtype", "dtype", "init_std",
+                             "residual_init_scaling"})
 
 
 def read_hf_config(hf_dir: str) -> dict:
@@ -58,10 +62,20 @@ def read_hf_config(hf_dir: str) -> dict:
     return c
 
 
+def require_safetensors() -> None:
+    """One line instead of a traceback when the hf extra is not installed."""
+    try:
+        import safetensors  # noqa: F401
+    except ImportError:
+        raise ConfigError("pretrax import and export read and write safetensors, which is not installed; "
+                          "pip install 'pretrax[hf]' (or: pip install safetensors)") from None
+
+
 class Weights:
     """The tensors of model.safetensors (or the shards model.safetensors.index.json lists), read on demand."""
 
     def __init__(self, hf_dir: str):
+        require_safetensors()
         from safetensors import safe_open
 
         single, index = os.path.join(hf_dir, "model.safetensors"), os.path.join(hf_dir, "model.safetensors.index.json")
@@ -228,7 +242,7 @@ def read_weights(family: hf_families.Family, c: dict, weights: Weights, cfg: con
                           f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
     missing = set(shapes) - set(flat)
     assert not missing, f"pretrax weights no {family.name} tensor fills: {sorted(missing)}"
-    return flat
+    return fold(flat, cfg, inverse=True)[0]  # under a muP override: the same function with its multipliers
 
 
 def fresh_state(setup, params, seed: int) -> dict:
