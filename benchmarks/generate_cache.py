@@ -38,7 +38,7 @@ def main() -> None:
     setup = make_setup(cfg, make_mesh(cfg.mesh, jax.devices()[:1]), model_vocab_size(cfg, tok.vocab_size))
     params = jax.jit(lambda: nnx.state(build_model(cfg, setup.vocab_size, cfg.run.seed), nnx.Param))()
     ids = [tok.bos_id] + tok.encode("def ")
-    print(f"model: {args.config} {' '.join(args.overrides)} (fresh init), window {max_positions(cfg)}, "
+    print(f"model: {' '.join([args.config, *args.overrides])} (fresh init), window {max_positions(cfg)}, "
           f"prompt {len(ids)} tokens, {args.new_tokens} new tokens, greedy; "
           f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()})")
     rates = {}
