@@ -332,6 +332,27 @@ def test_export_refuses_an_out_dir_that_holds_a_model(hf, tmp_path, capsys):
     assert sorted(os.listdir(out)) == ["config.json"]
 
 
+@pytest.mark.slow
+def test_export_names_the_feature_transformers_cannot_express(tmp_path, capsys):
+    """A real step-0 checkpoint of a RoPE + LayerNorm decoder (Llama has RMSNorm only): refused by name."""
+    from pretrax.interop.hf_import import fresh_state
+    from pretrax.models import build_model
+    from pretrax.parallel.mesh import make_mesh
+    from pretrax.train import checkpoint as ckpt
+    from pretrax.train.state import make_setup
+
+    cfg = config_lib.load(None, ["model.norm=layernorm", "model.d_model=32", "model.n_heads=2", "model.n_layers=1",
+                                 "model.d_ff=64", "model.vocab_size=400", f"run.dir={tmp_path / 'run'}"])
+    setup = make_setup(cfg, make_mesh(cfg.mesh), 400)
+    state = fresh_state(setup, nnx.state(build_model(cfg, 400, 0), nnx.Param), 0)
+    with ckpt.open_manager(cfg.run.dir, cfg.checkpoint) as manager:
+        ckpt.save(manager, 0, state, {}, cfg, force=True)
+        ckpt.wait(manager)
+    err = run_cli(capsys, "export", cfg.run.dir, str(tmp_path / "out"))
+    assert "model.norm=layernorm with rotary positions cannot be exported" in err and "RMSNorm" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("overrides, feature", [
     (["model.norm=layernorm"], "model.norm=layernorm with rotary positions"),
     (["model.positions=none"], "model.positions=none"),
