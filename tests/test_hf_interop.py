@@ -272,6 +272,13 @@ def test_sentencepiece_ids_identical_through_exported_tokenizer(tmp_path):
     ids = ours.encode(text)
     assert len(ids) > 10
     assert theirs(text, add_special_tokens=False)["input_ids"] == ids
+    # special ids that disagree with config.json, or pieces that do not fit the vocabulary: ids only
+    from pretrax.interop.hf_import import tokenizer_settings
+
+    config = json.loads((hf_dir / "config.json").read_text())
+    assert tokenizer_settings(str(hf_dir), config, 640)[1] == {"tokenizer": "tokenizer.model", "num_sentinels": 100}
+    assert tokenizer_settings(str(hf_dir), {**config, "eos_token_id": 7}, 640) == (None, {"tokenizer": "none"})
+    assert tokenizer_settings(str(hf_dir), config, 500) == (None, {"tokenizer": "none"})
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 2, nothing written
@@ -377,6 +384,13 @@ def test_training_and_interop_never_import_torch_or_transformers():
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_ids_only_tokenizer_reads_and_writes_ids_and_refuses_text():
+    ids = IdsTokenizer()
+    assert ids.encode("5,17, 9") == [5, 17, 9] and ids.decode([5, 17, 9]) == "5,17,9"
+    with pytest.raises(ConfigError, match="takes token ids such as 5,17,9"):
+        ids.encode("hello")
 
 
 def test_training_an_ids_only_import_is_refused_in_one_line(hf, capsys):
