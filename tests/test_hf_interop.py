@@ -158,6 +158,33 @@ def test_export_loads_without_warnings_and_round_trips(hf, name, tmp_path):
     assert exported <= TOL and again <= TOL
 
 
+def test_untied_t5_as_transformers_4_saved_it_imports_untied(hf, tmp_path, capsys):
+    """T5.1.1 and UL2 checkpoints have their own lm_head.weight and tie_word_embeddings false (transformers 5
+    always ties T5's): imported untied, the logits are transformers' decoder output times that weight."""
+    from safetensors.numpy import load_file, save_file
+
+    hf_dir, model, _ = hf["t5_silu"]
+    shutil.copytree(hf_dir, tmp_path / "hf")
+    tensors = load_file(os.path.join(hf_dir, "model.safetensors"))
+    lm_head = (0.2 * np.random.default_rng(3).standard_normal((V, 48))).astype(np.float32)
+    save_file({**tensors, "lm_head.weight": lm_head}, str(tmp_path / "hf" / "model.safetensors"))
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config.pop("scale_decoder_outputs", None)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    run = str(tmp_path / "run")
+    import_hf(str(tmp_path / "hf"), run, SHORT)
+    assert not config_lib.load(os.path.join(run, "config.yaml")).model.tie_embeddings
+    with torch.no_grad():
+        encoded = model.encoder(input_ids=torch.tensor(IDS)).last_hidden_state
+        decoded = model.decoder(input_ids=torch.tensor(DEC), encoder_hidden_states=encoded).last_hidden_state
+        theirs = torch.log_softmax(decoded @ torch.tensor(lm_head).T, -1).numpy()
+    diff = max_diff(pretrax_logprobs(run, "t5_silu"), theirs)
+    err = run_cli(capsys, "export", run, str(tmp_path / "out"))  # transformers 5's T5 cannot hold it
+    assert "model.tie_embeddings=false cannot be exported" in err
+    print(f"t5 untied (transformers 4 layout): import max |dlogp| = {diff:.2e}")
+    assert diff <= TOL
+
+
 @pytest.mark.parametrize("name", ["llama", "t5"])
 def test_greedy_generation_gives_the_same_tokens(hf, name):
     hf_dir, model, run = hf[name]
