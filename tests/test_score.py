@@ -153,6 +153,9 @@ def test_a_run_without_a_tokenizer_scores_ids_only(tmp_path, capsys):
     code, out, _ = score(capsys, run_dir, "--ids", "2,70,71")
     lines = out.splitlines()
     assert code == 0 and lines[0].split() == ["pos", "id", "logprob"] and lines[3].split()[:2] == ["2", "71"]
+    code = cli_main(["generate", run_dir, "--prompt", "2,70,71", "--max-new-tokens", "3", "--temperature", "0"])
+    out = capsys.readouterr().out.strip()  # the prompt's ids, then the new ones, one comma-separated list
+    assert code == 0 and out.startswith("2,70,71,") and all(s.isdigit() for s in out.split(","))
 
 
 def test_score_a_given_step(decoder_run, capsys):

@@ -1,4 +1,4 @@
-"""Command line: `pretrax train | info | bench | generate | checkpoints | compile | sweep | scaling fit | coordcheck | tokenizer train | data prepare | inspect | stats`. Thin: parse, call one function, print.
+"""Command line: `pretrax train | info | bench | generate | score | checkpoints | compile | sweep | scaling fit | coordcheck | tokenizer train | data prepare | inspect | stats`. Thin: parse, call one function, print.
 
 Errors the user can fix (PretraxError) are printed as one line on stderr with
 exit code 2 and no traceback.
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="sample a continuation from a run's newest checkpoint")
     p.add_argument("run_dir")
-    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--prompt", default="", help="text to continue (a run without a tokenizer: ids such as 5,17,9)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     p.add_argument("--top-k", type=int, default=0, help="0: off")
@@ -177,7 +177,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", default=None, help="UL2 mode: R, S or X (or a mode token); the prompt becomes its inputs. "
                         "Default: the run's S denoiser's mode token, if it has one")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole window for every token (the "
+                   "reference) instead of decoding over a KV cache")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="write a run's checkpoint as a transformers model dir (OpenAIGPT, Llama, T5; "
+                                      "docs/interop.md)")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--step", type=int, default=None, help="the checkpoint to export (default: the newest)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="make a run dir whose step-0 checkpoint holds a transformers model's weights; "
+                                      "`pretrax train RUN_DIR/config.yaml` continues pretraining it")
+    p.add_argument("hf_dir")
+    p.add_argument("run_dir")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides (data.*, train.*, optim.*, ...)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("score", help="the log-probability of every token of a sequence given the tokens before it")
+    p.add_argument("run_dir")
+    p.add_argument("--text", help="decoder-only: text, scored as a document (bos + text + eos)")
+    p.add_argument("--ids", help="decoder-only: token ids such as 5,17,9, scored as given (the first is context)")
+    p.add_argument("--inputs", help="encoder-decoder: the encoder's text ([mode] + inputs + eos)")
+    p.add_argument("--targets", help="encoder-decoder: the text scored given the inputs (targets + eos)")
+    p.add_argument("--input-ids", help="encoder-decoder: the encoder's token ids, as given")
+    p.add_argument("--target-ids", help="encoder-decoder: the target ids scored, as given")
+    p.add_argument("--mode", default=None, help="encoder-decoder: UL2 mode (R, S or X, or a mode token) put before "
+                   "--inputs")
+    p.add_argument("--no-eos", action="store_true", help="leave the eos off the scored text (--text, --targets)")
+    p.add_argument("--step", type=int, default=None, help="score with this checkpoint (default: the newest)")
+    p.add_argument("--json", action="store_true", help='print {"ids": [...], "logprobs": [...]} (encoder-decoder: '
+                   '"input_ids", "target_ids", "logprobs")')
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("sweep", help="run a grid of configs (resumable) into DIR/results.csv; --worker: "
                                      "one of many machines sharing it")
@@ -361,8 +393,37 @@ def cmd_generate(args) -> int:
     cfg, setup, tokenizer, params, step = load_run(args.run_dir)
     text = sample(setup, params, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                  mode=args.mode or default_mode(cfg))
-    print(args.prompt + text)
+                  mode=args.mode or default_mode(cfg), cache=not args.no_cache)
+    joiner = "," if getattr(tokenizer, "ids_only", False) and text else ""  # ids: "5,17,9" + "," + "12,44"
+    print(args.prompt + joiner + text)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pretrax.interop.hf_export import export
+
+    print(export(args.run_dir, args.out_dir, args.step))
+    return 0
+
+
+def cmd_import(args) -> int:
+    from pretrax.interop.hf_import import import_hf
+
+    print(import_hf(args.hf_dir, args.run_dir, args.overrides))
+    return 0
+
+
+def cmd_score(args) -> int:
+    import json
+
+    from pretrax.generate import load_run
+    from pretrax.score import format_table, score_run
+
+    _, setup, tokenizer, params, _ = load_run(args.run_dir, step=args.step)
+    result = score_run(setup, params, tokenizer, text=args.text, ids=args.ids, inputs=args.inputs,
+                       targets=args.targets, input_ids=args.input_ids, target_ids=args.target_ids, mode=args.mode,
+                       eos=not args.no_eos)
+    print(json.dumps(result) if args.json else format_table(result, tokenizer))
     return 0
 
 
