@@ -26,6 +26,7 @@ from flax import nnx
 from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, LlamaConfig, LlamaForCausalLM,
                           OpenAIGPTConfig, OpenAIGPTLMHeadModel, T5Config, T5ForConditionalGeneration)
 
+from conftest import TINY
 from pretrax import config as config_lib
 from pretrax.cli import main
 from pretrax.data.tokenizer import IdsTokenizer
@@ -404,12 +405,18 @@ def test_a_model_transformers_cannot_express_is_named(overrides, feature):
 
 
 @pytest.mark.slow
-def test_training_and_interop_never_import_torch_or_transformers():
+def test_training_and_interop_never_import_torch_or_transformers(tmp_path):
+    """Imports, and a real run: tensorboardX would import torch when it is installed (metrics.py stops it)."""
     code = ("import sys, pretrax.cli, pretrax.train.loop, pretrax.generate\n"
             "from pretrax.interop import hf_import, hf_export\n"
+            "from pretrax import config as config_lib\n"
+            f"pretrax.train.loop.train(config_lib.load(None, {TINY + ['train.steps=1']!r} + sys.argv[1:]), "
+            "progress=False)\n"
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
             "assert not bad, bad\n")
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    subprocess.run([sys.executable, "-c", code, f"run.dir={tmp_path / 'run'}"], check=True,
+                   env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert (tmp_path / "run" / "tensorboard").is_dir()  # the writer was made
 
 
 def test_ids_only_tokenizer_reads_and_writes_ids_and_refuses_text():

@@ -35,6 +35,21 @@ from pretrax import storage
 REMOTE_FLUSH_S = 30.0  # at most this long between rewrites of a gs:// metrics.jsonl
 
 
+def summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch. tensorboardX imports torch at module level,
+    where it is installed (the hf extra), only to recognise torch tensors: 2.4 s and the CUDA libraries
+    loaded into every training process, which logs Python floats. Where torch is already imported, as is."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     def __init__(self, run_dir: str, total_steps: int, start_step: int, *, progress: bool | None = None):
         self.enabled = jax.process_index() == 0
@@ -53,8 +68,7 @@ class MetricsWriter:
             self._dirty, self._flushed_at = False, time.monotonic()
         else:
             self._jsonl = open(self.path, "a", encoding="utf-8")
-        from tensorboardX import SummaryWriter
-
+        SummaryWriter = summary_writer_class()
         self._tb_dir = storage.join(run_dir, "tensorboard")
         # under gs:// the event file is written locally and uploaded whole at each flush, through the same
         # storage layer (bounded waits, no second GCS client): TensorBoard reads the object as it grows
