@@ -12,15 +12,24 @@ import tempfile
 
 import pytest
 
+FAST_COMPILE = "" if os.environ.get("PRETRAX_TEST_XLA_OPT") else "--xla_backend_optimization_level=0"
+
+
+def cpu_xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a CPU test process with this many simulated devices (subprocesses that set their own)."""
+    return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}".strip()
+
+
 PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "tpu": "tpu"}  # PRETRAX_TEST_PLATFORM -> JAX_PLATFORMS
 _chosen = os.environ.get("PRETRAX_TEST_PLATFORM", "cpu").strip().lower() or "cpu"
 if _chosen in PLATFORMS:  # else pytest_configure stops the run
     # set, not defaulted: a JAX_PLATFORMS=cuda left in the shell must not move the CPU suite onto one GPU
     os.environ["JAX_PLATFORMS"] = PLATFORMS[_chosen]
 if _chosen == "cpu":
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
+    # xla_backend_optimization_level=0: LLVM's optimisation passes are most of a CPU compile, and the
+    # suite's models are tiny, so they cost far more than they save (about half of each compile; the
+    # losses come out bit-identical, docs/benchmarks.md). PRETRAX_TEST_XLA_OPT=1 keeps XLA's default.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + cpu_xla_flags(8)).strip()
 elif _chosen in PLATFORMS:
     # several test processes share the accelerator: none may take 75% of its memory up front
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import TINY
+from conftest import TINY, cpu_xla_flags
 from pretrax import config as config_lib
 from pretrax.train.loop import train
 
@@ -43,7 +43,7 @@ def free_port() -> int:
 
 def worker_env(i: int, port: int, **extra: str) -> dict:
     """Process i of 2 (4 CPU devices each), coordinated on 127.0.0.1:port."""
-    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+    return {**os.environ, "XLA_FLAGS": cpu_xla_flags(4), "JAX_PLATFORMS": "cpu",
             "PRETRAX_COORDINATOR": f"127.0.0.1:{port}", "PRETRAX_NUM_PROCESSES": "2", "PRETRAX_PROCESS_ID": str(i),
             "PRETRAX_INIT_TIMEOUT": "60", **extra}
 

@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from conftest import TINY
+from conftest import TINY, cpu_xla_flags
 from gcs_fixture import PRETRAX, child_env, gcs  # noqa: F401  (gcs: the fixture; imported before gcsfs loads)
 
 from pretrax import storage
@@ -388,7 +388,7 @@ def test_a_two_process_worker_and_a_one_process_worker_share_a_sweep_in_a_bucket
                         overrides=[*COMMON, "train.steps=6"])
     cache = tmp_path / "jax_cache"
     port = free_port()
-    slice_env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PRETRAX_COORDINATOR": f"127.0.0.1:{port}",
+    slice_env = {"XLA_FLAGS": cpu_xla_flags(4), "PRETRAX_COORDINATOR": f"127.0.0.1:{port}",
                  "PRETRAX_NUM_PROCESSES": "2", "PRETRAX_INIT_TIMEOUT": "120"}
     procs = []
     for i in range(2):

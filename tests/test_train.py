@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import cpu_xla_flags
 from pretrax.errors import CheckpointError
 from pretrax.train import checkpoint as ckpt
 from pretrax.train.loop import train
@@ -53,7 +54,6 @@ def test_checkpoint_keep_and_contents(tiny_cfg, tmp_path):
 RESTORE_ON_4 = textwrap.dedent(
     """
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     import jax, numpy as np
     from pretrax import config as config_lib
     from pretrax.data.tokenizer import load_tokenizer
@@ -80,7 +80,7 @@ def test_checkpoint_from_8_devices_restores_on_4(tiny_cfg, tmp_path):
     result = train(cfg, progress=False)
     expected = [np.asarray(x) for x in jax.tree.leaves(result["params"])]
     out = tmp_path / "restored.npz"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**os.environ, "XLA_FLAGS": cpu_xla_flags(4)}
     proc = subprocess.run([sys.executable, "-c", RESTORE_ON_4, cfg.run.dir, str(out)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
