@@ -68,6 +68,19 @@ def pytest_sessionfinish(session):
         shutil.rmtree(os.path.join(tempfile.gettempdir(), f"pretrax-tests-jax-{_session}"), ignore_errors=True)
 
 
+# The files that take longest (`pytest --durations`), handed out first: xdist's loadfile gives whole files to
+# the workers in collection order, and a long file collected last runs alone while the other worker idles.
+LONGEST_FIRST = ("test_sweep_worker.py", "test_gcs_runs.py", "test_reliability.py", "test_coordcheck.py",
+                 "test_multiprocess.py", "test_train.py", "test_first_run.py", "test_run_lock.py", "test_cli.py",
+                 "test_data_end_to_end.py", "test_encoder_decoder.py", "test_pod_logs.py", "test_hf_interop.py",
+                 "test_nan_and_preemption.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def pytest_configure(config):
     if _chosen not in PLATFORMS:
         raise pytest.UsageError(f"PRETRAX_TEST_PLATFORM={_chosen!r} is not one of {', '.join(PLATFORMS)}")

@@ -47,9 +47,9 @@ def read_csv(url):
     return list(csv.DictReader(io.StringIO(storage.read_text(url))))
 
 
-def start_worker(sweep, log, cache, *extra):
-    env = child_env(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                    PYTHONWARNINGS="ignore")
+def start_worker(sweep, log, *extra):
+    """A `pretrax sweep --worker` process; it shares the session's JAX compilation cache (conftest.py)."""
+    env = child_env(PYTHONWARNINGS="ignore")
     return subprocess.Popen([PRETRAX, "sweep", sweep, "--worker", "--stale-after", "5", *extra], env=env,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
@@ -85,8 +85,7 @@ def wait_all(procs, timeout):
 def test_three_workers_run_every_point_once_and_a_killed_workers_point_resumes(tmp_path):
     sweep_dir = tmp_path / "runs"
     sweep = write_sweep(tmp_path / "seeds.yaml", sweep_dir)
-    cache = tmp_path / "jax_cache"
-    procs = [start_worker(sweep, tmp_path / f"worker{i}.log", cache) for i in range(3)]
+    procs = [start_worker(sweep, tmp_path / f"worker{i}.log") for i in range(3)]
     try:
         victim, pid, seen = None, None, 0
         deadline = time.monotonic() + 400
@@ -105,7 +104,7 @@ def test_three_workers_run_every_point_once_and_a_killed_workers_point_resumes(t
         killed = next(p for p in procs if p.pid == pid)
         killed.wait(timeout=30)
         assert claim_files(str(sweep_dir), victim) == ["1"], "the point finished before the kill landed"
-        procs.append(start_worker(sweep, tmp_path / "worker3.log", cache))  # a new machine joins
+        procs.append(start_worker(sweep, tmp_path / "worker3.log"))  # a new machine joins
         wait_all(procs, timeout=600)
     finally:
         for p in procs:
@@ -145,8 +144,7 @@ def test_a_preempted_worker_releases_its_point_and_the_next_worker_resumes_it_at
     sweep_dir = tmp_path / "runs"
     sweep = write_sweep(tmp_path / "one.yaml", sweep_dir, grid={"product": {"run.seed": [7]}},
                         overrides=[*COMMON, "train.steps=40"])
-    cache = tmp_path / "jax_cache"
-    first = start_worker(sweep, tmp_path / "first.log", cache, "--stale-after", "600")
+    first = start_worker(sweep, tmp_path / "first.log", "--stale-after", "600")
     deadline = time.monotonic() + 300
     while not checkpoint_steps(str(sweep_dir / "seed=7")):
         assert time.monotonic() < deadline and first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
@@ -158,7 +156,7 @@ def test_a_preempted_worker_releases_its_point_and_the_next_worker_resumes_it_at
     saved = checkpoint_steps(str(sweep_dir / "seed=7"))[-1]
     assert 0 < saved < 40
 
-    second = start_worker(sweep, tmp_path / "second.log", cache, "--stale-after", "600")
+    second = start_worker(sweep, tmp_path / "second.log", "--stale-after", "600")
     assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
     about = json.loads((sweep_dir / "results" / "seed=7.json").read_text())
     assert about["attempt"] == 2 and about["start_step"] == saved and about["row"]["status"] == "ok"
@@ -386,7 +384,6 @@ def test_a_two_process_worker_and_a_one_process_worker_share_a_sweep_in_a_bucket
     names = NAMES[:4]
     sweep = write_sweep(tmp_path / "seeds.yaml", sweep_dir, grid={"product": {"run.seed": SEEDS[:4]}},
                         overrides=[*COMMON, "train.steps=6"])
-    cache = tmp_path / "jax_cache"
     port = free_port()
     slice_env = {"XLA_FLAGS": cpu_xla_flags(4), "PRETRAX_COORDINATOR": f"127.0.0.1:{port}",
                  "PRETRAX_NUM_PROCESSES": "2", "PRETRAX_INIT_TIMEOUT": "120"}
@@ -395,13 +392,13 @@ def test_a_two_process_worker_and_a_one_process_worker_share_a_sweep_in_a_bucket
         with pytest.MonkeyPatch.context() as env:
             for key, value in {**slice_env, "PRETRAX_PROCESS_ID": str(i)}.items():
                 env.setenv(key, value)
-            procs.append(start_worker(sweep, tmp_path / f"host{i}.log", cache))
+            procs.append(start_worker(sweep, tmp_path / f"host{i}.log"))
     try:
         deadline = time.monotonic() + 300
         while not any(claim_files(sweep_dir, n) for n in names):
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "the slice claimed nothing"
             time.sleep(0.2)
-        procs.append(start_worker(sweep, tmp_path / "single.log", cache))
+        procs.append(start_worker(sweep, tmp_path / "single.log"))
         wait_all(procs, timeout=600)
     finally:
         for p in procs:
