@@ -159,9 +159,10 @@ def test_export_loads_without_warnings_and_round_trips(hf, name, tmp_path):
     assert exported <= TOL and again <= TOL
 
 
-def test_untied_t5_as_transformers_4_saved_it_imports_untied(hf, tmp_path, capsys):
+def test_untied_t5_imports_and_exports_untied(hf, tmp_path):
     """T5.1.1 and UL2 checkpoints have their own lm_head.weight and tie_word_embeddings false (transformers 5
-    always ties T5's): imported untied, the logits are transformers' decoder output times that weight."""
+    ties T5's unless the two tensors differ): imported untied, the logits are transformers' decoder output
+    times that weight, and the export loads back untied with the same logits."""
     from safetensors.numpy import load_file, save_file
 
     hf_dir, model, _ = hf["t5_silu"]
@@ -180,10 +181,14 @@ def test_untied_t5_as_transformers_4_saved_it_imports_untied(hf, tmp_path, capsy
         decoded = model.decoder(input_ids=torch.tensor(DEC), encoder_hidden_states=encoded).last_hidden_state
         theirs = torch.log_softmax(decoded @ torch.tensor(lm_head).T, -1).numpy()
     diff = max_diff(pretrax_logprobs(run, "t5_silu"), theirs)
-    err = run_cli(capsys, "export", run, str(tmp_path / "out"))  # transformers 5's T5 cannot hold it
-    assert "model.tie_embeddings=false cannot be exported" in err
-    print(f"t5 untied (transformers 4 layout): import max |dlogp| = {diff:.2e}")
-    assert diff <= TOL
+    main(["export", run, str(tmp_path / "out")])  # and back: its own lm_head.weight, no output scaling
+    loaded, info = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert not json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"]
+    assert loaded.lm_head.weight.data_ptr() != loaded.shared.weight.data_ptr()  # not tied on load
+    exported = max_diff(hf_logprobs(loaded.eval(), "t5_silu"), theirs)
+    print(f"t5 untied (transformers 4 layout): import max |dlogp| = {diff:.2e}, export {exported:.2e}")
+    assert diff <= TOL and exported <= TOL
 
 
 @pytest.mark.parametrize("name", ["llama", "t5"])
@@ -393,8 +398,8 @@ def test_export_names_the_feature_transformers_cannot_express(tmp_path, capsys):
     (["model.activation=relu"], "model.activation=relu with rotary positions"),
     (["model.positions=learned", "model.norm=layernorm", "model.norm_position=post", "model.final_norm=false",
       "model.activation=gelu", "model.use_bias=true", "model.d_ff=100", "model.d_model=32"], "model.d_ff=100"),
-    (["model.kind=encoder_decoder", "model.positions=relative", "model.tie_embeddings=false"],
-     "model.tie_embeddings=false"),
+    (["model.kind=encoder_decoder", "model.positions=relative", "model.use_bias=true"],
+     "model.use_bias=true in the encoder-decoder"),
     (["model.kind=encoder_decoder", "model.positions=relative", "model.n_kv_heads=2"], "model.n_kv_heads=2"),
 ])
 def test_a_model_transformers_cannot_express_is_named(overrides, feature):

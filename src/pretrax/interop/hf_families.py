@@ -224,9 +224,6 @@ def t5_check(m: ModelSection) -> None:
         raise _refuse(f"model.norm={m.norm} in the encoder-decoder", "T5", "RMSNorm")
     if m.use_bias:
         raise _refuse("model.use_bias=true in the encoder-decoder", "T5", "no biases")
-    if not m.tie_embeddings:
-        raise _refuse("model.tie_embeddings=false", "T5ForConditionalGeneration (transformers 5)",
-                      "the output layer tied to the shared embedding")
     if m.kv_heads != m.n_heads:
         raise _refuse(f"model.n_kv_heads={m.n_kv_heads}", "T5", "as many key/value heads as heads")
 
@@ -238,7 +235,10 @@ def t5_config(m: ModelSection, vocab: int, max_positions: int) -> dict[str, Any]
             "relative_attention_num_buckets": m.relative_buckets,
             "relative_attention_max_distance": m.relative_max_distance, "layer_norm_epsilon": m.norm_eps,
             "feed_forward_proj": T5_ACTIVATIONS[m.activation], "dropout_rate": m.dropout,
-            "is_encoder_decoder": True, "tie_word_embeddings": True, "scale_decoder_outputs": True}
+            "is_encoder_decoder": True,
+            # untied (T5.1.1, UL2): its own lm_head.weight and no output scaling, as T5.1.1's config.json says;
+            # transformers 5 then warns that it will not tie the two different tensors, and computes untied
+            "tie_word_embeddings": m.tie_embeddings, "scale_decoder_outputs": m.tie_embeddings}
 
 
 def t5_model(c: dict[str, Any], tensors: set[str]) -> dict[str, Any]:
