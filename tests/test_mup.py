@@ -18,9 +18,10 @@ from pretrax.coordcheck import layer_coords
 from pretrax.data.pipeline import make_train_iterator
 from pretrax.errors import ConfigError
 from pretrax.models import EncoderDecoder, make_model
-from pretrax.models.parametrization import lr_multipliers, resolve
+from pretrax.models.param_groups import param_table
+from pretrax.models.parametrization import resolve
 from pretrax.parallel.mesh import make_mesh
-from pretrax.train.optimizer import decay_mask, learning_rate_schedule, make_optimizer
+from pretrax.train.optimizer import learning_rate_schedule, make_optimizer
 from pretrax.train.state import init_state, make_setup
 from pretrax.train.step import make_train_step, to_global
 
@@ -133,7 +134,7 @@ def test_per_parameter_lr_factors_follow_the_roles():
                       "model.tie_embeddings=false", "parametrization.kind=mup", "parametrization.base_d_model=32",
                       "parametrization.depth_alpha=0.5", "parametrization.base_n_layers=1"])
     setup = make_setup(cfg, make_mesh(cfg.mesh, jax.devices()[:1]), V)
-    factors = flat(nnx.to_pure_dict(lr_multipliers(setup.logical_specs, resolve(cfg.model, cfg.parametrization))))
+    factors = flat(nnx.to_pure_dict(setup.param_groups.lr_multipliers()))
     # m = 4, r = 4, alpha = 1/2: hidden Adam LR x 1/m x r^(alpha - 1) = 1/8; everything else x 1
     for k, f in factors.items():
         hidden = "kernel" in k and "unembed" not in k
@@ -148,7 +149,7 @@ def test_lr_factors_of_the_encoder_decoder():
     section = mup(base_d_model=16)
     model = nnx.eval_shape(lambda: EncoderDecoder(ENC_DEC, vocab_size=V, rngs=nnx.Rngs(0), parametrization=section))
     specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
-    factors = flat(nnx.to_pure_dict(lr_multipliers(specs, resolve(ENC_DEC, section))))
+    factors = flat(nnx.to_pure_dict(param_table(specs, parametrization=resolve(ENC_DEC, section)).lr_multipliers()))
     assert factors["['decoder']['blocks'][0]['cross']['query']['kernel']"] == 0.5
     assert factors["['encoder']['blocks'][2]['mlp']['down']['kernel']"] == 0.5
     for name in ("['encoder']['relpos']['embedding']", "['embed']['table']", "['unembed']['kernel']",
@@ -172,7 +173,7 @@ def test_weight_decay_stays_lr_times_wd_while_adam_is_scaled():
     tx = make_optimizer(optim, 10, specs)
     moved, _ = tx.update({"w": jnp.ones((4, 4))}, tx.init(params), params)
     np.testing.assert_allclose(moved["w"], -lr * (1.0 + 0.5 * 2.0), rtol=1e-6)
-    assert jax.tree.leaves(decay_mask(specs)) == [True]
+    assert jax.tree.leaves(param_table(specs).decay_mask()) == [True]
 
 
 # ---------------------------------------------------------------- forward multipliers

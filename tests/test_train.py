@@ -15,7 +15,7 @@ from conftest import cpu_xla_flags
 from pretrax.errors import CheckpointError
 from pretrax.train import checkpoint as ckpt
 from pretrax.train.loop import train
-from pretrax.train.optimizer import decay_mask, learning_rate_schedule
+from pretrax.train.optimizer import learning_rate_schedule
 from pretrax.train.state import make_setup
 from pretrax.parallel.mesh import make_mesh
 from pretrax.config import OptimSection
@@ -132,7 +132,7 @@ def test_metrics_jsonl_and_tensorboard(tiny_cfg):
 def test_weight_decay_skips_norms_and_biases(tiny_cfg):
     cfg = tiny_cfg("model.use_bias=true", "model.scan_layers=true")
     setup = make_setup(cfg, make_mesh(cfg.mesh), 384)
-    mask = jax.tree.leaves(decay_mask(setup.logical_specs))
+    mask = jax.tree.leaves(setup.param_groups.decay_mask())
     specs = jax.tree_util.tree_leaves_with_path(setup.logical_specs, is_leaf=lambda s: isinstance(s, P))
     biases = 0
     for decayed, (path, spec) in zip(mask, specs):

@@ -19,7 +19,8 @@ from pretrax.data.tokenizer import load_tokenizer
 from pretrax.generate import sample
 from pretrax.models import make_model
 from pretrax.models.layers import dropout
-from pretrax.models.parametrization import lr_multipliers, resolve
+from pretrax.models.param_groups import param_table
+from pretrax.models.parametrization import resolve
 from pretrax.parallel.mesh import make_mesh
 from pretrax.data.pipeline import make_train_iterator
 from pretrax.train import checkpoint as ckpt
@@ -131,10 +132,11 @@ def test_mup_hidden_update_entries_shrink_as_one_over_width():
         build = lambda: make_model(cfg, vocab_size=V, max_seq_len=32, rngs=nnx.Rngs(params=0),  # noqa: E731
                                    parametrization=p)
         specs = nnx.get_partition_spec(nnx.state(nnx.eval_shape(build), nnx.Param))
+        factors = {name: param_table(specs, parametrization=resolve(cfg, p), optimizer=name).lr_multipliers()
+                   for name in ("adamw", "adafactor")}
         txs = {name: make_optimizer(OptimSection(name=name, lr=0.01, warmup_steps=0, schedule="constant",
-                                                 weight_decay=0.0, clip_norm=0),
-                                    10, specs, lr_multipliers(specs, resolve(cfg, p), name))
-               for name in ("adamw", "adafactor")}
+                                                 weight_decay=0.0, clip_norm=0), 10, specs, f)
+               for name, f in factors.items()}
 
         @jax.jit
         def first_updates():  # the model is built inside: one compile instead of an eager op per weight

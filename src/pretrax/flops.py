@@ -27,6 +27,8 @@ decoder tokens. Encoder weights see S tokens per row, decoder weights T,
 except the cross-attention key and value projections, which project the
 encoder's output and so see S. Per-token figures divide by the decoder
 (target) tokens, the tokens a step trains on, as the training logs count them.
+Which tokens each parameter sees is its row's FLOPs side in the parameter-group
+table (models/param_groups.py).
 Encoder self-attention is bidirectional (S^2 pairs), decoder self-attention
 causal (T^2, or T^2 / 2 under `causal`), cross-attention full (T·S).
 A decoder-only model is counted causal for every objective (a prefix-LM's
@@ -36,14 +38,13 @@ bidirectional prefix is not counted extra).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
-import jax
 from flax import nnx
 
 from pretrax.config import Config, ModelSection
 from pretrax.models import build_model
+from pretrax.models.param_groups import param_table
 
 # train.mfu_attention: how the text names it, wherever FLOPs or MFU are shown
 ATTENTION_CONVENTIONS = {
@@ -112,37 +113,14 @@ def step_flops(cfg: Config, vocab_size: int, abstract_params: Any = None, attent
     if abstract_params is None:
         abstract_params = nnx.state(nnx.eval_shape(lambda: build_model(cfg, vocab_size, 0)), nnx.Param)
     m, B = cfg.model, cfg.train.batch_size
+    groups = param_table(nnx.get_partition_spec(abstract_params), abstract_params, tie_embeddings=m.tie_embeddings)
     pair = 12.0 * m.n_heads * m.head_size  # training FLOPs per (query, key) pair per layer
     if m.kind == "decoder":
         T = cfg.data.seq_len
-        n = sum(size for path, size in _sizes(abstract_params) if _sees(path, m) == "decoder")
+        n = groups.size(side="decoder")
         return StepFlops(6.0 * n * B * T, pair * m.n_layers * B * T * T * causal, B * T, convention)
     S, T = cfg.data.inputs_len or cfg.data.seq_len, cfg.data.targets_len or cfg.data.seq_len
-    n_enc = sum(size for path, size in _sizes(abstract_params) if _sees(path, m) == "encoder")
-    n_dec = sum(size for path, size in _sizes(abstract_params) if _sees(path, m) == "decoder")
+    n_enc, n_dec = groups.size(side="encoder"), groups.size(side="decoder")
     attention = B * pair * ((m.n_encoder_layers or m.n_layers) * S * S  # encoder, bidirectional
                             + m.n_layers * (T * T * causal + T * S))  # decoder: causal self + cross
     return StepFlops(6.0 * B * (n_enc * S + n_dec * T), attention, B * T, convention)
-
-
-def _sizes(abstract_params: Any) -> list[tuple[tuple[str, ...], int]]:
-    """(path of names, number of elements) of every parameter."""
-    def names(path) -> tuple[str, ...]:  # dict keys and list indices; drops the Variable's '.value'
-        return tuple(str(k.key) if hasattr(k, "key") else str(k.idx) for k in path
-                     if hasattr(k, "key") or hasattr(k, "idx"))
-
-    return [(names(path), math.prod(x.shape)) for path, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
-
-
-def _sees(path: tuple[str, ...], m: ModelSection) -> str | None:
-    """Which tokens a parameter multiplies: 'encoder', 'decoder', or None for a lookup table."""
-    top = path[0]
-    if top == "positions" or "relpos" in path:  # learned positions, T5 relative buckets
-        return None
-    if top == "embed":  # the input lookup; also the output matmul when tied
-        return "decoder" if m.tie_embeddings else None
-    if top == "encoder":
-        return "encoder"
-    if top == "decoder" and "cross" in path and ("key" in path or "value" in path):
-        return "encoder"  # cross-attention keys and values project the encoder's output
-    return "decoder"  # decoder-only blocks, final norm, output layer; the encoder-decoder's decoder

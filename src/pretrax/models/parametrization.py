@@ -43,16 +43,15 @@ a hidden matrix is its muP init std, ∝ 1/sqrt(m); so its hidden LR factor is
 come out ∝ 1/m as muP asks. Every other role keeps factor 1 (docs/mup.md).
 
 At m = 1 and r = 1, with the zero inits off, every number here is exactly SP's.
+Which role a parameter has is decided by the parameter-group table (param_groups.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import jax
-from jax.sharding import PartitionSpec as P
 
 from pretrax.config import ModelSection, ParametrizationSection
 
@@ -158,45 +157,3 @@ def resolve(model: ModelSection, section: ParametrizationSection | None) -> Para
 def scale(x: jax.Array, mult: float) -> jax.Array:
     """x * mult, skipped (nothing traced) when mult is 1, so SP's program is unchanged."""
     return x if mult == 1.0 else x * mult
-
-
-# ---------------------------------------------------------------- roles of parameters
-
-
-def role(path: tuple, spec: P) -> str:
-    """A parameter's role, from its name (last path key) and its logical axes.
-
-    vector: biases and norm gains (named 'bias' / 'scale'); embedding: a table
-    indexed by token, position or relative-position bucket; readout: a kernel
-    that maps to the vocabulary; hidden: every other kernel.
-    """
-    name = _last_key(path)
-    axes = [a for a in spec if a != "layers"]
-    if name in ("bias", "scale") or len(axes) < 2:
-        return "vector"
-    if axes[0] in ("vocab", "length", "relpos_buckets"):
-        return "embedding"
-    if "vocab" in axes:
-        return "readout"
-    return "hidden"
-
-
-def _last_key(path: tuple) -> str:
-    for key in reversed(path):
-        name = getattr(key, "key", getattr(key, "name", None))
-        if isinstance(name, str) and name != "value":
-            return name
-    return ""
-
-
-def _map_specs(fn, logical_specs: Any) -> Any:
-    return jax.tree_util.tree_map_with_path(fn, logical_specs, is_leaf=lambda s: isinstance(s, P))
-
-
-def lr_multipliers(logical_specs: Any, parametrization: Parametrization, optimizer: str = "adamw") -> Any | None:
-    """Per-parameter factors on the optimizer's direction, shaped like the parameters; None
-    when every factor is 1 under SP (the optimizer is then plain optax.adamw, or Adafactor)."""
-    if not parametrization.scales_lr:
-        return None
-    return _map_specs(lambda path, spec: parametrization.lr_mult(role(path, spec), optimizer), logical_specs)
-

@@ -14,7 +14,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import numpy as np
 
 from pretrax import storage
 from pretrax.config import Config
@@ -31,7 +30,6 @@ from pretrax.train import run_lock, run_record
 from pretrax.train.metrics import MetricsWriter
 from pretrax.train.nonfinite import MAX_ROLLBACKS, bad_steps, stop_error
 from pretrax.train.preemption import PreemptionWatcher
-from pretrax.train.optimizer import decay_mask
 from pretrax.train.state import init_state, make_setup, model_vocab_size, param_count
 from pretrax.train.step import batch_keys, make_eval_step, make_train_step, to_global
 
@@ -289,14 +287,11 @@ def startup_summary(cfg: Config, setup, n_params: int, tokens_per_step: int, fpt
     mesh = setup.mesh
     ways = batch_parallelism(mesh, dict(cfg.mesh.rules))
     per_device = cfg.train.batch_size / cfg.train.grad_accum / ways
-    decayed = sum(
-        int(np.prod(x.shape))
-        for x, m in zip(jax.tree.leaves(setup.abstract_params), jax.tree.leaves(decay_mask(setup.logical_specs)))
-        if m
-    )
+    decayed = setup.param_groups.size(decayed=True)
     lines = [
         f"run dir: {storage.absolute(cfg.run.dir)}" + (f" (resuming from step {start})" if start else ""),
         f"parameters: {n_params:,} ({decayed:,} with weight decay)",
+        setup.param_groups.summary(),
         f"mesh: {dict(mesh.shape)} on {mesh.devices.size} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} process(es)",
         f"tokens per step: {tokens_per_step:,} ({cfg.train.batch_size} x {row_tokens(cfg)}"

@@ -1,13 +1,15 @@
 """AdamW or Adafactor with warmup + decay, global-norm clipping and a weight-decay mask.
 
 Weight decay applies to matrices only: norms and biases (vectors once the
-scan-over-layers axis is ignored) are not decayed. The mask is computed from
-logical axis names, so it is the same with and without scan_layers.
+scan-over-layers axis is ignored) are not decayed. The mask is the
+parameter-group table's (models/param_groups.py), read from logical axis names,
+so it is the same with and without scan_layers.
 
 Per-parameter learning-rate factors (muP's lr/m for hidden matrices, depth
-transfer; models/parametrization.py) scale the Adam direction only: the decay
-stays lr * weight_decay, as MuAdamW keeps it. Chaining a per-parameter scale
-after optax.adamw would shrink the decay by the same factor.
+transfer; models/parametrization.py, one per tensor in models/param_groups.py)
+scale the Adam direction only: the decay stays lr * weight_decay, as MuAdamW
+keeps it. Chaining a per-parameter scale after optax.adamw would shrink the
+decay by the same factor.
 
 Adafactor (Shazeer & Stern 2018) with the settings T5 and UL2 were trained with
 (T5X's adafactor defaults): factored second moments for tensors whose two largest
@@ -29,6 +31,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from pretrax.config import OptimSection
+from pretrax.models.param_groups import param_table
 
 
 def learning_rate_schedule(cfg: OptimSection, total_steps: int) -> optax.Schedule:
@@ -54,20 +57,6 @@ def learning_rate_schedule(cfg: OptimSection, total_steps: int) -> optax.Schedul
     # warmup starts at lr/warmup (not 0) so the very first step already moves the weights
     ramp = optax.linear_schedule(cfg.lr / warmup, cfg.lr, warmup - 1) if warmup > 1 else optax.constant_schedule(cfg.lr)
     return optax.join_schedules([ramp, decay], [warmup])
-
-
-def decay_mask(logical_specs: Any) -> Any:
-    """True for tensors that get weight decay: 2+ axes other than 'layers', and not a bias.
-
-    (A q/k/v bias has two axes, heads x head_dim, and is still a bias: its name says so.)
-    """
-
-    def is_matrix(path, spec: P) -> bool:
-        keys = [str(k.key) for k in path if hasattr(k, "key")]  # the path may end in an attribute (.value)
-        name = keys[-1] if keys else ""
-        return sum(1 for axis in spec if axis != "layers") >= 2 and name != "bias"
-
-    return jax.tree_util.tree_map_with_path(is_matrix, logical_specs, is_leaf=lambda s: isinstance(s, P))
 
 
 def scale_by_tree(factors: Any) -> optax.GradientTransformation:
@@ -158,9 +147,12 @@ def adafactor_direction(logical_specs: Any) -> optax.GradientTransformation:
 
 
 def make_optimizer(cfg: OptimSection, total_steps: int, logical_specs: Any,
-                   lr_multipliers: Any = None) -> optax.GradientTransformation:
+                   lr_multipliers: Any = None, decay_mask: Any = None) -> optax.GradientTransformation:
     """lr_multipliers: per-parameter factors on the Adam (or Adafactor) direction, not on the decay;
-    None: plain AdamW (or Adafactor)."""
+    None: plain AdamW (or Adafactor). decay_mask: which tensors are decayed; None: the parameter-group
+    table's (models/param_groups.py) for logical_specs. make_setup passes both from its table."""
+    if decay_mask is None:
+        decay_mask = param_table(logical_specs).decay_mask()
     schedule = learning_rate_schedule(cfg, total_steps)
     parts = []
     if cfg.clip_norm > 0:
@@ -168,7 +160,7 @@ def make_optimizer(cfg: OptimSection, total_steps: int, logical_specs: Any,
     if cfg.name == "adafactor":  # direction -> x factor -> + wd * param -> x -lr(t), as for AdamW below
         parts += [adafactor_direction(logical_specs),
                   scale_by_tree(lr_multipliers) if lr_multipliers is not None else optax.identity(),
-                  optax.add_decayed_weights(cfg.weight_decay, decay_mask(logical_specs)) if cfg.weight_decay
+                  optax.add_decayed_weights(cfg.weight_decay, decay_mask) if cfg.weight_decay
                   else optax.identity(),
                   optax.scale_by_learning_rate(schedule)]
         return optax.chain(*parts)
@@ -176,13 +168,13 @@ def make_optimizer(cfg: OptimSection, total_steps: int, logical_specs: Any,
         parts.append(optax.chain(
             optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, mu_dtype=cfg.mu_dtype),
             scale_by_tree(lr_multipliers),
-            optax.add_decayed_weights(cfg.weight_decay, decay_mask(logical_specs)),
+            optax.add_decayed_weights(cfg.weight_decay, decay_mask),
             optax.scale_by_learning_rate(schedule),
         ))
         return optax.chain(*parts)
     parts.append(
         optax.adamw(
-            schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask(logical_specs),
+            schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask,
             mu_dtype=cfg.mu_dtype,
         )
     )

@@ -24,7 +24,7 @@ from pretrax.config import Config
 from pretrax.models import build_model, max_positions  # noqa: F401 (callers import them from here too)
 from pretrax.models import splash
 from pretrax.models.attention_backends import check_backend
-from pretrax.models.parametrization import lr_multipliers
+from pretrax.models.param_groups import ParamTable, param_table
 from pretrax.parallel.rules import tree_shardings
 from pretrax.train.optimizer import make_optimizer, opt_state_shardings
 
@@ -50,6 +50,7 @@ class TrainSetup:
     logical_specs: Any
     tx: optax.GradientTransformation
     state_shardings: dict
+    param_groups: ParamTable  # role, weight decay, LR factor, FLOPs side of every parameter
 
     def abstract_state(self) -> dict:
         """ShapeDtypeStructs of the whole state, with their target shardings (used to restore)."""
@@ -64,8 +65,10 @@ def make_setup(cfg: Config, mesh: Mesh, vocab_size: int) -> TrainSetup:
     abstract_model = nnx.eval_shape(lambda: build_model(cfg, vocab_size, 0))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
     logical_specs = nnx.get_partition_spec(abstract_params)
-    lr_mults = lr_multipliers(logical_specs, abstract_model.parametrization, cfg.optim.name)  # None under sp
-    tx = make_optimizer(cfg.optim, cfg.train.steps, logical_specs, lr_mults)
+    groups = param_table(logical_specs, abstract_params, tie_embeddings=cfg.model.tie_embeddings,
+                         parametrization=abstract_model.parametrization, optimizer=cfg.optim.name)
+    tx = make_optimizer(cfg.optim, cfg.train.steps, logical_specs, groups.lr_multipliers(),  # None under sp
+                        groups.decay_mask())
     rules = dict(cfg.mesh.rules)
     param_shardings = tree_shardings(abstract_params, logical_specs, mesh, rules)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
@@ -73,7 +76,7 @@ def make_setup(cfg: Config, mesh: Mesh, vocab_size: int) -> TrainSetup:
     # optimizer moments mirror their parameter's sharding; counters etc. are replicated
     opt_shardings = opt_state_shardings(tx, abstract_opt, abstract_params, param_shardings, replicated)
     state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings, "rng": replicated}
-    return TrainSetup(cfg, mesh, vocab_size, graphdef, abstract_params, logical_specs, tx, state_shardings)
+    return TrainSetup(cfg, mesh, vocab_size, graphdef, abstract_params, logical_specs, tx, state_shardings, groups)
 
 
 def check_attention(cfg: Config, platform: str) -> None:
