@@ -18,13 +18,12 @@ import shutil
 import subprocess
 import sys
 
+import importlib
+
 import jax
 import numpy as np
 import pytest
-import torch
 from flax import nnx
-from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, LlamaConfig, LlamaForCausalLM,
-                          OpenAIGPTConfig, OpenAIGPTLMHeadModel, T5Config, T5ForConditionalGeneration)
 
 from conftest import TINY
 from pretrax import config as config_lib
@@ -35,6 +34,23 @@ from pretrax.generate import load_run, sample
 from pretrax.interop import hf_families
 from pretrax.interop.hf_export import export
 from pretrax.interop.hf_import import import_hf
+
+
+class _OnFirstUse:
+    """A module imported when first used: every xdist worker imports this file to collect it, even under
+    `-m "not slow"`, and torch + transformers take 6 s to import."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):  # pytest's collection asks objects for __test__ and the like
+            raise AttributeError(attr)
+        return getattr(importlib.import_module(self._name), attr)
+
+
+torch = _OnFirstUse("torch")
+transformers = _OnFirstUse("transformers")
 
 V = 389  # not a multiple of 128
 TOL = 1e-4
@@ -51,29 +67,32 @@ def _randomize(model, seed: int):
 
 
 def _build(name: str):
+    t = transformers
     if name == "llama":  # GQA (3 heads, 1 kv head), rope_theta 5000, untied, SwiGLU
-        return LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
-                                            num_attention_heads=3, num_key_value_heads=1, head_dim=16,
-                                            rope_theta=5000.0, tie_word_embeddings=False, bos_token_id=2,
-                                            eos_token_id=1, pad_token_id=0))
+        return t.LlamaForCausalLM(t.LlamaConfig(vocab_size=V, hidden_size=48, intermediate_size=72,
+                                                num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=1,
+                                                head_dim=16, rope_theta=5000.0, tie_word_embeddings=False,
+                                                bos_token_id=2, eos_token_id=1, pad_token_id=0))
     if name == "llama_tied":  # tied, GeGLU (gelu_pytorch_tanh), biases, head_dim 8 != 48/3, eps 1e-5
-        return LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=48, intermediate_size=40, num_hidden_layers=1,
-                                            num_attention_heads=3, num_key_value_heads=3, head_dim=8,
-                                            rope_theta=20000.0, rms_norm_eps=1e-5, hidden_act="gelu_pytorch_tanh",
-                                            attention_bias=True, mlp_bias=True, tie_word_embeddings=True,
-                                            bos_token_id=2, eos_token_id=1, pad_token_id=0))
+        return t.LlamaForCausalLM(t.LlamaConfig(vocab_size=V, hidden_size=48, intermediate_size=40,
+                                                num_hidden_layers=1, num_attention_heads=3, num_key_value_heads=3,
+                                                head_dim=8, rope_theta=20000.0, rms_norm_eps=1e-5,
+                                                hidden_act="gelu_pytorch_tanh", attention_bias=True, mlp_bias=True,
+                                                tie_word_embeddings=True, bos_token_id=2, eos_token_id=1,
+                                                pad_token_id=0))
     if name == "gpt":  # GPT-1: learned positions (40), post-LayerNorm, GELU, biases, tied
-        return OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=V, n_embd=48, n_layer=2, n_head=3, n_positions=40))
+        return t.OpenAIGPTLMHeadModel(t.OpenAIGPTConfig(vocab_size=V, n_embd=48, n_layer=2, n_head=3, n_positions=40))
     if name == "t5":  # T5.1.1: gated-gelu, decoder output scaled before the tied output layer
-        return T5ForConditionalGeneration(T5Config(vocab_size=V, d_model=48, d_kv=16, d_ff=72, num_layers=2,
-                                                   num_decoder_layers=1, num_heads=3, relative_attention_num_buckets=8,
-                                                   relative_attention_max_distance=20, feed_forward_proj="gated-gelu",
-                                                   decoder_start_token_id=2))
+        return t.T5ForConditionalGeneration(t.T5Config(vocab_size=V, d_model=48, d_kv=16, d_ff=72, num_layers=2,
+                                                       num_decoder_layers=1, num_heads=3,
+                                                       relative_attention_num_buckets=8,
+                                                       relative_attention_max_distance=20,
+                                                       feed_forward_proj="gated-gelu", decoder_start_token_id=2))
     assert name == "t5_silu"  # UL2: gated-silu, no output scaling, d_kv 8 != 48/3
-    return T5ForConditionalGeneration(T5Config(vocab_size=V, d_model=48, d_kv=8, d_ff=40, num_layers=1,
-                                               num_decoder_layers=1, num_heads=3, relative_attention_num_buckets=6,
-                                               relative_attention_max_distance=12, feed_forward_proj="gated-silu",
-                                               tie_word_embeddings=False, decoder_start_token_id=2))
+    return t.T5ForConditionalGeneration(t.T5Config(vocab_size=V, d_model=48, d_kv=8, d_ff=40, num_layers=1,
+                                                   num_decoder_layers=1, num_heads=3, relative_attention_num_buckets=6,
+                                                   relative_attention_max_distance=12, feed_forward_proj="gated-silu",
+                                                   tie_word_embeddings=False, decoder_start_token_id=2))
 
 
 NAMES = ["llama", "llama_tied", "gpt", "t5", "t5_silu"]
@@ -90,17 +109,26 @@ IMPORTED_WITH = {"llama": MUP,  # untied: the readout multiplier on the output k
 
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
-    """name -> (HF dir, the torch model, the pretrax run dir it was imported into)."""
-    root = tmp_path_factory.mktemp("hf")
-    out = {}
-    for seed, name in enumerate(NAMES):
+    """name -> (HF dir, the torch model, the pretrax run dir it was imported into), each made when first asked
+    for (the same seed whichever test asks first), so a test pays only for the models it reads."""
+    return _Imported(tmp_path_factory.mktemp("hf"))
+
+
+class _Imported(dict):
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str):
+        seed = NAMES.index(name)
         torch.manual_seed(seed)
         model = _randomize(_build(name), seed)
-        model.save_pretrained(root / name)
-        run = str(root / f"{name}_run")
-        import_hf(str(root / name), run, SHORT + IMPORTED_WITH.get(name, []))
-        out[name] = (str(root / name), model, run)
-    return out
+        transformers.utils.logging.disable_progress_bar()  # made inside a test: nothing on its stderr
+        model.save_pretrained(self.root / name)
+        run = str(self.root / f"{name}_run")
+        import_hf(str(self.root / name), run, SHORT + IMPORTED_WITH.get(name, []))
+        self[name] = (str(self.root / name), model, run)
+        return self[name]
 
 
 IDS = np.random.default_rng(0).integers(3, V, (2, 23))
@@ -132,7 +160,9 @@ def max_diff(a, b) -> float:
     return float(np.abs(a - b).max())
 
 
-@pytest.mark.parametrize("name", NAMES)
+# the edit-test loop imports one decoder and one encoder-decoder; `make test` all five
+@pytest.mark.parametrize("name", [n if n in ("llama", "t5") else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in NAMES])
 def test_imported_logprobs_match_transformers(hf, name):
     hf_dir, model, run = hf[name]
     theirs = hf_logprobs(model, name)
@@ -144,12 +174,13 @@ def test_imported_logprobs_match_transformers(hf, name):
     assert diff <= TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_export_loads_without_warnings_and_round_trips(hf, name, tmp_path):
     hf_dir, model, run = hf[name]
     out = str(tmp_path / "out")
     main(["export", run, out])
-    auto = AutoModelForSeq2SeqLM if name in SEQ2SEQ else AutoModelForCausalLM
+    auto = transformers.AutoModelForSeq2SeqLM if name in SEQ2SEQ else transformers.AutoModelForCausalLM
     loaded, info = auto.from_pretrained(out, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     exported = max_diff(hf_logprobs(loaded.eval(), name), hf_logprobs(model, name))
@@ -159,6 +190,7 @@ def test_export_loads_without_warnings_and_round_trips(hf, name, tmp_path):
     assert exported <= TOL and again <= TOL
 
 
+@pytest.mark.slow
 def test_untied_t5_imports_and_exports_untied(hf, tmp_path):
     """T5.1.1 and UL2 checkpoints have their own lm_head.weight and tie_word_embeddings false (transformers 5
     ties T5's unless the two tensors differ): imported untied, the logits are transformers' decoder output
@@ -182,7 +214,7 @@ def test_untied_t5_imports_and_exports_untied(hf, tmp_path):
         theirs = torch.log_softmax(decoded @ torch.tensor(lm_head).T, -1).numpy()
     diff = max_diff(pretrax_logprobs(run, "t5_silu"), theirs)
     main(["export", run, str(tmp_path / "out")])  # and back: its own lm_head.weight, no output scaling
-    loaded, info = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    loaded, info = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     assert not json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"]
     assert loaded.lm_head.weight.data_ptr() != loaded.shared.weight.data_ptr()  # not tied on load
@@ -191,6 +223,7 @@ def test_untied_t5_imports_and_exports_untied(hf, tmp_path):
     assert diff <= TOL and exported <= TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["llama", "t5"])
 def test_greedy_generation_gives_the_same_tokens(hf, name):
     hf_dir, model, run = hf[name]
@@ -231,7 +264,7 @@ def test_trained_mup_model_exports_with_the_same_logprobs(name, tmp_path):
     assert result["final_step"] == 2
     out = str(tmp_path / "out")
     export(cfg.run.dir, out)
-    auto = AutoModelForSeq2SeqLM if name in SEQ2SEQ else AutoModelForCausalLM
+    auto = transformers.AutoModelForSeq2SeqLM if name in SEQ2SEQ else transformers.AutoModelForCausalLM
     loaded, info = auto.from_pretrained(out, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     ours = pretrax_logprobs(cfg.run.dir, name)
@@ -288,9 +321,9 @@ def test_sentencepiece_ids_identical_through_exported_tokenizer(tmp_path):
     spm_path = train_sentencepiece([str(tmp_path / "a.txt")], vocab_size=640, out=str(tmp_path / "tok.model"))
     hf_dir = tmp_path / "hf"
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=640, hidden_size=32, intermediate_size=40, num_hidden_layers=1,
-                                 num_attention_heads=2, eos_token_id=1, bos_token_id=2,
-                                 pad_token_id=0)).save_pretrained(hf_dir)
+    config = transformers.LlamaConfig(vocab_size=640, hidden_size=32, intermediate_size=40, num_hidden_layers=1,
+                                      num_attention_heads=2, eos_token_id=1, bos_token_id=2, pad_token_id=0)
+    transformers.LlamaForCausalLM(config).save_pretrained(hf_dir)
     shutil.copy(spm_path, hf_dir / "tokenizer.model")
     run = str(tmp_path / "run")
     import_hf(str(hf_dir), run)

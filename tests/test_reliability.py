@@ -291,6 +291,7 @@ def test_failing_disk_stops_with_one_line_and_keep_1_keeps_the_only_checkpoint(r
     assert [(r.step, r.verifies) for r in list_steps(ckpt.checkpoint_dir(run))] == [(40, True)]
 
 
+@pytest.mark.slow
 def test_checkpoint_dir_that_cannot_be_made_fails_before_the_first_step(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -103,6 +103,7 @@ def test_a_local_lock_refuses_a_second_holder_and_is_free_once_released(tmp_path
 
 
 @pytest.mark.gcs
+@pytest.mark.slow
 def test_a_gcs_lease_is_kept_alive_by_its_heartbeat_and_taken_over_once_stale(gcs, monkeypatch):
     run_dir = gcs.make_bucket() + "/run"
     monkeypatch.setenv("PRETRAX_LOCK_STALE_S", "1")
