@@ -176,6 +176,20 @@ def test_weight_decay_stays_lr_times_wd_while_adam_is_scaled():
     assert jax.tree.leaves(param_table(specs).decay_mask()) == [True]
 
 
+def test_scale_weight_decay_gives_the_decay_the_lr_factor_too():
+    # parametrization.scale_weight_decay (MuAdamW's decoupled_wd=True): decay lr * factor * wd * w
+    cfg = load(None, ["optim.weight_decay=0.5", "optim.clip_norm=0", "optim.warmup_steps=0",
+                      "parametrization.kind=mup", "parametrization.scale_weight_decay=true"])
+    assert cfg.parametrization.scale_weight_decay
+    params = {"w": jnp.full((4, 4), 2.0)}
+    lr = float(learning_rate_schedule(cfg.optim, 10)(0))
+    for name in ("adamw", "adafactor"):
+        optim = dataclasses.replace(cfg.optim, name=name)
+        tx = make_optimizer(optim, 10, {"w": P("embed", "mlp")}, {"w": 0.25}, scale_decay=True)
+        still, _ = tx.update({"w": jnp.zeros((4, 4))}, tx.init(params), params)
+        np.testing.assert_allclose(still["w"], -lr * 0.25 * 0.5 * 2.0, rtol=1e-6, err_msg=name)
+
+
 # ---------------------------------------------------------------- forward multipliers
 
 

@@ -160,6 +160,9 @@ class ParametrizationSection:
     zero_init_query: bool = True  # mup: start the query projection at zero
     zero_init_readout: bool = True  # mup: start an untied output layer at zero
     depth_alpha: float = 0.0  # residual branches scaled by (n_layers / base_n_layers)^-depth_alpha; 0: off
+    # true: a matrix's decoupled weight decay takes its LR factor too (lr * factor * wd: microsoft/mup's
+    # MuAdamW with decoupled_wd=True); false: lr * wd for every matrix at every width (MuAdamW's default)
+    scale_weight_decay: bool = False
 
 
 @dataclass(frozen=True)

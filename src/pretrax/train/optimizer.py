@@ -8,7 +8,8 @@ so it is the same with and without scan_layers.
 Per-parameter learning-rate factors (muP's lr/m for hidden matrices, depth
 transfer; models/parametrization.py, one per tensor in models/param_groups.py)
 scale the Adam direction only: the decay stays lr * weight_decay, as MuAdamW
-keeps it. Chaining a per-parameter scale after optax.adamw would shrink the
+keeps it by default (parametrization.scale_weight_decay: true gives the decay the
+factor too). Chaining a per-parameter scale after optax.adamw would shrink the
 decay by the same factor.
 
 Adafactor (Shazeer & Stern 2018) with the settings T5 and UL2 were trained with
@@ -147,10 +148,12 @@ def adafactor_direction(logical_specs: Any) -> optax.GradientTransformation:
 
 
 def make_optimizer(cfg: OptimSection, total_steps: int, logical_specs: Any,
-                   lr_multipliers: Any = None, decay_mask: Any = None) -> optax.GradientTransformation:
-    """lr_multipliers: per-parameter factors on the Adam (or Adafactor) direction, not on the decay;
-    None: plain AdamW (or Adafactor). decay_mask: which tensors are decayed; None: the parameter-group
-    table's (models/param_groups.py) for logical_specs. make_setup passes both from its table."""
+                   lr_multipliers: Any = None, decay_mask: Any = None,
+                   scale_decay: bool = False) -> optax.GradientTransformation:
+    """lr_multipliers: per-parameter factors on the Adam (or Adafactor) direction, and on the decay too when
+    scale_decay (parametrization.scale_weight_decay); None: plain AdamW (or Adafactor). decay_mask: which
+    tensors are decayed; None: the parameter-group table's (models/param_groups.py) for logical_specs.
+    make_setup passes both from its table."""
     if decay_mask is None:
         decay_mask = param_table(logical_specs).decay_mask()
     schedule = learning_rate_schedule(cfg, total_steps)
@@ -159,16 +162,13 @@ def make_optimizer(cfg: OptimSection, total_steps: int, logical_specs: Any,
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     if cfg.name == "adafactor":  # direction -> x factor -> + wd * param -> x -lr(t), as for AdamW below
         parts += [adafactor_direction(logical_specs),
-                  scale_by_tree(lr_multipliers) if lr_multipliers is not None else optax.identity(),
-                  optax.add_decayed_weights(cfg.weight_decay, decay_mask) if cfg.weight_decay
-                  else optax.identity(),
+                  *_factors_and_decay(cfg, lr_multipliers, decay_mask, scale_decay),
                   optax.scale_by_learning_rate(schedule)]
         return optax.chain(*parts)
     if lr_multipliers is not None:  # optax.adamw's three steps with the factors after Adam, before the decay
         parts.append(optax.chain(
             optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, mu_dtype=cfg.mu_dtype),
-            scale_by_tree(lr_multipliers),
-            optax.add_decayed_weights(cfg.weight_decay, decay_mask),
+            *_factors_and_decay(cfg, lr_multipliers, decay_mask, scale_decay),
             optax.scale_by_learning_rate(schedule),
         ))
         return optax.chain(*parts)
@@ -179,6 +179,15 @@ def make_optimizer(cfg: OptimSection, total_steps: int, logical_specs: Any,
         )
     )
     return optax.chain(*parts)
+
+
+def _factors_and_decay(cfg: OptimSection, lr_multipliers: Any, decay_mask: Any,
+                       scale_decay: bool) -> list[optax.GradientTransformation]:
+    """x factor then + wd * param (the decay stays lr * wd), or the other way round when scale_decay
+    (lr * factor * wd); no decay step at all when weight_decay is 0, no factor step without factors."""
+    factors = scale_by_tree(lr_multipliers) if lr_multipliers is not None else optax.identity()
+    decay = optax.add_decayed_weights(cfg.weight_decay, decay_mask) if cfg.weight_decay else optax.identity()
+    return [decay, factors] if scale_decay else [factors, decay]
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt: Any, abstract_params: Any,

@@ -68,7 +68,7 @@ def make_setup(cfg: Config, mesh: Mesh, vocab_size: int) -> TrainSetup:
     groups = param_table(logical_specs, abstract_params, tie_embeddings=cfg.model.tie_embeddings,
                          parametrization=abstract_model.parametrization, optimizer=cfg.optim.name)
     tx = make_optimizer(cfg.optim, cfg.train.steps, logical_specs, groups.lr_multipliers(),  # None under sp
-                        groups.decay_mask())
+                        groups.decay_mask(), scale_decay=cfg.parametrization.scale_weight_decay)
     rules = dict(cfg.mesh.rules)
     param_shardings = tree_shardings(abstract_params, logical_specs, mesh, rules)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
