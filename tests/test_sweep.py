@@ -192,7 +192,7 @@ def test_collect_gathers_the_results_of_runs_made_elsewhere(tmp_path, capsys):
 # a new sweep file must be added here, so its grid is checked against what its author meant
 SHIPPED_POINTS = {"mup_alpha_out.yaml": 1 * 4 * 2, "mup_alpha_out_transfer.yaml": 3 * 3,
                   "mup_lr_transfer.yaml": 3 * 2 * 8, "mup_lr_transfer_8x.yaml": 4 * 2 * 8,
-                  "mup_lr_transfer_long.yaml": 3 * 2 * 5, "tiny_scaling.yaml": 3 * 3, "tiny_widths.yaml": 3 * 3}
+                  "mup_lr_transfer_long.yaml": 3 * 2 * 5, "mup_why_8x.yaml": 15, "tiny_scaling.yaml": 3 * 3, "tiny_widths.yaml": 3 * 3}
 
 
 @pytest.mark.parametrize("name", [  # the sweeps of 40+ points take 5-8 s each: `make test` only

@@ -22,13 +22,11 @@ import jax
 
 from pretrax.config import Config
 from pretrax.data.pipeline import make_train_iterator
-from pretrax.data.tokenizer import config_tokenizer
 from pretrax.errors import ConfigError
-from pretrax.flops import attention_note, step_flops
-from pretrax.parallel.mesh import make_mesh
+from pretrax.flops import attention_note
 from pretrax.perf import check_peak, device_peak, flop_rates
-from pretrax.train.loop import check_batch
-from pretrax.train.state import init_state, make_setup, model_vocab_size, param_count
+from pretrax.plan import make_plan
+from pretrax.train.state import init_state
 from pretrax.train.step import make_train_step, to_global
 
 DISTINCT_BATCHES = 8  # the timed steps cycle over this many real batches (the cost does not depend on the data)
@@ -43,11 +41,8 @@ def run_bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bo
     if steps < 1 or warmup < 0:
         raise ConfigError(f"bench needs --steps >= 1 and --warmup >= 0, got {steps} and {warmup}")
     check_peak(cfg.train.peak)
-    vocab = model_vocab_size(cfg, config_tokenizer(cfg.data).vocab_size)
-    mesh = make_mesh(cfg.mesh)
-    check_batch(cfg, mesh)
-    setup = make_setup(cfg, mesh, vocab)
-    flops = step_flops(cfg, vocab, setup.abstract_params)
+    plan = make_plan(cfg)
+    setup, flops, mesh = plan.setup, plan.flops, plan.mesh
 
     data = make_train_iterator(cfg, process_index=jax.process_index(), process_count=jax.process_count())
     try:
@@ -63,7 +58,7 @@ def run_bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bo
         "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind,
         "mesh": dict(mesh.shape),
-        "params": param_count(setup.abstract_params),
+        "params": plan.params,
         "batch_size": cfg.train.batch_size,
         "tokens_per_step": flops.tokens,
         "flops_per_step": flops.total,

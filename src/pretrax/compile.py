@@ -32,18 +32,11 @@ def compile_for_topology(cfg: Config, topology: str, num_slices: int | None = No
 
     import jax
 
-    from pretrax.data.tokenizer import config_tokenizer
-    from pretrax.flops import step_flops
-    from pretrax.parallel.mesh import make_mesh
-    from pretrax.train.loop import check_batch
-    from pretrax.train.state import make_setup, model_vocab_size, param_count
+    from pretrax.plan import make_plan
     from pretrax.train.step import make_train_step
 
-    mesh = make_mesh(cfg.mesh, devices)
-    check_batch(cfg, mesh)
-    vocab = model_vocab_size(cfg, config_tokenizer(cfg.data).vocab_size)
-    setup = make_setup(cfg, mesh, vocab)
-    flops = step_flops(cfg, vocab, setup.abstract_params)
+    plan = make_plan(cfg, devices=devices)
+    setup, flops, mesh = plan.setup, plan.flops, plan.mesh
     chips = topo.chips * slices
     report = {
         "topology": topo.name,
@@ -51,7 +44,7 @@ def compile_for_topology(cfg: Config, topology: str, num_slices: int | None = No
         "chips": chips,
         "device_kind": devices[0].device_kind,
         "mesh": {name: int(size) for name, size in mesh.shape.items()},
-        "parameters": param_count(setup.abstract_params),
+        "parameters": plan.params,
         "tokens_per_step": flops.tokens,
         "model_flops_per_token": flops.per_token,
         "model_flops_per_step": flops.total,

@@ -200,15 +200,10 @@ def _devices(topo: Topology, slices: int) -> list:
 
 def _compile(cfg: Config, devices: list):
     from pretrax.compile import abstract_batch
-    from pretrax.data.tokenizer import config_tokenizer
-    from pretrax.parallel.mesh import make_mesh
-    from pretrax.train.loop import check_batch
-    from pretrax.train.state import make_setup, model_vocab_size
+    from pretrax.plan import make_plan
     from pretrax.train.step import make_train_step
 
-    mesh = make_mesh(cfg.mesh, devices)
-    check_batch(cfg, mesh)
-    setup = make_setup(cfg, mesh, model_vocab_size(cfg, config_tokenizer(cfg.data).vocab_size))
+    setup = make_plan(cfg, devices=devices).setup
     return make_train_step(setup).lower(setup.abstract_state(), abstract_batch(setup)).compile()
 
 
@@ -318,7 +313,7 @@ def search(cfg: Config, topology: str, num_slices: int | None = None, space: Spa
     from pretrax.compile import with_slices
     from pretrax.data.tokenizer import config_tokenizer
     from pretrax.flops import step_flops
-    from pretrax.train.state import model_vocab_size
+    from pretrax.sizes import resolve_sizes
 
     topo = parse_topology(topology)
     cfg = with_slices(cfg, num_slices)
@@ -333,7 +328,7 @@ def search(cfg: Config, topology: str, num_slices: int | None = None, space: Spa
     attentions = candidate_attentions(cfg, space)
     if not attentions:
         raise ConfigError("no attention backend in --attention can run this model on TPU")
-    vocab = model_vocab_size(cfg, config_tokenizer(cfg.data).vocab_size)
+    vocab = resolve_sizes(cfg, config_tokenizer(cfg.data).vocab_size).vocab_size
     flops = step_flops(cfg, vocab)
     chips = topo.chips * slices
     state = state_bytes(cfg, vocab)

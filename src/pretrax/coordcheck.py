@@ -33,8 +33,8 @@ from pretrax.config import Config
 from pretrax.data.pipeline import make_train_iterator
 from pretrax.data.tokenizer import config_tokenizer
 from pretrax.errors import ConfigError
-from pretrax.parallel.mesh import make_mesh
-from pretrax.train.state import build_model, make_setup, model_vocab_size
+from pretrax.plan import make_plan
+from pretrax.train.state import build_model
 from pretrax.train.step import logits_of, make_train_step, to_global
 
 KINDS = ("sp", "mup")
@@ -105,11 +105,10 @@ def layer_coords(model, batch: dict) -> dict[str, jax.Array]:
     return out
 
 
-def _one_width(cfg: Config, vocab_size: int, batches: list[dict], steps: int, seeds: list[int]
+def _one_width(cfg: Config, tokenizer, batches: list[dict], steps: int, seeds: list[int]
                ) -> list[dict[str, float]]:
     """[step][layer] -> mean |x| averaged over the seeds; one compile of each function for all seeds."""
-    mesh = make_mesh(cfg.mesh, jax.devices()[:1])
-    setup = make_setup(cfg, mesh, vocab_size)
+    setup = make_plan(cfg, devices=jax.devices()[:1], tokenizer=tokenizer).setup
     train_step = make_train_step(setup)
     probe = jax.jit(lambda params, batch: layer_coords(nnx.merge(setup.graphdef, params), batch))
     # the seed is an argument, so all seeds share one compile; rbg keys compile about twice as fast as threefry
@@ -141,7 +140,6 @@ def coordcheck(cfg: Config, widths: list[int], steps: int, *, seeds: int = 1, lo
     base = cfg.parametrization.base_d_model or min(widths)
     configs = {(k, w): width_config(cfg, w, k, base) for k in KINDS for w in widths}  # every width checked first
     tokenizer = config_tokenizer(cfg.data)
-    vocab_size = model_vocab_size(cfg, tokenizer.vocab_size)
     data = make_train_iterator(configs["sp", widths[0]])  # the data do not depend on width or kind
     try:
         batches = [next(data) for _ in range(steps)]
@@ -151,7 +149,7 @@ def coordcheck(cfg: Config, widths: list[int], steps: int, *, seeds: int = 1, lo
     for kind in KINDS:
         coords[kind] = [{} for _ in range(steps + 1)]
         for width in widths:
-            run = _one_width(configs[kind, width], vocab_size, batches, steps, [cfg.run.seed + s for s in range(seeds)])
+            run = _one_width(configs[kind, width], tokenizer, batches, steps, [cfg.run.seed + s for s in range(seeds)])
             for t in range(steps + 1):
                 for layer, value in run[t].items():
                     coords[kind][t].setdefault(layer, []).append(value)

@@ -45,6 +45,7 @@ from flax import nnx
 from pretrax.config import Config, ModelSection
 from pretrax.models import build_model
 from pretrax.models.param_groups import param_table
+from pretrax.sizes import resolve_sizes
 
 # train.mfu_attention: how the text names it, wherever FLOPs or MFU are shown
 ATTENTION_CONVENTIONS = {
@@ -113,14 +114,14 @@ def step_flops(cfg: Config, vocab_size: int, abstract_params: Any = None, attent
     if abstract_params is None:
         abstract_params = nnx.state(nnx.eval_shape(lambda: build_model(cfg, vocab_size, 0)), nnx.Param)
     m, B = cfg.model, cfg.train.batch_size
+    sizes = resolve_sizes(cfg, vocab_size)  # vocab_size is the model's already: resolving it again keeps it
     groups = param_table(nnx.get_partition_spec(abstract_params), abstract_params, tie_embeddings=m.tie_embeddings)
-    pair = 12.0 * m.n_heads * m.head_size  # training FLOPs per (query, key) pair per layer
-    if m.kind == "decoder":
-        T = cfg.data.seq_len
+    pair = 12.0 * m.n_heads * sizes.head_dim  # training FLOPs per (query, key) pair per layer
+    S, T = sizes.inputs_len, sizes.row_tokens  # S is 0 for a decoder-only model
+    if sizes.kind == "decoder":
         n = groups.size(side="decoder")
-        return StepFlops(6.0 * n * B * T, pair * m.n_layers * B * T * T * causal, B * T, convention)
-    S, T = cfg.data.inputs_len or cfg.data.seq_len, cfg.data.targets_len or cfg.data.seq_len
+        return StepFlops(6.0 * n * B * T, pair * sizes.decoder_layers * B * T * T * causal, B * T, convention)
     n_enc, n_dec = groups.size(side="encoder"), groups.size(side="decoder")
-    attention = B * pair * ((m.n_encoder_layers or m.n_layers) * S * S  # encoder, bidirectional
-                            + m.n_layers * (T * T * causal + T * S))  # decoder: causal self + cross
+    attention = B * pair * (sizes.encoder_layers * S * S  # encoder, bidirectional
+                            + sizes.decoder_layers * (T * T * causal + T * S))  # decoder: causal self + cross
     return StepFlops(6.0 * B * (n_enc * S + n_dec * T), attention, B * T, convention)

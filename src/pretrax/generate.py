@@ -26,7 +26,7 @@ from pretrax import config as config_lib
 from pretrax import storage
 from pretrax.errors import CheckpointError, ConfigError
 from pretrax.train import checkpoint as ckpt
-from pretrax.train.state import make_setup, max_positions, model_vocab_size
+from pretrax.sizes import encoder_decoder_lengths, window as max_positions
 
 
 MODE_TOKENS = {"R": "[NLU]", "S": "[S2S]", "X": "[NLG]"}  # UL2's paradigm tokens
@@ -166,9 +166,7 @@ def encoder_decoder_steps(setup, params: Any, encoder_ids: list[int], *, bos_id:
     """(token, its float32 logits (V,)) for each decoder position, data.targets_len of them: the
     encoder's ids encoded once, the decoder started from bos_id, over the KV cache or (cache False)
     over the whole targets_len window per token."""
-    from pretrax.data.objectives import encoder_decoder_lengths_of
-
-    inputs_len, targets_len = encoder_decoder_lengths_of(setup.cfg.data)
+    inputs_len, targets_len = encoder_decoder_lengths(setup.cfg.data)
     if len(encoder_ids) > inputs_len:
         raise ConfigError(f"the prompt ({len(encoder_ids)} encoder tokens with mode token and eos) does not fit "
                           f"data.inputs_len={inputs_len}")
@@ -243,8 +241,7 @@ def load_run(run_dir: str, step: int | None = None):
     """Config, setup and params of a run's newest checkpoint that restores (or of checkpoint `step`),
     on a mesh over the local devices. A damaged newer checkpoint is named on stderr and passed over,
     as a resume does (the run dir is only read: `pretrax train` is what sets damaged checkpoints aside)."""
-    from pretrax.data.tokenizer import config_tokenizer
-    from pretrax.parallel.mesh import make_mesh
+    from pretrax.plan import make_plan
 
     storage.check_reachable(run_dir, "run dir")
     if not storage.isdir(run_dir):
@@ -255,8 +252,8 @@ def load_run(run_dir: str, step: int | None = None):
     saved = _newest_readable_config(run_dir) if step is None else _config_of_step(run_dir, step)
     # the decoding path (KV cache) and the reference attention serve every device
     cfg = config_lib.from_dict(saved, ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1", "model.attention=xla"])
-    tokenizer = config_tokenizer(cfg.data)
-    setup = make_setup(cfg, make_mesh(cfg.mesh), model_vocab_size(cfg, tokenizer.vocab_size))
+    plan = make_plan(cfg, training=False)
+    setup, tokenizer = plan.setup, plan.tokenizer
     if step is not None:
         with ckpt.open_manager(run_dir, cfg.checkpoint, read_only=True) as reader:
             return cfg, setup, tokenizer, ckpt.restore(reader, step, setup.abstract_state())[0]["params"], step

@@ -116,6 +116,7 @@ import numpy as np
 from pretrax.config import DataSection, DenoiserSection
 from pretrax.data.tokenizer import with_sentinels  # noqa: F401 (objectives.with_sentinels)
 from pretrax.errors import ConfigError
+from pretrax.sizes import encoder_decoder_lengths as encoder_decoder_lengths_of  # noqa: F401 (callers)
 
 # What every objective emits per document (and the batch carries, with segment_ids and positions).
 FEATURES = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32, "bidirectional": np.int32}
@@ -603,11 +604,6 @@ def make_objective(data: DataSection, tokenizer, seq_len: int | None = None, *,
     seq_len = data.seq_len if seq_len is None else seq_len
     lengths = encoder_decoder_lengths_of(data) if encoder_decoder else None
     return OBJECTIVES[data.objective](data, tokenizer, seq_len, lengths)
-
-
-def encoder_decoder_lengths_of(data: DataSection) -> tuple[int, int]:
-    """(inputs_len, targets_len) of an encoder-decoder batch row: 0 means data.seq_len."""
-    return data.inputs_len or data.seq_len, data.targets_len or data.seq_len
 
 
 def example_features(features: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:

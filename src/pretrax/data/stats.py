@@ -52,6 +52,7 @@ from pretrax.data.batch_examples import packed_examples
 from pretrax.data.objectives import denoiser_names, denoisers, span_counts, with_sentinels
 from pretrax.data.pipeline import make_train_iterator, objective_for
 from pretrax.data.tokenizer import config_tokenizer
+from pretrax.sizes import encoder_decoder_lengths
 
 
 def _sentinel_ids(tokenizer) -> np.ndarray:
@@ -179,8 +180,8 @@ def collect_stats(cfg: Config, examples: int) -> dict[str, Any]:
         "denoisers": per,
     }
     if enc_total:  # encoder-decoder: padding_fraction is the decoder row's; the encoder row has its own
-        out.update(inputs_len=data.inputs_len or data.seq_len, targets_len=data.targets_len or data.seq_len,
-                   encoder_padding_fraction=enc_pad / enc_total)
+        inputs_len, targets_len = encoder_decoder_lengths(data)
+        out.update(inputs_len=inputs_len, targets_len=targets_len, encoder_padding_fraction=enc_pad / enc_total)
     return out
 
 

@@ -10,6 +10,7 @@ from flax import nnx
 from pretrax.config import Config, ModelSection, ParametrizationSection
 from pretrax.models.decoder import Decoder
 from pretrax.models.encoder_decoder import EncoderDecoder
+from pretrax.sizes import window as max_positions  # the learned position table's size
 
 __all__ = ["Decoder", "EncoderDecoder", "build_model", "count_params", "make_model", "max_positions"]
 
@@ -27,11 +28,6 @@ def count_params(cfg: ModelSection, vocab_size: int, max_seq_len: int) -> int:
     """Number of parameters of either kind, from shapes alone (nnx.eval_shape allocates nothing)."""
     model = nnx.eval_shape(lambda: make_model(cfg, vocab_size=vocab_size, max_seq_len=max_seq_len, rngs=nnx.Rngs(0)))
     return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
-def max_positions(cfg: Config) -> int:
-    """The learned position table's size: model.max_seq_len, or data.seq_len when 0."""
-    return cfg.model.max_seq_len or cfg.data.seq_len
 
 
 def build_model(cfg: Config, vocab_size: int, seed: int) -> Decoder | EncoderDecoder:

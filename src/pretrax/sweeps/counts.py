@@ -17,14 +17,15 @@ from flax import nnx
 from pretrax.config import Config
 from pretrax.data.tokenizer import config_tokenizer
 from pretrax.flops import step_flops
-from pretrax.train.loop import row_tokens
-from pretrax.train.state import build_model, model_vocab_size
+from pretrax.sizes import resolve_sizes
+from pretrax.train.state import build_model
 
 EMBEDDING_NAMES = {"embed", "unembed", "positions", "relpos"}  # parameter path names of those tables
 
 
 def point_counts(cfg: Config) -> dict[str, int | float]:
-    vocab = model_vocab_size(cfg, config_tokenizer(cfg.data).vocab_size)
+    sizes = resolve_sizes(cfg, config_tokenizer(cfg.data).vocab_size)
+    vocab = sizes.vocab_size
     params = nnx.state(nnx.eval_shape(lambda: build_model(cfg, vocab, 0)), nnx.Param)
     total = embedding = 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -32,7 +33,7 @@ def point_counts(cfg: Config) -> dict[str, int | float]:
         total += size
         if EMBEDDING_NAMES & {str(getattr(k, "key", "")) for k in path}:
             embedding += size
-    tokens = cfg.train.steps * cfg.train.batch_size * row_tokens(cfg)  # encoder-decoder: decoder tokens
+    tokens = cfg.train.steps * sizes.tokens_per_step  # encoder-decoder: decoder tokens
     per_token = step_flops(cfg, vocab, params).per_token  # both model kinds; attention as train.mfu_attention counts it
     return {"params": total, "params_non_embedding": total - embedding, "tokens": tokens,
             "flops": per_token * tokens}

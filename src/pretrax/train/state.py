@@ -26,16 +26,10 @@ from pretrax.models import splash
 from pretrax.models.attention_backends import check_backend
 from pretrax.models.param_groups import ParamTable, param_table
 from pretrax.parallel.rules import tree_shardings
+from pretrax.sizes import model_vocab_size  # noqa: F401 (callers import it from here too)
 from pretrax.train.optimizer import make_optimizer, opt_state_shardings
 
 log = logging.getLogger(__name__)
-
-
-def model_vocab_size(cfg: Config, tokenizer_vocab: int) -> int:
-    """The embedding table's size: model.vocab_size, or the tokenizer's rounded up to 128 (for fast matmuls)."""
-    if cfg.model.vocab_size:
-        return cfg.model.vocab_size
-    return -(-tokenizer_vocab // 128) * 128
 
 
 @dataclasses.dataclass(frozen=True)
