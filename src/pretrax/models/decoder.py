@@ -26,6 +26,7 @@ from pretrax.errors import ConfigError
 from pretrax.models import kv_cache
 from pretrax.models.attention import Attention
 from pretrax.models.attention_backends import AttentionMask
+from pretrax.models.layer_stack import REMAT_POLICIES, make_layers, run_layers  # noqa: F401 (REMAT_POLICIES)
 from pretrax.models.layers import MLP, RESIDUAL, Embed, Unembed, dropout, make_norm, record, split_key
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.positions import LearnedPositions, rope_angles
@@ -70,22 +71,6 @@ class Block(nnx.Module):
         return record(self, name, dropout(scale(y, self.branch_mult), self.dropout, dropout_key))
 
 
-# What the backward pass may keep from each layer's forward pass instead of recomputing it.
-REMAT_POLICIES = {
-    # keep only the layer's input; recompute the whole layer (least memory)
-    "full": None,
-    # keep the weight matmuls' outputs (O(T*D) per token); recompute the attention
-    # scores and probabilities (batched matmuls, O(T^2)) and elementwise ops
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    # keep only each attention's output (B, T, N, H; named in attention.py); recompute the rest
-    "attention": jax.checkpoint_policies.save_only_these_names("attention_out"),
-}
-
-
-def _run_block(block: Block, x: jax.Array, mask: AttentionMask, rope, *key) -> jax.Array:
-    return constrain(block(x, mask, rope, *key), RESIDUAL)
-
-
 class Decoder(nnx.Module):
     """The LM. vocab_size and max_seq_len are the resolved sizes (ModelSection allows 0 for "derive it")."""
 
@@ -102,10 +87,9 @@ class Decoder(nnx.Module):
         self.positions = (LearnedPositions(max_seq_len, cfg.d_model, std=cfg.init_std, param_dtype=param_dtype,
                                            dtype=dtype, rngs=rngs)
                           if cfg.positions == "learned" else None)
-        if cfg.scan_layers:
-            self.blocks = _stacked_blocks(cfg, rngs, p)  # one Block whose weights have a leading (L,) axis
-        else:
-            self.blocks = nnx.List([Block(cfg, rngs=rngs, parametrization=p) for _ in range(cfg.n_layers)])
+        # scan_layers: one Block whose weights have a leading (L,) axis; otherwise a list
+        self.blocks = make_layers(lambda r: Block(cfg, rngs=r, parametrization=p), cfg.n_layers,
+                                  scan=cfg.scan_layers, rngs=rngs)
         self.final_norm = make_norm(cfg, rngs) if cfg.final_norm else None
         self.unembed = (None if cfg.tie_embeddings else
                         Unembed(cfg.d_model, vocab_size, std=p.readout_std(cfg.init_std), param_dtype=param_dtype,
@@ -120,6 +104,14 @@ class Decoder(nnx.Module):
         0 marks padding), bidirectional to none (purely causal). dropout_key: train with
         model.dropout (None: no dropout, as in evaluation and sampling).
         """
+        return self.readout(self.hidden_states(tokens, positions=positions, segment_ids=segment_ids,
+                                               bidirectional=bidirectional, dropout_key=dropout_key))
+
+    def hidden_states(self, tokens: jax.Array, *, positions: jax.Array | None = None,
+                      segment_ids: jax.Array | None = None, bidirectional: jax.Array | None = None,
+                      dropout_key: jax.Array | None = None) -> jax.Array:
+        """The final hidden states (B, T, D) the logits are read from (after the final norm, if any);
+        arguments as __call__. A fine-tuning head reads them (pretrax.finetune)."""
         B, T = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
@@ -129,7 +121,7 @@ class Decoder(nnx.Module):
 
         embed_key, blocks_key = split_key(dropout_key, 2)
         x, rope = self._embed(tokens, positions, embed_key)
-        return self._logits(self._run_blocks(x, mask, rope, blocks_key))
+        return self._final(self._run_blocks(x, mask, rope, blocks_key))
 
     def init_cache(self, batch: int, length: int) -> dict:
         """An empty KV cache for `length` positions (at most max_seq_len with learned positions)."""
@@ -163,34 +155,17 @@ class Decoder(nnx.Module):
         return x, rope
 
     def _logits(self, x: jax.Array) -> jax.Array:
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        logits = self.embed.attend(x) if self.unembed is None else self.unembed(x)  # (B, T, V) float32
+        return self.readout(self._final(x))
+
+    def _final(self, x: jax.Array) -> jax.Array:
+        return self.final_norm(x) if self.final_norm is not None else x
+
+    def readout(self, h: jax.Array) -> jax.Array:
+        """Float32 logits (B, T, V) from final hidden states h (B, T, D) (`hidden_states`)."""
+        logits = self.embed.attend(h) if self.unembed is None else self.unembed(h)  # (B, T, V) float32
         return record(self, "logits", scale(logits, self.parametrization.output_mult))
 
     def _run_blocks(self, x: jax.Array, mask: AttentionMask, rope, key=None) -> jax.Array:
-        # one dropout key per layer, the same with and without scan_layers; none (nothing traced) without dropout
-        keys = () if key is None else (jax.random.split(key, self.cfg.n_layers),)
-        run = _run_block
-        if self.cfg.remat != "none":
-            # inside scan, CSE across iterations cannot happen, so its prevention only costs speed
-            run = nnx.remat(run, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=not self.cfg.scan_layers)
-        if self.cfg.scan_layers:
-            # one compiled layer body, applied L times; weights (and keys) are sliced along axis 0 ('layers')
-            run = nnx.scan(run, in_axes=(0, nnx.Carry, None, None) + (0,) * len(keys), out_axes=nnx.Carry,
-                           transform_metadata={nnx.PARTITION_NAME: "layers"})
-            return run(self.blocks, x, mask, rope, *keys)
-        for i, block in enumerate(self.blocks):
-            x = run(block, x, mask, rope, *(k[i] for k in keys))
-        return x
-
-
-def _stacked_blocks(cfg: ModelSection, rngs: nnx.Rngs, parametrization: Parametrization) -> Block:
-    """n_layers Blocks built at once: every weight gets a leading (L,) axis named 'layers'."""
-
-    @nnx.split_rngs(splits=cfg.n_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def create(rngs: nnx.Rngs) -> Block:
-        return Block(cfg, rngs=rngs, parametrization=parametrization)
-
-    return create(rngs)
+        c = self.cfg
+        return run_layers(self.blocks, x, (mask, rope), n_layers=c.n_layers, scan=c.scan_layers, remat=c.remat,
+                          dropout_key=key)

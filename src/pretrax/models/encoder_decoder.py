@@ -55,7 +55,7 @@ from pretrax.errors import ConfigError
 from pretrax.models import kv_cache
 from pretrax.models.attention import Attention
 from pretrax.models.attention_backends import AttentionMask
-from pretrax.models.decoder import REMAT_POLICIES
+from pretrax.models.layer_stack import make_layers, run_layers
 from pretrax.models.layers import MLP, RESIDUAL, Embed, Unembed, dropout, make_norm, record, split_key
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.relative_position import RelativePositionBias
@@ -117,10 +117,6 @@ class DecoderBlock(nnx.Module):
     branch = EncoderBlock.branch
 
 
-def _call_block(block, x, *args):
-    return constrain(block(x, *args), RESIDUAL)
-
-
 class Stack(nnx.Module):
     """n layers of one block type, a relative position table and a final norm.
 
@@ -136,16 +132,8 @@ class Stack(nnx.Module):
                                             max_distance=cfg.relative_max_distance, bidirectional=bidirectional,
                                             std=cfg.init_std, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
                        if cfg.positions == "relative" else None)
-        if cfg.scan_layers:
-            @nnx.split_rngs(splits=n_layers)
-            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-            def create(rngs: nnx.Rngs):
-                return block_type(cfg, rngs=rngs, parametrization=parametrization)
-
-            self.blocks = create(rngs)
-        else:
-            self.blocks = nnx.List([block_type(cfg, rngs=rngs, parametrization=parametrization)
-                                    for _ in range(n_layers)])
+        self.blocks = make_layers(lambda r: block_type(cfg, rngs=r, parametrization=parametrization), n_layers,
+                                  scan=cfg.scan_layers, rngs=rngs)
         self.final_norm = make_norm(cfg, rngs)
 
     def __call__(self, x: jax.Array, positions: jax.Array | None, *args, dropout_key=None) -> jax.Array:
@@ -156,18 +144,9 @@ class Stack(nnx.Module):
             if positions is None:  # the same bias for every row: compute it once, (1, N, T, T)
                 positions = jnp.arange(x.shape[1], dtype=jnp.int32)[None]
             bias = self.relpos(positions, positions)  # (B or 1, N, T, T) float32
-        args = (*args, bias)
-        keys = () if dropout_key is None else (jax.random.split(dropout_key, self.cfg.n_layers),)
-        run = _call_block
-        if self.cfg.remat != "none":
-            run = nnx.remat(run, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=not self.cfg.scan_layers)
-        if self.cfg.scan_layers:
-            run = nnx.scan(run, in_axes=(0, nnx.Carry) + (None,) * len(args) + (0,) * len(keys), out_axes=nnx.Carry,
-                           transform_metadata={nnx.PARTITION_NAME: "layers"})
-            x = run(self.blocks, x, *args, *keys)
-        else:
-            for i, block in enumerate(self.blocks):
-                x = run(block, x, *args, *(k[i] for k in keys))
+        c = self.cfg
+        x = run_layers(self.blocks, x, (*args, bias), n_layers=c.n_layers, scan=c.scan_layers, remat=c.remat,
+                       dropout_key=dropout_key)
         return self.final_norm(x)
 
     def decode(self, x: jax.Array, cache: dict, mask: jax.Array, cross_mask: jax.Array,
