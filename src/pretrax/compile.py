@@ -151,18 +151,14 @@ def abstract_batch(setup) -> dict:
 
     from pretrax.data.objectives import DENOISER_FEATURES, ENCODER_DECODER_FEATURES
     from pretrax.data.packing import SEGMENT_FEATURES
-    from pretrax.data.pair_packing import ENCODER_SEGMENT_FEATURES, is_encoder_feature
+    from pretrax.data.pair_packing import ENCODER_SEGMENT_FEATURES
+    from pretrax.models.family import family_of
     from pretrax.train.step import batch_shardings
 
-    cfg = setup.cfg
+    cfg, family = setup.cfg, family_of(setup.cfg.model)
     dtypes = {**DENOISER_FEATURES, **ENCODER_DECODER_FEATURES, **SEGMENT_FEATURES, **ENCODER_SEGMENT_FEATURES}
-
-    def length(key: str) -> int:
-        if cfg.model.kind != "encoder_decoder":
-            return cfg.data.seq_len
-        return (cfg.data.inputs_len if is_encoder_feature(key) else cfg.data.targets_len) or cfg.data.seq_len
-
-    return {key: jax.ShapeDtypeStruct((cfg.train.batch_size, length(key)), dtypes[key], sharding=sharding)
+    return {key: jax.ShapeDtypeStruct((cfg.train.batch_size, family.feature_length(key, cfg.data)), dtypes[key],
+                                      sharding=sharding)
             for key, sharding in batch_shardings(setup).items()}
 
 

@@ -209,10 +209,9 @@ def _compile(cfg: Config, devices: list):
 
 def depth_keys(cfg: Config) -> dict[str, int]:
     """The config keys whose value is a stack's depth, and their values."""
-    m = cfg.model
-    if m.kind == "encoder_decoder" and m.n_encoder_layers and m.n_encoder_layers != m.n_layers:
-        return {"model.n_layers": m.n_layers, "model.n_encoder_layers": m.n_encoder_layers}
-    return {"model.n_layers": m.n_layers}  # a decoder, or an encoder-decoder whose stacks follow n_layers
+    from pretrax.models.family import family_of
+
+    return family_of(cfg.model).depth_keys(cfg.model)
 
 
 def step_cost(cfg: Config, devices: list, compiled=None) -> tuple[dict[str, Any], int]:

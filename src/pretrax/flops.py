@@ -44,6 +44,7 @@ from flax import nnx
 
 from pretrax.config import Config, ModelSection
 from pretrax.models import build_model
+from pretrax.models.family import family_of
 from pretrax.models.param_groups import param_table
 from pretrax.sizes import resolve_sizes
 
@@ -118,10 +119,5 @@ def step_flops(cfg: Config, vocab_size: int, abstract_params: Any = None, attent
     groups = param_table(nnx.get_partition_spec(abstract_params), abstract_params, tie_embeddings=m.tie_embeddings)
     pair = 12.0 * m.n_heads * sizes.head_dim  # training FLOPs per (query, key) pair per layer
     S, T = sizes.inputs_len, sizes.row_tokens  # S is 0 for a decoder-only model
-    if sizes.kind == "decoder":
-        n = groups.size(side="decoder")
-        return StepFlops(6.0 * n * B * T, pair * sizes.decoder_layers * B * T * T * causal, B * T, convention)
-    n_enc, n_dec = groups.size(side="encoder"), groups.size(side="decoder")
-    attention = B * pair * (sizes.encoder_layers * S * S  # encoder, bidirectional
-                            + sizes.decoder_layers * (T * T * causal + T * S))  # decoder: causal self + cross
-    return StepFlops(6.0 * B * (n_enc * S + n_dec * T), attention, B * T, convention)
+    matmul, attention = family_of(m).step_flops(groups, m, B, S, T, pair, causal)
+    return StepFlops(matmul, attention, B * T, convention)

@@ -6,7 +6,9 @@ from flax import nnx
 
 from pretrax.config import Config
 from pretrax.data.tokenizer import config_tokenizer
-from pretrax.flops import attention_note, matmul_params, step_flops
+from pretrax.flops import attention_note, step_flops
+from pretrax.models.family import family_of
+from pretrax.models.param_groups import param_table
 from pretrax.sizes import resolve_sizes
 from pretrax.train.state import build_model, param_count
 
@@ -19,21 +21,13 @@ def describe(cfg: Config) -> str:
     n = param_count(params)
     flops = step_flops(cfg, vocab, params)
     m = cfg.model
-    lines = [f"parameters: {n}"]
-    if sizes.kind == "encoder_decoder":
-        layers = f"{sizes.encoder_layers}+{sizes.decoder_layers} layers"
-        lines.append(f"model: encoder_decoder, {layers}, d_model {m.d_model}, {m.n_heads} heads x {sizes.head_dim}, "
-                     f"d_ff {m.d_ff}, vocab {vocab}, {m.activation}, relative position bias")
-        lines.append(f"tokens per step: {flops.tokens} ({sizes.row()})")
-    else:
-        lines += [
-            f"matmul parameters: {matmul_params(n, m, vocab, sizes.window)}",
-            f"model: {m.kind}, {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads x {sizes.head_dim}"
-            f" ({sizes.kv_heads} kv), d_ff {m.d_ff}, vocab {vocab}, {m.positions} positions, {m.norm_position}-"
-            f"{m.norm}, {m.activation}",
-            f"tokens per step: {flops.tokens} ({sizes.row()})",
-        ]
-    lines += [
+    groups = param_table(nnx.get_partition_spec(params), params, tie_embeddings=m.tie_embeddings)
+    lines = [
+        f"parameters: {n}",
+        # what 6N counts: every table but the lookup-only ones (embedding unless tied, positions)
+        f"matmul parameters: {groups.size(side='encoder') + groups.size(side='decoder')}",
+        family_of(m).describe(m, vocab, sizes.head_dim, sizes.kv_heads),
+        f"tokens per step: {flops.tokens} ({sizes.row()})",
         f"FLOPs per token: {flops.per_token:.4g} ({attention_note(cfg.train.mfu_attention)})",
         f"FLOPs per step: {flops.total:.4g} (matmuls {flops.matmul:.4g}, attention {flops.attention:.4g})",
         f"training FLOPs: {flops.total * cfg.train.steps:.4g} ({cfg.train.steps} steps)",

@@ -8,20 +8,20 @@ from pretrax.config import Config
 from pretrax.data.batch_examples import packed_examples
 from pretrax.data.pipeline import make_train_iterator
 from pretrax.data.tokenizer import config_tokenizer
+from pretrax.models.family import family_of
 
 
 def describe_examples(cfg: Config, examples: int, *, width: int = 160) -> str:
     """The first `examples` packed segments of the first training batches, one block each."""
     tokenizer = config_tokenizer(cfg.data)
     data = make_train_iterator(cfg)
-    encoder_decoder = cfg.model.kind == "encoder_decoder"
+    side = family_of(cfg.model).example_side
     out: list[str] = []
     shown = 0
     while shown < examples:
         for ex in packed_examples(next(data)):
             if shown == examples:
                 break
-            side = "encoder" if encoder_decoder else "bidirectional"
             out.append(
                 f"--- example {shown} (row {ex.row}, segment {ex.segment}, {ex.tokens} tokens, "
                 f"{len(ex.targets)} in the loss, {len(ex.inputs)} {side})\n"

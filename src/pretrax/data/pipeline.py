@@ -41,12 +41,13 @@ import numpy as np
 from pretrax.config import Config
 from pretrax.data.corpus import Corpus, heldout_bucket
 from pretrax.data.objectives import FEATURES, OBJECTIVES, causal_lm, make_objective, objective_features  # noqa: F401
-from pretrax.data.objectives import ConcatExamples, check_sentinels_fit, document_stage, encoder_decoder_lengths_of
+from pretrax.data.objectives import ConcatExamples, check_sentinels_fit, document_stage
 from pretrax.data.packing import RowPacker
 from pretrax.data.pair_packing import PairPacker
 from pretrax.data.tokenizer import config_tokenizer
 from pretrax.data.workers import ParallelDocuments, Strided
 from pretrax.errors import ConfigError, DataError
+from pretrax.models.family import family_of
 
 STATE_VERSION = 1
 
@@ -117,7 +118,8 @@ def _with_objective(data, objective: str):
 
 
 def is_encoder_decoder(cfg: Config) -> bool:
-    return cfg.model.kind == "encoder_decoder"
+    """Whether the model family reads rows in (encoder, decoder) pairs (then pairs are packed)."""
+    return family_of(cfg.model).has_encoder
 
 
 def objective_for(cfg: Config, tokenizer):
@@ -140,7 +142,7 @@ def make_packer(cfg: Config, docs, *, finite: bool, row: int = 0, objective=None
         docs = ConcatExamples(docs, objective, seed=_seeds(cfg.run.seed)[1], row=row, finite=finite)
     features = objective_features(cfg.data.objective, is_encoder_decoder(cfg))
     if is_encoder_decoder(cfg):
-        return PairPacker(docs, *encoder_decoder_lengths_of(cfg.data), features, finite=finite)
+        return PairPacker(docs, *family_of(cfg.model).row_lengths(cfg.data), features, finite=finite)
     return RowPacker(docs, cfg.data.seq_len, features, finite=finite,
                      whole_examples=cfg.data.objective in WHOLE_EXAMPLES)
 
@@ -149,11 +151,11 @@ def _objective_meta(cfg: Config) -> dict[str, Any]:
     """State metadata: the objective, and for denoising ones a checksum of what shapes its examples."""
     meta: dict[str, Any] = {"objective": cfg.data.objective}
     if is_encoder_decoder(cfg):
-        meta["layout"] = "encoder_decoder"  # packer offsets count examples, not tokens
+        meta["layout"] = family_of(cfg.model).name  # packer offsets count examples, not tokens
     if cfg.data.objective != "causal_lm":
         shape = (cfg.data.denoisers, cfg.data.seq_len, cfg.data.num_sentinels, cfg.data.concat_documents)
         if is_encoder_decoder(cfg):
-            shape += encoder_decoder_lengths_of(cfg.data)
+            shape += family_of(cfg.model).row_lengths(cfg.data)
         meta["objective_spec"] = zlib.crc32(repr(shape).encode())
     return meta
 

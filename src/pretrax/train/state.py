@@ -24,6 +24,7 @@ from pretrax.config import Config
 from pretrax.models import build_model, max_positions  # noqa: F401 (callers import them from here too)
 from pretrax.models import splash
 from pretrax.models.attention_backends import check_backend
+from pretrax.models.family import family_of
 from pretrax.models.param_groups import ParamTable, param_table
 from pretrax.parallel.rules import tree_shardings
 from pretrax.sizes import model_vocab_size  # noqa: F401 (callers import it from here too)
@@ -81,10 +82,7 @@ def check_attention(cfg: Config, platform: str) -> None:
         log.warning("model.attention=splash on %s runs the TPU kernel interpreted: correct but very slow "
                     "(for tests); model.attention=xla is the fast choice here", platform)
     if m.attention == "splash":  # the kernel's tiles must divide the lengths
-        if m.kind == "encoder_decoder":
-            splash.block_sizes(cfg.data.targets_len, cfg.data.inputs_len)
-        else:
-            splash.block_sizes(cfg.data.seq_len, cfg.data.seq_len)
+        splash.block_sizes(*family_of(m).attention_lengths(cfg.data))
 
 
 def _init(setup: TrainSetup, seed: int) -> dict:

@@ -22,43 +22,21 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pretrax.data.objectives import denoiser_names
+from pretrax.models.family import family_of
 from pretrax.parallel.activations import sharding_context
 from pretrax.parallel.rules import batch_sharding
 from pretrax.train.optimizer import learning_rate_schedule
 from pretrax.train.state import TrainSetup
 
-BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask", "bidirectional")
-# The encoder-decoder: decoder-side features under the same names (inputs are the shifted targets), no
-# prefix attention, plus the encoder's row (data/objectives.py, data/pair_packing.py).
-ENCODER_DECODER_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask",
-                        "encoder_inputs", "encoder_segment_ids", "encoder_positions")
-
-
 def batch_keys(cfg, *, with_denoiser: bool = True) -> tuple[str, ...]:
-    """The batch arrays the step reads: denoising objectives add each token's denoiser index."""
-    keys = ENCODER_DECODER_KEYS if cfg.model.kind == "encoder_decoder" else BATCH_KEYS
+    """The batch arrays the step reads (the model family's); denoising objectives add each token's denoiser index."""
+    keys = family_of(cfg.model).batch_keys
     return keys + (("denoiser",) if with_denoiser and cfg.data.objective != "causal_lm" else ())
 
 
 def logits_of(model: Any, batch: dict, dropout_key: jax.Array | None = None) -> jax.Array:
-    """The model's float32 logits (B, T, V) for a packed batch of either model kind (dropout off without a key)."""
-    if "encoder_inputs" in batch:
-        return model(
-            batch["encoder_inputs"],
-            batch["inputs"],
-            encoder_segment_ids=batch["encoder_segment_ids"],
-            decoder_segment_ids=batch["segment_ids"],
-            encoder_positions=batch["encoder_positions"],
-            decoder_positions=batch["positions"],
-            dropout_key=dropout_key,
-        )
-    return model(
-        batch["inputs"],
-        positions=batch["positions"],
-        segment_ids=batch["segment_ids"],
-        bidirectional=batch["bidirectional"],
-        dropout_key=dropout_key,
-    )
+    """The model's float32 logits (B, T, V) for a packed batch, as its family reads one (dropout off without a key)."""
+    return family_of(model.cfg).logits(model, batch, dropout_key)
 
 
 def token_losses(graphdef: Any, params: Any, batch: dict) -> jax.Array:
