@@ -25,6 +25,7 @@ from flax import nnx
 from pretrax import config as config_lib
 from pretrax import storage
 from pretrax.errors import CheckpointError, ConfigError
+from pretrax.models.family import family_of
 from pretrax.train import checkpoint as ckpt
 from pretrax.sizes import encoder_decoder_lengths, window as max_positions
 
@@ -100,7 +101,7 @@ def sample(
     kw = dict(max_new_tokens=max_new_tokens, choice=(temperature, top_k, top_p), seed=seed, stop_id=tokenizer.eos_id,
               pad_id=tokenizer.pad_id, cache=cache)
     mode_ids = [] if mode is None else [_mode_id(tokenizer, mode)]
-    if setup.cfg.model.kind == "encoder_decoder":
+    if family_of(setup.cfg.model).has_encoder:  # the prompt is the encoder's input; the decoder writes from bos
         return tokenizer.decode(encoder_decoder_new_ids(setup, params, mode_ids + tokenizer.encode(prompt)
                                                         + [tokenizer.eos_id], bos_id=tokenizer.bos_id, **kw))
     ids = (mode_ids or [tokenizer.bos_id]) + tokenizer.encode(prompt)

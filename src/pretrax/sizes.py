@@ -44,7 +44,7 @@ class Sizes:
     def row(self) -> str:
         """What one batch row is, for start-up lines: '32 x 128', or the encoder-decoder's two lengths."""
         text = f"{self.batch_size} x {self.row_tokens}"
-        if self.kind == "encoder_decoder":
+        if self.inputs_len:  # rows come in (encoder, decoder) pairs
             text += f" decoder tokens, {self.inputs_len} encoder tokens per row"
         return text
 
@@ -68,7 +68,8 @@ def model_vocab_size(cfg: Config, tokenizer_vocab: int) -> int:
 
 
 def resolve_sizes(cfg: Config, tokenizer_vocab: int) -> Sizes:
-    """cfg's sizes, given its tokenizer's vocabulary size."""
+    """cfg's sizes, given its tokenizer's vocabulary size. The one place outside models/ that reads model.kind:
+    models/family.py's families build on these sizes, so they cannot be asked here."""
     m, enc_dec = cfg.model, cfg.model.kind == "encoder_decoder"
     inputs_len, targets_len = encoder_decoder_lengths(cfg.data) if enc_dec else (0, cfg.data.seq_len)
     return Sizes(
