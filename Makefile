@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,tpu,gcs,hf]"
+	$(BIN)/python -m pip install --quiet -e ".[test,tpu,gcs,hf,eval]"
 	touch $(STAMP)
 
 # Extra overrides: make train ARGS="train.steps=100 run.dir=runs/try"

@@ -41,6 +41,9 @@ setup(
         # `pretrax import` / `export` read and write safetensors; torch and transformers only for the tests that
         # check the weights against transformers itself (never imported by pretrax: docs/interop.md)
         "hf": ["safetensors", "torch", "transformers>=5"],
+        # `pretrax eval --tasks`: lm-eval-harness's API over pretrax's scoring (docs/evaluation.md); imported only
+        # by the eval command and evaluate_tasks; the probes and everything else run without it
+        "eval": ["lm_eval==0.4.13"],
     },
     entry_points={"console_scripts": ["pretrax=pretrax.cli:main"]},
 )

@@ -2,7 +2,9 @@
 
 `token_logprobs` (decoder-only) and `target_logprobs` (encoder-decoder) are the library functions
 evaluation builds on: one forward pass, the sequence padded to the model's window so that every
-length shares one compilation. `score_run` turns `pretrax score`'s arguments into ids formed as
+length shares one compilation; `batch_token_logprobs` and `batch_target_logprobs` are their batched
+forms for evaluation (many sequences per pass, rows split over the mesh's batch axes, and whether each
+token is the model's greedy choice). `score_run` turns `pretrax score`'s arguments into ids formed as
 training forms them (a document is bos + ids + eos; an encoder-decoder example is
 [mode] + inputs + eos for the encoder and targets + eos for the decoder, which starts from bos),
 and `format_table` prints the result.
@@ -21,7 +23,8 @@ from flax import nnx
 
 from pretrax.data.tokenizer import ByteTokenizer
 from pretrax.errors import ConfigError
-from pretrax.models import max_positions
+from pretrax.models.family import family_of
+from pretrax.sizes import encoder_decoder_lengths, window as max_positions
 
 
 def token_logprobs(setup, params: Any, ids: list[int]) -> np.ndarray:
@@ -36,9 +39,7 @@ def token_logprobs(setup, params: Any, ids: list[int]) -> np.ndarray:
 def target_logprobs(setup, params: Any, input_ids: list[int], target_ids: list[int], *, bos_id: int) -> np.ndarray:
     """log p(target_ids[i] | input_ids, target_ids[:i]) for every i (float32), encoder-decoder: the encoder
     reads input_ids as given, the decoder reads bos_id + target_ids[:-1] (training's shift right)."""
-    from pretrax.data.objectives import encoder_decoder_lengths_of
-
-    inputs_len, targets_len = encoder_decoder_lengths_of(setup.cfg.data)
+    inputs_len, targets_len = encoder_decoder_lengths(setup.cfg.data)
     _check(input_ids, 1, inputs_len, "the inputs", "data.inputs_len", setup)
     _check(target_ids, 1, targets_len, "the targets", "data.targets_len", setup)
     enc_segments = jnp.asarray(np.arange(inputs_len) < len(input_ids), jnp.int32)  # 0: padding, never read
@@ -47,6 +48,106 @@ def target_logprobs(setup, params: Any, input_ids: list[int], target_ids: list[i
                                    _padded([bos_id] + target_ids[:-1], targets_len), dec_segments,
                                    _padded(target_ids, targets_len))
     return np.asarray(lp)[: len(target_ids)]
+
+
+def batch_token_logprobs(setup, params: Any, seqs: list[list[int]], *, batch_size: int = 8
+                         ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """token_logprobs for many sequences, batch_size rows per forward pass with the rows split over the
+    mesh's batch axes: per sequence (logprobs, greedy), each len(seq) - 1 values; greedy[i] says whether
+    ids[i + 1] is the model's most likely next token (what lm-eval's is_greedy needs)."""
+    window = max_positions(setup.cfg)
+    for ids in seqs:
+        _check(ids, 2, window, "the sequence", "the model's window (model.max_seq_len, or data.seq_len when 0)",
+               setup)
+    out, n = [], _rows_per_batch(setup, batch_size)
+    for rows in _chunks(seqs, n):
+        tokens, targets = _padded_rows(rows, window), _padded_rows([ids[1:] for ids in rows], window)
+        lp, greedy = map(np.asarray, _decoder_batch(setup.graphdef, params, *_on_batch_axes(setup, n, tokens, targets),
+                                                    replicated=_replicated(setup)))
+        out += [(lp[r, : len(ids) - 1], greedy[r, : len(ids) - 1]) for r, ids in enumerate(rows)]
+    return out
+
+
+def batch_target_logprobs(setup, params: Any, pairs: list[tuple[list[int], list[int]]], *, bos_id: int,
+                          batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    """target_logprobs for many (input_ids, target_ids) pairs, batched and sharded as batch_token_logprobs:
+    per pair (logprobs, greedy), each len(target_ids) values."""
+    inputs_len, targets_len = encoder_decoder_lengths(setup.cfg.data)
+    for enc, dec in pairs:
+        _check(enc, 1, inputs_len, "the inputs", "data.inputs_len", setup)
+        _check(dec, 1, targets_len, "the targets", "data.targets_len", setup)
+    out, n = [], _rows_per_batch(setup, batch_size)
+    for rows in _chunks(pairs, n):
+        encs, decs = [enc for enc, _ in rows], [dec for _, dec in rows]
+        arrays = (_padded_rows(encs, inputs_len), _segments(encs, inputs_len),
+                  _padded_rows([[bos_id] + dec[:-1] for dec in decs], targets_len), _segments(decs, targets_len),
+                  _padded_rows(decs, targets_len))
+        lp, greedy = map(np.asarray, _encoder_decoder_batch(setup.graphdef, params, *_on_batch_axes(setup, n, *arrays),
+                                                            replicated=_replicated(setup)))
+        out += [(lp[r, : len(dec)], greedy[r, : len(dec)]) for r, dec in enumerate(decs)]
+    return out
+
+
+def _rows_per_batch(setup, batch_size: int) -> int:
+    """batch_size rounded up to a multiple of the ways the mesh splits a batch, so every shard gets rows."""
+    ways = setup.mesh.size // _batch_sharding(setup).shard_shape((setup.mesh.size, 1))[0]
+    return -(-max(batch_size, 1) // ways) * ways
+
+
+def _batch_sharding(setup):
+    from pretrax.parallel.rules import batch_sharding
+
+    return batch_sharding(setup.mesh, dict(setup.cfg.mesh.rules))
+
+
+def _replicated(setup):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(setup.mesh, PartitionSpec())
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i: i + n]
+
+
+def _padded_rows(rows: list[list[int]], length: int) -> np.ndarray:
+    """(len(rows), length) int32: each row's ids, then zeros (positions the caller never reads back)."""
+    buf = np.zeros((len(rows), length), np.int32)
+    for r, ids in enumerate(rows):
+        buf[r, : len(ids)] = ids
+    return buf
+
+
+def _segments(rows: list[list[int]], length: int) -> np.ndarray:
+    """(len(rows), length) int32: 1 over each row's ids, 0 over its padding (never attended)."""
+    return (np.arange(length)[None] < np.asarray([len(r) for r in rows])[:, None]).astype(np.int32)
+
+
+def _on_batch_axes(setup, rows: int, *arrays: np.ndarray) -> list[jax.Array]:
+    """Each (b, T) array filled to `rows` rows with copies of its first (one shape for every batch: one
+    compilation; no all-padding row), then split over the mesh's batch axes."""
+    sharding = _batch_sharding(setup)
+    return [jax.device_put(np.concatenate([a, np.repeat(a[:1], rows - len(a), 0)]), sharding) for a in arrays]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "replicated"))
+def _decoder_batch(graphdef, params, tokens, targets, replicated):
+    logits = nnx.merge(graphdef, params)(tokens)  # (B, T, V); causal: the padding after a row is unseen
+    return _scored(logits, targets, replicated)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "replicated"))
+def _encoder_decoder_batch(graphdef, params, enc, enc_segments, dec, dec_segments, targets, replicated):
+    logits = nnx.merge(graphdef, params)(enc, dec, encoder_segment_ids=enc_segments, decoder_segment_ids=dec_segments)
+    return _scored(logits, targets, replicated)
+
+
+def _scored(logits: jax.Array, targets: jax.Array, replicated) -> tuple[jax.Array, jax.Array]:
+    """(log-probabilities (B, T), greedy (B, T)), gathered onto every device (replicated) so that every
+    process can read them back, as a multi-host run needs."""
+    out = jax.vmap(_picked)(logits, targets), jnp.argmax(logits, -1) == targets
+    return jax.lax.with_sharding_constraint(out, replicated)
 
 
 def _check(ids: list[int], least: int, most: int, what: str, limit: str, setup) -> None:
@@ -112,7 +213,7 @@ def score_run(setup, params: Any, tokenizer, *, text: str | None = None, ids: st
     encoder's ([mode] + inputs + eos), --targets as the decoder's targets (targets + eos); eos=False
     leaves the scored sequence's eos off. Ids (--ids, --input-ids, --target-ids) are used as given.
     """
-    encoder_decoder = setup.cfg.model.kind == "encoder_decoder"
+    encoder_decoder = family_of(setup.cfg.model).has_encoder
     given = {f: v is not None for f, v in (("--text", text), ("--ids", ids), ("--inputs", inputs),
                                            ("--targets", targets), ("--input-ids", input_ids),
                                            ("--target-ids", target_ids))}
