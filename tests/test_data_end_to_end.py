@@ -53,7 +53,7 @@ def test_train_from_a_prepared_tfds_dataset(prepared, tmp_path):
     cfg = config_lib.load(None, TINY + tfds_overrides(data_dir) + ["train.steps=3", "train.eval_every=3",
                                                                    f"run.dir={tmp_path / 'run'}"])
     result = train(cfg, progress=False)
-    assert np.isfinite(result["losses"][3]) and 0 < result["eval"]["eval_bits_per_byte"] < 12
+    assert np.isfinite(result.losses[3]) and 0 < result.eval_bits_per_byte < 12
 
 
 @pytest.mark.slow
@@ -128,8 +128,8 @@ def test_train_with_a_trained_sentencepiece_model(spm_model, tmp_path):
     cfg = config_lib.load(None, TINY + [f"data.tokenizer={spm_model}", "train.steps=2", "train.eval_every=2",
                                         f"run.dir={tmp_path / 'run'}"])
     result = train(cfg, progress=False)
-    assert result["setup"].vocab_size == 640  # 600 ids rounded up to a multiple of 128
-    assert 0 < result["eval"]["eval_bits_per_byte"] < 12
+    assert result.setup.vocab_size == 640  # 600 ids rounded up to a multiple of 128
+    assert 0 < result.eval_bits_per_byte < 12
 
 
 @pytest.mark.slow

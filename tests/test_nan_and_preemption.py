@@ -71,9 +71,9 @@ def test_nan_policy_stop_names_the_step_and_saves_nothing_after_it(tiny_cfg):
 def test_nan_policy_skip_drops_the_update_counts_it_and_goes_on(tiny_cfg):
     cfg = tiny_cfg("train.nan_policy=skip")
     result = train(cfg, batch_hook=nan_at(4), progress=False)
-    assert result["skipped_steps"] == [4] and result["final_step"] == 6
-    assert all(np.isfinite(result["losses"][s]) for s in (1, 2, 3, 5, 6)) and np.isnan(result["losses"][4])
-    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(result["params"])))
+    assert result.skipped_steps == (4,) and result.final_step == 6
+    assert all(np.isfinite(result.losses[s]) for s in (1, 2, 3, 5, 6)) and np.isnan(result.losses[4])
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(result.params)))
     rows = [json.loads(line) for line in open(os.path.join(cfg.run.dir, "metrics.jsonl"))]
     assert [r.get("skipped_steps", 0) for r in rows] == [0, 0, 0, 1, 1, 1]
 
@@ -92,13 +92,13 @@ def test_nan_policy_rollback_reloads_the_checkpoint_and_skips_the_batches(tiny_c
     # NaN in the 5th batch: back to the step-3 checkpoint; steps 4..6 then read batches 6, 7, 8
     rolled = train(tiny_cfg(*common, "train.nan_policy=rollback", run_dir=str(tmp_path / "rb")),
                    batch_hook=nan_at(5), progress=False)
-    assert rolled["rollbacks"] == 1 and rolled["final_step"] == 6
+    assert rolled.rollbacks == 1 and rolled.final_step == 6
     # what it must equal: the same step-3 checkpoint, then batches 6, 7, 8
     train(tiny_cfg(*common, run_dir=str(tmp_path / "c")), stop_at=3, progress=False)
     check = train(tiny_cfg(*common, run_dir=str(tmp_path / "c")), batch_hook=lambda s, b: drawn[s + 2],
                   progress=False)
     for s in (4, 5, 6):
-        assert rolled["losses"][s] == pytest.approx(check["losses"][s], rel=1e-6)
+        assert rolled.losses[s] == pytest.approx(check.losses[s], rel=1e-6)
 
 
 @pytest.mark.slow
@@ -134,6 +134,6 @@ def test_sigterm_saves_the_current_step_exits_143_and_resumes_exactly(tiny_cfg, 
     assert stopped < 300
     resumed = train(tiny_cfg(*common, run_dir=str(run_dir)), stop_at=stopped + 3, progress=False)
     straight = train(tiny_cfg(*common, run_dir=str(tmp_path / "straight")), stop_at=stopped + 3, progress=False)
-    assert resumed["start_step"] == stopped
+    assert resumed.start_step == stopped
     for s in range(stopped + 1, stopped + 4):
-        assert resumed["losses"][s] == pytest.approx(straight["losses"][s], rel=1e-6)
+        assert resumed.losses[s] == pytest.approx(straight.losses[s], rel=1e-6)

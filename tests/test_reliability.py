@@ -117,7 +117,7 @@ def snapshot(root):
 def reference(tmp_path_factory):
     """A finished LONG run (checkpoints kept at steps 30, 35, 40) and its losses: the uninterrupted reference."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    return str(run_dir), train(load(run_dir, *LONG), progress=False)["losses"]
+    return str(run_dir), train(load(run_dir, *LONG), progress=False).losses
 
 
 @pytest.mark.slow
@@ -136,8 +136,8 @@ def test_kill_9_during_training_resumes_as_if_never_killed(reference, tmp_path):
         newest = max(complete_steps(runs[seed]), default=0)
         assert kill_after[seed] <= max(before) < 40 and 5 <= newest <= max(before), (seed, max(before), newest)
         resumed = train(load(runs[seed], *LONG), progress=False)
-        assert resumed["start_step"] == newest
-        assert {s: resumed["losses"][s] for s in range(newest + 1, 41)} == {s: reference[s] for s in range(newest + 1, 41)}
+        assert resumed.start_step == newest
+        assert {s: resumed.losses[s] for s in range(newest + 1, 41)} == {s: reference[s] for s in range(newest + 1, 41)}
         assert before == {s: reference[s] for s in before}  # what the killed process logged was right too
         # the killed run's rows past its checkpoint moved aside: metrics.jsonl holds each step once
         steps = [json.loads(line)["step"] for line in open(os.path.join(runs[seed], "metrics.jsonl"))]
@@ -182,8 +182,8 @@ def test_kill_9_during_an_async_checkpoint_write_resumes_from_the_previous_one(r
     assert [(r.step, r.complete) for r in reports] == [(cut - 5, True), (cut, False)], reports  # landed inside
     assert reports[0].verifies  # keep=1: the old checkpoint stays until the new one is whole
     resumed = train(load(run, *LONG, "checkpoint.keep=1"), progress=False)
-    assert resumed["start_step"] == cut - 5
-    assert [resumed["losses"][s] for s in range(cut - 4, 41)] == [reference[1][s] for s in range(cut - 4, 41)]
+    assert resumed.start_step == cut - 5
+    assert [resumed.losses[s] for s in range(cut - 4, 41)] == [reference[1][s] for s in range(cut - 4, 41)]
     assert [(r.step, r.verifies) for r in list_steps(cdir)] == [(40, True)]  # the half-written one was cleared
 
 
@@ -220,15 +220,15 @@ def test_damaged_checkpoint_is_reported_listed_and_skipped(reference, tmp_path, 
     capfd.readouterr()
     assert load_run(run)[4] == 35
     err = [line for line in capfd.readouterr().err.splitlines() if line.startswith("pretrax:")]
-    assert err == [f"pretrax: checkpoint at step 40 is damaged ({rows[40]['problem']}); sampling from step 35, "
+    assert err == [f"pretrax: checkpoint at step 40 is damaged ({rows[40]['problem']}); using step 35, "
                    "the newest that restores"], err
     assert snapshot(run) == untouched
 
     resumed = train(load(run, *LONG), progress=False)
     err = [line for line in capfd.readouterr().err.splitlines() if line.startswith("pretrax:")]
     assert len(err) == 1 and "checkpoint at step 40 is damaged" in err[0] and "resuming from step 35" in err[0], err
-    assert resumed["start_step"] == 35
-    assert [resumed["losses"][s] for s in range(36, 41)] == [losses[s] for s in range(36, 41)]
+    assert resumed.start_step == 35
+    assert [resumed.losses[s] for s in range(36, 41)] == [losses[s] for s in range(36, 41)]
     # the damaged one is kept, set aside, byte for byte; the new step 40 verifies
     kept = os.path.join(ckpt.damaged_dir(run), "40")
     assert {p.replace(kept, "K"): b for p, b in snapshot(kept).items()} == \
@@ -286,8 +286,8 @@ def test_failing_disk_stops_with_one_line_and_keep_1_keeps_the_only_checkpoint(r
     assert snapshot(os.path.join(ckpt.checkpoint_dir(run), "35")) == step_35
 
     resumed = train(load(run, *overrides), progress=False)  # once the disk has room, the run goes on from step 35
-    assert resumed["start_step"] == 35
-    assert [resumed["losses"][s] for s in range(36, 41)] == [losses[s] for s in range(36, 41)]
+    assert resumed.start_step == 35
+    assert [resumed.losses[s] for s in range(36, 41)] == [losses[s] for s in range(36, 41)]
     assert [(r.step, r.verifies) for r in list_steps(ckpt.checkpoint_dir(run))] == [(40, True)]
 
 

@@ -143,5 +143,5 @@ def test_an_interrupted_retention_never_leaves_a_damaged_checkpoint(tiny_cfg, mo
     # the next run finishes the deletion and goes on from step 2
     monkeypatch.setattr(storage, "rmtree", real_rmtree)
     result = train(cfg, progress=False)
-    assert result["start_step"] == 2 and result["final_step"] == 4
+    assert result.start_step == 2 and result.final_step == 4
     assert sorted(os.listdir(ckpt.checkpoint_dir(cfg.run.dir))) == ["4"]

@@ -27,13 +27,13 @@ from jax.sharding import PartitionSpec as P
 def test_resume_is_exact(tiny_cfg, tmp_path):
     """40 steps straight == 20 steps, stop, resume to 40: identical losses for steps 21..40."""
     common = ["train.steps=40", "checkpoint.every=10", "mesh.data=2", "mesh.fsdp=4"]
-    straight = train(tiny_cfg(*common, run_dir=str(tmp_path / "a")), progress=False)["losses"]
+    straight = train(tiny_cfg(*common, run_dir=str(tmp_path / "a")), progress=False).losses
     first = train(tiny_cfg(*common, run_dir=str(tmp_path / "b")), stop_at=20, progress=False)
-    assert max(first["losses"]) == 20 and ckpt.latest_step(str(tmp_path / "b")) == 20
+    assert max(first.losses) == 20 and ckpt.latest_step(str(tmp_path / "b")) == 20
     resumed = train(tiny_cfg(*common, run_dir=str(tmp_path / "b")), progress=False)
-    assert resumed["start_step"] == 20
-    assert [resumed["losses"][s] for s in range(21, 41)] == [straight[s] for s in range(21, 41)]
-    assert [first["losses"][s] for s in range(1, 21)] == [straight[s] for s in range(1, 21)]
+    assert resumed.start_step == 20
+    assert [resumed.losses[s] for s in range(21, 41)] == [straight[s] for s in range(21, 41)]
+    assert [first.losses[s] for s in range(1, 21)] == [straight[s] for s in range(1, 21)]
     # metrics.jsonl of the interrupted run holds steps 1..40 once each, in order
     rows = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == list(range(1, 41))
@@ -78,7 +78,7 @@ RESTORE_ON_4 = textwrap.dedent(
 def test_checkpoint_from_8_devices_restores_on_4(tiny_cfg, tmp_path):
     cfg = tiny_cfg("mesh.data=2", "mesh.fsdp=4", "train.steps=3")
     result = train(cfg, progress=False)
-    expected = [np.asarray(x) for x in jax.tree.leaves(result["params"])]
+    expected = [np.asarray(x) for x in jax.tree.leaves(result.params)]
     out = tmp_path / "restored.npz"
     env = {**os.environ, "XLA_FLAGS": cpu_xla_flags(4)}
     proc = subprocess.run([sys.executable, "-c", RESTORE_ON_4, cfg.run.dir, str(out)], env=env,
@@ -103,15 +103,15 @@ def test_resume_with_different_model_is_refused(tiny_cfg):
     # how the same weights are computed may change: rematerialisation, the attention backend
     resumed = train(tiny_cfg("train.steps=4", "model.remat=full", "model.attention=splash", "data.seq_len=128"),
                     progress=False, allow_data_change=True)  # splash needs 128-token blocks
-    assert resumed["start_step"] == 3 and resumed["final_step"] == 4
+    assert resumed.start_step == 3 and resumed.final_step == 4
 
 
 @pytest.mark.slow
 @pytest.mark.devices(4)
 def test_grad_accumulation_matches_one_big_batch(tiny_cfg, tmp_path):
-    one = train(tiny_cfg("train.steps=3", run_dir=str(tmp_path / "one")), progress=False)["losses"]
+    one = train(tiny_cfg("train.steps=3", run_dir=str(tmp_path / "one")), progress=False).losses
     acc = train(tiny_cfg("train.steps=3", "train.grad_accum=2", "mesh.fsdp=2", "mesh.tensor=2", run_dir=str(tmp_path / "acc")),
-                progress=False)["losses"]
+                progress=False).losses
     np.testing.assert_allclose([acc[s] for s in (1, 2, 3)], [one[s] for s in (1, 2, 3)], rtol=1e-5)
 
 
@@ -124,7 +124,7 @@ def test_metrics_jsonl_and_tensorboard(tiny_cfg):
     for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
         assert all(np.isfinite(r[key]) for r in rows), key
     assert "eval_loss" in rows[-1] and 0 < rows[-1]["eval_bits_per_byte"] < 10
-    assert rows[-1]["eval_bits_per_byte"] == pytest.approx(result["eval"]["eval_bits_per_byte"])
+    assert rows[-1]["eval_bits_per_byte"] == pytest.approx(result.eval_bits_per_byte)
     tags = _tensorboard_tags(os.path.join(cfg.run.dir, "tensorboard"))
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "eval_loss", "eval_bits_per_byte"} <= tags
 
@@ -206,7 +206,7 @@ def test_bits_per_byte_by_hand_for_a_model_that_predicts_uniformly(tiny_cfg):
 
     from pretrax.data.pipeline import eval_batches
     from pretrax.data.tokenizer import ByteTokenizer, config_tokenizer
-    from pretrax.train.loop import make_evaluator
+    from pretrax.train.evaluation import make_evaluator
     from pretrax.train.state import init_state, model_vocab_size
 
     cfg = tiny_cfg("train.eval_batches=2")

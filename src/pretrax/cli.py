@@ -1,4 +1,4 @@
-"""Command line: `pretrax train | info | bench | generate | score | checkpoints | compile | sweep | scaling fit | coordcheck | tokenizer train | data prepare | inspect | stats`. Thin: parse, call one function, print.
+"""Command line: `pretrax train | info | bench | generate | score | eval | finetune | checkpoints | compile | sweep | scaling fit | coordcheck | tokenizer train | data prepare | inspect | stats`. Thin: parse, call one function, print.
 
 Errors the user can fix (PretraxError) are printed as one line on stderr with
 exit code 2 and no traceback.
@@ -211,6 +211,34 @@ def build_parser() -> argparse.ArgumentParser:
                    '"input_ids", "target_ids", "logprobs")')
     p.set_defaults(func=cmd_score)
 
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint on lm-eval tasks and zero-shot probes "
+                                    "(docs/evaluation.md); --all-steps: every checkpoint, a table and a plot")
+    p.add_argument("run_dir")
+    p.add_argument("--tasks", default="qa,acceptability,cloze", metavar="T1,T2",
+                   help="probes (qa, acceptability, cloze) and lm-eval tasks (evals/: pretrax_cloze, pretrax_mc, "
+                        "pretrax_gen, pretrax_zen; or lm-eval's own); default: the probes")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N examples per task")
+    p.add_argument("--step", type=int, default=None, help="evaluate this checkpoint (default: the newest)")
+    p.add_argument("--all-steps", action="store_true", help="evaluate every checkpoint; write eval.csv, eval.json "
+                   "and eval.png (score against step) to --out")
+    p.add_argument("--out", default=None, metavar="DIR", help="--all-steps: where the table and plot go "
+                   "(default RUN_DIR/eval)")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="a directory of lm-eval task YAMLs of your own (repeatable)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (rounded up to a multiple "
+                   "of the devices)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("finetune", help="fine-tune a run's newest checkpoint on a task as GPT-1 (docs/finetune.md)")
+    p.add_argument("run_dir", help="a pretrained decoder's run dir")
+    p.add_argument("task", help="TASK.yaml: type, JSONL files, labels, hyperparameters (evals/finetune/ has one)")
+    p.add_argument("overrides", nargs="*", help="run config overrides for this machine, e.g. mesh.data=1")
+    p.add_argument("--out", default=None, metavar="DIR", help="the fine-tuning run dir (default RUN_DIR/finetune/NAME)")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="stop after STEP (saving a checkpoint); the same command again resumes")
+    p.set_defaults(func=cmd_finetune)
+
     p = sub.add_parser("sweep", help="run a grid of configs (resumable) into DIR/results.csv; --worker: "
                                      "one of many machines sharing it")
     p.add_argument("sweep", help="sweep YAML: base config, dir, grid (configs/sweeps/ has examples)")
@@ -313,21 +341,21 @@ def cmd_train(args) -> int:
 
     result = train(cfg, stop_at=args.stop_at, allow_data_change=args.allow_data_change)
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)  # on a pod, one worker reports
-    if result.get("preempted"):
+    if result.preempted:
         from pretrax.train.preemption import PREEMPTED_EXIT_CODE
 
-        say(f"pretrax: preempted at step {result['final_step']}; the checkpoint is saved, run the same command "
+        say(f"pretrax: preempted at step {result.final_step}; the checkpoint is saved, run the same command "
             "to resume", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
-    if "eval" in result:
-        say(f"held-out loss: {result['eval']['eval_loss']:.4f} nats/token")
-        say(f"held-out bits per byte: {result['eval']['eval_bits_per_byte']:.4f}")
+    if result.evaluated:
+        say(f"held-out loss: {result.eval_loss:.4f} nats/token")
+        say(f"held-out bits per byte: {result.eval_bits_per_byte:.4f}")
     else:
         # only --stop-at ends a run early; the same command with it would stop again at once
-        say(f"stopped at step {result['final_step']} of {cfg.train.steps}; run the same command without "
+        say(f"stopped at step {result.final_step} of {cfg.train.steps}; run the same command without "
             "--stop-at (or with a later step) to resume")
-    if cfg.train.sample_tokens and not args.no_sample and "eval" in result:  # every process samples (collectives)
-        text = sample(result["setup"], result["params"], result["tokenizer"], "def ",
+    if cfg.train.sample_tokens and not args.no_sample and result.evaluated:  # every process samples (collectives)
+        text = sample(result.setup, result.params, result.tokenizer, "def ",
                       max_new_tokens=cfg.train.sample_tokens, seed=cfg.run.seed, mode=default_mode(cfg))
         say("sample:\n" + "def " + text)
     return 0
@@ -424,6 +452,51 @@ def cmd_score(args) -> int:
                        targets=args.targets, input_ids=args.input_ids, target_ids=args.target_ids, mode=args.mode,
                        eos=not args.no_eos)
     print(json.dumps(result) if args.json else format_table(result, tokenizer))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from pretrax.errors import ConfigError
+    from pretrax.evaluation.evaluate import evaluate_run, evaluate_steps, format_row
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.all_steps and args.step is not None:
+        raise ConfigError("give --step N or --all-steps, not both")
+    if args.out is not None and not args.all_steps:
+        raise ConfigError("--out is where --all-steps writes its table; give --all-steps too")
+    kw = dict(limit=args.limit, include_paths=args.include_path, batch_size=args.batch_size)
+    if args.all_steps:
+        log = None if args.json else (lambda line: print(line, flush=True))
+        rows, paths = evaluate_steps(args.run_dir, tasks, out_dir=args.out, log=log, **kw)
+        print(json.dumps(rows) if args.json else "wrote " + ", ".join(paths.values()))
+        return 0
+    step, metrics = evaluate_run(args.run_dir, tasks, step=args.step, **kw)
+    print(json.dumps({"step": step, **metrics}) if args.json else format_row({"step": step, **metrics}))
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from pretrax.errors import ConfigError
+
+    if args.stop_at is not None and args.stop_at < 1:
+        raise ConfigError(f"--stop-at must be a positive step, got {args.stop_at}")
+    from pretrax.finetune.loop import finetune
+
+    result = finetune(args.run_dir, args.task, args.overrides, out=args.out, stop_at=args.stop_at)
+    if "eval" not in result:
+        print(f"stopped at step {result['final_step']} of {result['total_steps']}; run the same command without "
+              "--stop-at to resume")
+        return 0
+    e = result["eval"]
+    print(f"validation accuracy: {e['eval_accuracy']:.4f} ({int(e['eval_examples'])} examples) at step "
+          f"{result['final_step']}; task loss {e['eval_task_loss']:.4f}, LM loss {e['eval_lm_loss']:.4f}")
+    print(f"run dir: {result['out_dir']}")
     return 0
 
 

@@ -208,6 +208,17 @@ DEFAULT_RULES: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
+class EvalSection:
+    """Downstream tasks scored while training (pretrax.evaluation, docs/evaluation.md): GPT-1's zero-shot
+    probes (qa, acceptability, cloze) and lm-eval tasks (evals/: pretrax_mc, ...; or lm-eval's own)."""
+
+    tasks: tuple[str, ...] = ()  # empty: held-out loss only
+    every: int = 0  # steps between task evaluations; 0: with the held-out loss (train.eval_every, and the end)
+    limit: int = 0  # at most this many examples per task; 0: all
+    batch_size: int = 8  # sequences per scoring pass (rounded up to a multiple of the data-parallel devices)
+
+
+@dataclass(frozen=True)
 class MeshSection:
     data: int = -1  # -1: all devices left over by the other axes
     fsdp: int = 1
@@ -226,6 +237,7 @@ class Config:
     parametrization: ParametrizationSection = field(default_factory=ParametrizationSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     mesh: MeshSection = field(default_factory=MeshSection)
+    eval: EvalSection = field(default_factory=EvalSection)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -485,6 +497,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("run.dir is empty; give a local directory or gs://bucket/path")
     check_url(cfg.run.dir, "run.dir")  # s3://, hdfs://: refused here, never a local folder named "s3:"
     check_peak(cfg.train.peak)  # refused before a run dir is written
+    if cfg.eval.every < 0 or cfg.eval.limit < 0 or cfg.eval.batch_size < 1:
+        raise ConfigError(f"eval.every and eval.limit must be >= 0 (0: with train.eval_every; all examples) and "
+                          f"eval.batch_size >= 1, got {cfg.eval.every}, {cfg.eval.limit} and {cfg.eval.batch_size}")
     if cfg.train.batch_size % cfg.train.grad_accum:
         raise ConfigError(
             f"train.batch_size ({cfg.train.batch_size}) must be divisible by train.grad_accum ({cfg.train.grad_accum})"

@@ -15,7 +15,7 @@ import itertools
 import shlex
 import sys
 import types
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -238,10 +238,12 @@ def _jitted(graphdef, choice: Choice) -> types.SimpleNamespace:
         encoder_decoder_next=jax.jit(encoder_decoder_next))
 
 
-def load_run(run_dir: str, step: int | None = None):
-    """Config, setup and params of a run's newest checkpoint that restores (or of checkpoint `step`),
-    on a mesh over the local devices. A damaged newer checkpoint is named on stderr and passed over,
-    as a resume does (the run dir is only read: `pretrax train` is what sets damaged checkpoints aside)."""
+def load_run(run_dir: str, step: int | None = None, check: Callable[[config_lib.Config], Any] | None = None):
+    """(config, setup, tokenizer, params, step) of a run's newest checkpoint that restores (or of checkpoint
+    `step`), on a mesh over the local devices. A damaged newer checkpoint is named on stderr and passed over,
+    as a resume does (the run dir is only read: `pretrax train` is what sets damaged checkpoints aside).
+    check(config) runs before anything is restored: a caller's refusal (export's, of a model no
+    transformers family expresses) comes first."""
     from pretrax.plan import make_plan
 
     storage.check_reachable(run_dir, "run dir")
@@ -253,6 +255,8 @@ def load_run(run_dir: str, step: int | None = None):
     saved = _newest_readable_config(run_dir) if step is None else _config_of_step(run_dir, step)
     # the decoding path (KV cache) and the reference attention serve every device
     cfg = config_lib.from_dict(saved, ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1", "model.attention=xla"])
+    if check is not None:
+        check(cfg)
     plan = make_plan(cfg, training=False)
     setup, tokenizer = plan.setup, plan.tokenizer
     if step is not None:
@@ -260,7 +264,7 @@ def load_run(run_dir: str, step: int | None = None):
             return cfg, setup, tokenizer, ckpt.restore(reader, step, setup.abstract_state())[0]["params"], step
     step, state, _, skipped = ckpt.restore_latest_good(run_dir, cfg, setup.abstract_state(), announce=False)
     if skipped:
-        print(f"pretrax: {ckpt.describe_skipped(skipped)}; sampling from step {step}, the newest that restores",
+        print(f"pretrax: {ckpt.describe_skipped(skipped)}; using step {step}, the newest that restores",
               file=sys.stderr, flush=True)
     return cfg, setup, tokenizer, state["params"], step
 
@@ -270,8 +274,8 @@ def _config_of_step(run_dir: str, step: int) -> dict:
     with ckpt.open_manager(run_dir, config_lib.CheckpointSection(), read_only=True) as reader:
         steps = sorted(reader.all_steps())
         if step not in steps:
-            raise CheckpointError(f"run dir {run_dir!r} has no checkpoint at step {step}; its checkpoints are at "
-                                  f"steps {', '.join(map(str, steps))}")
+            raise CheckpointError(f"--step {step}: run dir {run_dir!r} has no checkpoint at step {step}; its "
+                                  f"checkpoints are at steps {', '.join(map(str, steps))}")
         return ckpt.read_config(reader, step)
 
 

@@ -6,8 +6,9 @@ when the run's data.tokenizer is a SentencePiece model, that model
 (tokenizer.model; spiece.model for T5) with a tokenizer_config.json. muP and
 depth multipliers are folded into the weights (fold.py), so the export is a
 plain model computing the same log-probabilities. A model no transformers
-family expresses is refused, naming the feature, before anything is read or
-written; so is an OUT_DIR that already holds a model.
+family expresses is refused, naming the feature, before any weight is read or
+anything written; so is an OUT_DIR that already holds a model. The checkpoint is
+loaded as generate and score load it (generate.load_run).
 """
 
 from __future__ import annotations
@@ -16,47 +17,11 @@ import json
 
 from pretrax import config as config_lib
 from pretrax import storage
-from pretrax.errors import CheckpointError, ConfigError
+from pretrax.errors import ConfigError
 from pretrax.interop import hf_families, params as params_lib
 from pretrax.interop.fold import fold
 
 MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
-
-
-def saved_steps(run_dir: str) -> list[int]:
-    """The complete checkpoint steps of a run, oldest first."""
-    from pretrax.train.checkpoint_verify import checkpoint_dir, list_steps
-
-    storage.check_reachable(run_dir, "run dir")
-    if not storage.isdir(run_dir):
-        raise ConfigError(f"run dir {run_dir!r} does not exist; give the run.dir of a training run")
-    directory = checkpoint_dir(run_dir)
-    return [r.step for r in list_steps(directory, verify=False) if r.complete] if storage.isdir(directory) else []
-
-
-def load_step(run_dir: str, step: int | None):
-    """(config, setup, tokenizer, params, step) of checkpoint `step` (None: the newest), restored on local devices."""
-    from pretrax.data.tokenizer import config_tokenizer
-    from pretrax.parallel.mesh import make_mesh
-    from pretrax.train import checkpoint as ckpt
-    from pretrax.train.state import make_setup, model_vocab_size
-
-    steps = saved_steps(run_dir)
-    if not steps:
-        raise CheckpointError(f"run dir {run_dir!r} holds no complete checkpoint; train it first")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise ConfigError(f"--step {step}: run dir {run_dir!r} has no checkpoint at that step; its steps are "
-                          f"{', '.join(map(str, steps))}")
-    saved = ckpt.saved_config(run_dir, step, config_lib.Config())
-    cfg = config_lib.from_dict(saved, ["mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1", "model.attention=xla"])
-    hf_families.family_of_model(cfg.model)  # refuse before restoring
-    tokenizer = config_tokenizer(cfg.data)
-    setup = make_setup(cfg, make_mesh(cfg.mesh), model_vocab_size(cfg, tokenizer.vocab_size))
-    with ckpt.open_manager(run_dir, cfg.checkpoint, read_only=True) as reader:
-        state, _ = ckpt.restore(reader, step, setup.abstract_state())
-    return cfg, setup, tokenizer, state["params"], step
 
 
 def hf_tensors(cfg: config_lib.Config, params) -> tuple[hf_families.Family, dict, dict]:
@@ -95,7 +60,9 @@ def export(run_dir: str, out_dir: str, step: int | None = None) -> str:
     from safetensors.numpy import save
 
     check_out_dir(out_dir)
-    cfg, setup, tokenizer, params, step = load_step(run_dir, step)
+    from pretrax.generate import load_run
+
+    cfg, _, tokenizer, params, step = load_run(run_dir, step, check=lambda c: hf_families.family_of_model(c.model))
     family, hf_config, tensors = hf_tensors(cfg, params)
     for key, name in (("pad_token_id", "pad_id"), ("eos_token_id", "eos_id"), ("bos_token_id", "bos_id")):
         hf_config[key] = int(getattr(tokenizer, name))

@@ -41,15 +41,16 @@ def run_point(point: Point) -> tuple[dict[str, Any] | None, int]:
     except PretraxError as e:
         row["status"] = f"failed: {e}"
         return row, 0
-    if result.get("preempted"):
-        return None, result["start_step"]
-    if "eval" not in result:  # finished before (a worker died between its last step and its row): the logged eval
+    if result.preempted:
+        return None, result.start_step
+    scores = {"eval_loss": result.eval_loss, "eval_bits_per_byte": result.eval_bits_per_byte}
+    if not result.evaluated:  # finished before (a worker died between its last step and its row): the logged eval
         final, _ = final_eval(point.cfg.run.dir, point.cfg.train.steps)
         if final is None:
-            return None, result["start_step"]
-        result["eval"] = {k: final[k] for k in ("eval_loss", "eval_bits_per_byte")}
-    row.update(result["eval"], status="ok")
-    return row, result["start_step"]
+            return None, result.start_step
+        scores = {k: final[k] for k in scores}
+    row.update(scores, status="ok")
+    return row, result.start_step
 
 
 def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> tuple[dict[str, dict[str, Any]], bool]:

@@ -1,37 +1,42 @@
-"""The train loop: batch -> step -> metrics -> checkpoint -> eval, with exact resume.
+"""train(): check the config, restore or initialise the run, then drive the steps with the standard hooks.
 
 Running train() again on a run dir that holds checkpoints continues from the
 newest complete one: parameters, optimizer state, step and the data
 iterator's position all come back, so the resumed run prints the same losses
-the uninterrupted run would have.
+the uninterrupted run would have. The steps are driven by trainer.py; metrics
+rows, evaluation, checkpoints, the NaN policy and preemption are hooks
+(hooks.py), built here in one list (standard_hooks).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 
 from pretrax import storage
 from pretrax.config import Config
-from pretrax.data.objectives import denoiser_names
-from pretrax.data.pipeline import check_splits, eval_batches, make_train_iterator
+from pretrax.data.pipeline import check_splits, make_train_iterator
 from pretrax.data.prefetch import Prefetcher
 from pretrax.data.tokenizer import config_tokenizer
 from pretrax.errors import ConfigError, DataError
 from pretrax.flops import attention_note, step_flops
 from pretrax.parallel.mesh import batch_parallelism, make_mesh
-from pretrax.perf import device_peak, flop_rates
+from pretrax.perf import device_peak
 from pretrax.train import checkpoint as ckpt
 from pretrax.train import run_lock, run_record
+from pretrax.train.evaluation import Evaluation, eval_config, make_evaluator
+from pretrax.train.hooks import Hook
 from pretrax.train.metrics import MetricsWriter
-from pretrax.train.nonfinite import MAX_ROLLBACKS, bad_steps, stop_error
-from pretrax.train.preemption import PreemptionWatcher
-from pretrax.train.state import init_state, make_setup, model_vocab_size, param_count
-from pretrax.train.step import batch_keys, make_eval_step, make_train_step, to_global
+from pretrax.train.metrics_log import MetricsLog
+from pretrax.train.nonfinite import NanPolicy
+from pretrax.train.preemption import Preemption, PreemptionWatcher
+from pretrax.train.saving import CheckpointSave
+from pretrax.train.state import TrainSetup, init_state, make_setup, model_vocab_size, param_count
+from pretrax.train.step import make_train_step, to_global
+from pretrax.train.trainer import Trainer
 
 
 def check_run_dir(run_dir: str) -> str:
@@ -63,15 +68,45 @@ def write_config(cfg: Config, run_dir: str) -> None:
     storage.write_text(storage.join(run_dir, "config.yaml"), cfg.to_yaml())
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What train() reports: where the run got to, its losses and its newest held-out evaluation."""
+
+    start_step: int  # the step this invocation resumed from (0: a fresh run)
+    final_step: int  # the last step trained (or restored, when the run had finished before)
+    losses: dict[int, float]  # the loss of every step this invocation logged (after a rollback, its new loss)
+    # the newest held-out evaluation of this invocation (eval_step: the step it scored; None: none was made)
+    eval_step: int | None
+    eval_loss: float | None
+    eval_bits_per_byte: float | None
+    skipped_steps: tuple[int, ...]  # train.nan_policy=skip: the steps whose update was dropped
+    rollbacks: int  # train.nan_policy=rollback: how often this invocation went back to a checkpoint
+    preempted: bool  # SIGTERM: the checkpoint of final_step is saved and the run is not finished
+    tokens: int  # tokens trained on through final_step (all invocations; decoder tokens for the encoder-decoder)
+    flops: float  # training FLOPs of those tokens (attention counted as train.mfu_attention says)
+    wall_s: float  # this invocation's time, start-up to return
+    params: Any = dataclasses.field(repr=False)  # the final parameters (sharded jax.Arrays)
+    setup: TrainSetup = dataclasses.field(repr=False)
+    tokenizer: Any = dataclasses.field(repr=False)
+
+    @property
+    def evaluated(self) -> bool:
+        return self.eval_loss is not None
+
+
 def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = None,
-          batch_hook: Callable[[int, dict], dict] | None = None, allow_data_change: bool = False) -> dict[str, Any]:
+          batch_hook: Callable[[int, dict], dict] | None = None, allow_data_change: bool = False,
+          hooks: Sequence[Hook] = ()) -> TrainResult:
     """Train (or resume) the run described by cfg; returns the final numbers.
 
     batch_hook(step, host_batch) -> host_batch runs on each batch before its step: the seam for
     fault injection (tests put a NaN into a batch there) and for batch surgery.
     allow_data_change: resume even though the data section, seed or batch size differ from the
     checkpoint's (refused otherwise, run_record.py); the change is recorded in the run's history.
+    hooks: more trainer hooks (hooks.py), run with the evaluation, before the metrics row is
+    written: what they return in `metrics` is in that step's row of metrics.jsonl and TensorBoard.
     """
+    started = time.perf_counter()
     run_dir = check_run_dir(cfg.run.dir)
     eval_config(cfg)  # refuses an eval objective the model kind cannot be scored on
     tokenizer = config_tokenizer(cfg.data)
@@ -91,13 +126,13 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
     check_batch(cfg, mesh)
     setup = make_setup(cfg, mesh, vocab_size)
     with run_lock.hold(run_dir, primary=jax.process_index() == 0):  # one trainer per run dir; a second is refused
-        return _train(cfg, run_dir, tokenizer, vocab_size, mesh, setup, stop_at, progress, batch_hook,
-                      allow_data_change)
+        return _train(cfg, run_dir, tokenizer, vocab_size, setup, stop_at, progress, batch_hook,
+                      allow_data_change, hooks, started)
 
 
-def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, mesh, setup, stop_at: int | None,
+def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, setup, stop_at: int | None,
            progress: bool | None, batch_hook: Callable[[int, dict], dict] | None,
-           allow_data_change: bool) -> dict[str, Any]:
+           allow_data_change: bool, extra_hooks: Sequence[Hook], started: float) -> TrainResult:
     """The rest of train(), run while this process holds the run dir's lock (run_lock.py)."""
     # Everything is checked, and the checkpoint read, before anything is written.
     data = make_train_iterator(cfg, process_index=jax.process_index(), process_count=jax.process_count())
@@ -131,79 +166,65 @@ def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, mesh, setup, s
 
     train_step = make_train_step(setup)
     evaluate = make_evaluator(cfg, setup, tokenizer)
-    result: dict[str, Any] = {"start_step": start, "losses": {}, "skipped_steps": [], "rollbacks": 0}
-    last_time, last_step = time.perf_counter(), start
-    pending: list[tuple[int, Any]] = []  # metrics stay on device until a log step (no sync every step)
-    policy = cfg.train.nan_policy
-    step = start
+
+    def batch(step: int) -> dict:
+        host = next(data) if batch_hook is None else batch_hook(step, next(data))
+        return to_global(setup, host)
+
     try:
-        with PreemptionWatcher(sync_every=cfg.train.log_every) as preemption:  # SIGTERM: save, then stop
-            while step < end:
-                step += 1
-                batch = next(data) if batch_hook is None else batch_hook(step, next(data))
-                state, metrics = train_step(state, to_global(setup, batch))
-                pending.append((step, metrics))
-                out.advance()
-                eval_due = step == total or (cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0)
-                log_due = step % cfg.train.log_every == 0 or step == end or eval_due
-                save_due = step % cfg.checkpoint.every == 0 or step == end
-                preempted = preemption.requested(step)
-                bad = bad_steps(pending) if log_due or save_due or preempted else []
-                if bad:  # train.nan_policy (nonfinite.py); the weights never took the bad update
-                    if policy == "stop" or (policy == "rollback" and result["rollbacks"] >= MAX_ROLLBACKS):
-                        why = f", {MAX_ROLLBACKS} rollbacks already" if policy == "rollback" else ""
-                        ckpt.wait(manager)
-                        raise stop_error(policy, bad, manager.latest_step(), why)
-                    if policy == "rollback":
-                        ckpt.wait(manager)
-                        back = manager.latest_step()
-                        if back is None:
-                            raise stop_error(policy, bad, None, ", nothing to roll back to")
-                        state, _ = ckpt.restore(manager, back, setup.abstract_state())  # the data stream goes on
-                        out.print(f"step {bad[0]}: non-finite loss or gradients; rolled back to step {back} and "
-                                  f"skipped batches {back + 1}..{step}")
-                        result["rollbacks"] += 1
-                        pending, step, last_step, last_time = [], back, back, time.perf_counter()
-                        continue
-                    result["skipped_steps"] += bad
-                if log_due:
-                    fetched = jax.device_get([m for _, m in pending])
-                    now = time.perf_counter()
-                    for (s, _), m in zip(pending, fetched):
-                        result["losses"][s] = float(m["loss"])
-                    row = {k: float(fetched[-1][k]) for k in ("loss", "lr", "grad_norm", "z_loss") if k in fetched[-1]}
-                    row.update(denoiser_losses(cfg, fetched[-1]))
-                    if result["skipped_steps"]:
-                        row["skipped_steps"] = len(result["skipped_steps"])
-                    row["tokens_per_s"] = tokens_per_step * (step - last_step) / max(now - last_time, 1e-9)
-                    row.update(flop_rates(row["tokens_per_s"] * fpt, jax.device_count(), peak, cfg.train.mfu_attention))
-                    if eval_due:
-                        result["eval"] = evaluate(state["params"])
-                        row.update(result["eval"])
-                    out.write(step, row)
-                    if eval_due:
-                        out.print(f"eval at step {step}: loss {row['eval_loss']:.4f} nats/token, "
-                                  f"{row['eval_bits_per_byte']:.4f} bits per byte")
-                    pending, last_step = [], step
-                    last_time = time.perf_counter()  # eval time is not training time
-                if save_due or preempted:
-                    ckpt.save(manager, step, state, ckpt.gather_data_state(data), cfg)
-                    out.flush()  # the metrics rows up to this checkpoint are stored with it
-                    out.print(f"checkpoint step {step}: saving to {manager.directory} (in the background)")
-                if preempted:
-                    out.print(f"preempted (SIGTERM) after step {step}: checkpoint saved; run the same command to resume")
-                    result["preempted"] = True
-                    break
+        with PreemptionWatcher(sync_every=cfg.train.log_every) as watcher:  # SIGTERM: save, then stop
+            hooks = standard_hooks(cfg, out, manager, data, setup, evaluate, watcher, extra_hooks, end=end,
+                                   tokens_per_step=tokens_per_step, flops_per_token=fpt, peak=peak)
+            trainer = Trainer(train_step, batch, hooks.all, say=out.print, advance=out.advance)
+            state, step = trainer.run(state, start, end)
         ckpt.wait(manager, cfg.checkpoint.keep)
     finally:
         data.close()  # the prefetch thread and any document worker processes
         manager.close()
         out.close()
-    end = step
-    if end == total and "eval" not in result:  # resumed a finished run: nothing trained, still report
-        result["eval"] = evaluate(state["params"])
-    result.update(final_step=end, params=state["params"], setup=setup, tokenizer=tokenizer)
-    return result
+    latest = hooks.evaluation.latest
+    if step == total and latest is None:  # resumed a finished run: nothing trained, still report
+        latest = (step, evaluate(state["params"]))
+    scores = latest[1] if latest else {}
+    return TrainResult(
+        start_step=start, final_step=step, losses=hooks.log.losses,
+        eval_step=latest[0] if latest else None, eval_loss=scores.get("eval_loss"),
+        eval_bits_per_byte=scores.get("eval_bits_per_byte"), skipped_steps=tuple(hooks.nan.skipped),
+        rollbacks=hooks.nan.rollbacks, preempted=hooks.preemption.stopped_at is not None, tokens=step * tokens_per_step,
+        flops=step * tokens_per_step * fpt, wall_s=time.perf_counter() - started,
+        params=state["params"], setup=setup, tokenizer=tokenizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class StandardHooks:
+    """train()'s hooks, by name (for its result) and in the order they run (hooks.py says why)."""
+
+    nan: NanPolicy
+    evaluation: Evaluation
+    metric_hooks: tuple[Hook, ...]  # the evaluation, then train(hooks=...): their scores go into the row
+    log: MetricsLog
+    checkpoint: CheckpointSave
+    preemption: Preemption
+
+    @property
+    def all(self) -> list[Hook]:
+        return [self.nan, *self.metric_hooks, self.log, self.checkpoint, self.preemption]
+
+
+def standard_hooks(cfg: Config, out: MetricsWriter, manager, data, setup, evaluate, watcher: PreemptionWatcher,
+                   extra: Sequence[Hook] = (), *, end: int, tokens_per_step: int, flops_per_token: float,
+                   peak) -> StandardHooks:
+    """The NaN policy, the evaluation and `extra` (metric hooks), the metrics row, checkpoints, preemption."""
+    evaluation = Evaluation(evaluate, cfg.train.eval_every, cfg.train.steps)
+    metric_hooks = (evaluation, *extra)
+    log = MetricsLog(cfg, out, every=cfg.train.log_every, end=end, tokens_per_step=tokens_per_step,
+                     flops_per_token=flops_per_token, devices=jax.device_count(), peak=peak,
+                     due_with=metric_hooks)
+    preemption = Preemption(watcher)
+    checkpoint = CheckpointSave(manager, data, cfg, out, end=end, due_with=(preemption,))
+    nan = NanPolicy(cfg.train.nan_policy, manager, setup.abstract_state,
+                    due_with=(*metric_hooks, log, checkpoint, preemption))
+    return StandardHooks(nan, evaluation, metric_hooks, log, checkpoint, preemption)
 
 
 def resume_data(data, data_state: dict, data_change: dict) -> str | None:
@@ -228,59 +249,11 @@ def resume_data(data, data_state: dict, data_change: dict) -> str | None:
         return "restarted"
 
 
-def denoiser_losses(cfg: Config, metrics: dict) -> dict[str, float]:
-    """loss_R, loss_S, loss_X, ...: the step's mean loss per denoiser name (repeated names pooled)."""
-    if "denoiser_loss" not in metrics:
-        return {}
-    sums: dict[str, list[float]] = {}
-    for name, loss, tokens in zip(denoiser_names(cfg.data), metrics["denoiser_loss"], metrics["denoiser_tokens"]):
-        total = sums.setdefault(name, [0.0, 0.0])
-        total[0] += float(loss)
-        total[1] += float(tokens)
-    return {f"loss_{name}": loss / tokens for name, (loss, tokens) in sums.items() if tokens > 0}
-
-
 def row_tokens(cfg: Config) -> int:
     """Tokens a batch row trains on: seq_len, or for the encoder-decoder its decoder row (targets_len)."""
     if cfg.model.kind == "encoder_decoder":
         return cfg.data.targets_len or cfg.data.seq_len
     return cfg.data.seq_len
-
-
-def eval_config(cfg: Config) -> Config:
-    """The config the held-out batches are built with (train.eval_objective)."""
-    if cfg.train.eval_objective == "same":
-        return cfg
-    if cfg.model.kind == "encoder_decoder":
-        raise ConfigError("train.eval_objective=causal_lm needs a decoder-only model; the encoder-decoder is "
-                          "scored on its own objective (train.eval_objective: same)")
-    # e.g. a UL2 decoder scored as a plain next-token LM
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, objective="causal_lm", denoisers=()))
-
-
-def make_evaluator(cfg: Config, setup, tokenizer):
-    """Held-out loss and bits per byte over a fixed set of batches."""
-    eval_cfg = eval_config(cfg)
-    keys = batch_keys(eval_cfg, with_denoiser=False)
-    eval_step = make_eval_step(setup, jax.numpy.asarray(tokenizer.token_bytes, dtype=jax.numpy.float32), keys)
-    batches = None
-
-    def evaluate(params) -> dict[str, float]:
-        nonlocal batches
-        if batches is None:
-            host = eval_batches(eval_cfg, cfg.train.eval_batches, cfg.train.batch_size,
-                                process_index=jax.process_index(), process_count=jax.process_count())
-            batches = [to_global(setup, b, keys) for b in host]
-        sums = jax.device_get([eval_step(params, b) for b in batches])
-        loss = sum(float(s["loss_sum"]) for s in sums)
-        tokens = sum(float(s["tokens"]) for s in sums)
-        nbytes = sum(float(s["bytes"]) for s in sums)
-        return {
-            "eval_loss": loss / max(tokens, 1.0),
-            "eval_bits_per_byte": loss / math.log(2) / max(nbytes, 1.0),
-        }
-
-    return evaluate
 
 
 def startup_summary(cfg: Config, setup, n_params: int, tokens_per_step: int, fpt: float, start: int) -> str:

@@ -1,7 +1,7 @@
 """Preemption: SIGTERM (how TPU VMs and SLURM announce the end) -> save at the current step and exit.
 
-The handler only sets a flag; the train loop asks ``requested(step)`` after
-each step. With several processes every one of them must stop at the SAME
+The handler only sets a flag; the Preemption hook asks ``requested(step)``
+after each step (the loop asks every hook's schedule once per step). With several processes every one of them must stop at the SAME
 step (the save is collective), so the flags are all-gathered every
 ``sync_every`` steps and all processes stop when any one was signalled. A
 second SIGTERM while saving is ignored: the save finishes first.
@@ -14,6 +14,8 @@ import threading
 
 import jax
 import numpy as np
+
+from pretrax.train.hooks import HookResult, StepContext
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the run did not finish; a restart loop resumes it
 
@@ -49,3 +51,21 @@ class PreemptionWatcher:
 
         flags = multihost_utils.process_allgather(np.asarray([self._flag], np.int32))
         return bool(np.any(flags))
+
+
+class Preemption:
+    """The hook: due when a SIGTERM arrived (on any process); CheckpointSave, due with it, saves first."""
+
+    due_with = ()
+
+    def __init__(self, watcher: PreemptionWatcher):
+        self.watcher = watcher
+        self.stopped_at: int | None = None
+
+    def due(self, step: int) -> bool:
+        return self.watcher.requested(step)  # with several processes, a collective: asked once per step by all
+
+    def run(self, ctx: StepContext) -> HookResult:
+        self.stopped_at = ctx.step
+        return HookResult(stop=True, note=f"preempted (SIGTERM) after step {ctx.step}: checkpoint saved; "
+                                          "run the same command to resume")
