@@ -46,7 +46,7 @@ def evaluate_run(run_dir: str, tasks: list[str], *, limit: int | None = None, st
     """(step, metrics) of one checkpoint of a run dir (the newest by default)."""
     from pretrax.generate import load_run
 
-    _check_names(tasks, include_paths)
+    check_task_names(tasks, include_paths)
     _, setup, tokenizer, params, step = load_run(run_dir, step)
     return step, evaluate_tasks(setup, params, tokenizer, tasks, limit, include_paths=include_paths,
                                 batch_size=batch_size)
@@ -59,7 +59,7 @@ def evaluate_steps(run_dir: str, tasks: list[str], *, limit: int | None = None, 
     from pretrax.generate import load_run
     from pretrax.train import checkpoint as ckpt
 
-    _check_names(tasks, include_paths)
+    check_task_names(tasks, include_paths)
     storage.check_reachable(run_dir, "run dir")
     if not storage.isdir(run_dir):
         what = "is a file, not a run dir" if storage.isfile(run_dir) else "does not exist"
@@ -85,7 +85,7 @@ def evaluate_steps(run_dir: str, tasks: list[str], *, limit: int | None = None, 
     return rows, paths
 
 
-def _check_names(tasks: list[str], include_paths: list[str]) -> None:
+def check_task_names(tasks: list[str], include_paths: list[str]) -> None:
     """Refuse bad task names and files before a checkpoint is read (lm-eval ones checked by resolve)."""
     lm_tasks = [t for t in tasks if t not in probes.PROBES]
     if not tasks:

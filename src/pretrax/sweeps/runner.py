@@ -43,12 +43,14 @@ def run_point(point: Point) -> tuple[dict[str, Any] | None, int]:
         return row, 0
     if result.preempted:
         return None, result.start_step
-    scores = {"eval_loss": result.eval_loss, "eval_bits_per_byte": result.eval_bits_per_byte}
-    if not result.evaluated:  # finished before (a worker died between its last step and its row): the logged eval
+    scores = {"eval_loss": result.eval_loss, "eval_bits_per_byte": result.eval_bits_per_byte,
+              **result.task_scores}  # eval.tasks: downstream scores, one column each
+    if not result.evaluated or (point.cfg.eval.tasks and not result.task_scores):
+        # finished before (a worker died between its last step and its row): the scores its last row logged
         final, _ = final_eval(point.cfg.run.dir, point.cfg.train.steps)
         if final is None:
             return None, result.start_step
-        scores = {k: final[k] for k in scores}
+        scores = final_scores(final)
     row.update(scores, status="ok")
     return row, result.start_step
 
@@ -107,12 +109,19 @@ def collect(sweep: Sweep) -> dict[str, dict[str, Any]]:
                                **point_counts(point.cfg)}
         final, newest = final_eval(point.cfg.run.dir, point.cfg.train.steps)
         if final is not None:
-            row.update(eval_loss=final["eval_loss"], eval_bits_per_byte=final["eval_bits_per_byte"], status="ok")
+            row.update(final_scores(final), status="ok")
         else:
             row["status"] = "not started" if newest is None else f"incomplete (step {newest} of {point.cfg.train.steps})"
         rows[point.name] = row
     write_rows(path, sweep, rows)
     return rows
+
+
+def final_scores(final: dict[str, Any]) -> dict[str, Any]:
+    """The results columns of a point's last metrics row: held-out loss and bits per byte, and the downstream
+    scores of eval.tasks (probe/... and eval/... keys)."""
+    return {k: v for k, v in final.items()
+            if k in ("eval_loss", "eval_bits_per_byte") or k.startswith(("probe/", "eval/"))}
 
 
 def final_eval(run_dir: str, steps: int) -> tuple[dict[str, Any] | None, int | None]:

@@ -11,6 +11,7 @@ import jax
 from pretrax.config import Config
 from pretrax.data.pipeline import eval_batches
 from pretrax.errors import ConfigError
+from pretrax.models.family import family_of
 from pretrax.train.hooks import HookResult, StepContext
 from pretrax.train.step import batch_keys, make_eval_step, to_global
 
@@ -19,7 +20,7 @@ def eval_config(cfg: Config) -> Config:
     """The config the held-out batches are built with (train.eval_objective)."""
     if cfg.train.eval_objective == "same":
         return cfg
-    if cfg.model.kind == "encoder_decoder":
+    if family_of(cfg.model).has_encoder:
         raise ConfigError("train.eval_objective=causal_lm needs a decoder-only model; the encoder-decoder is "
                           "scored on its own objective (train.eval_objective: same)")
     # e.g. a UL2 decoder scored as a plain next-token LM

@@ -22,9 +22,8 @@ from pretrax.data.pipeline import check_splits, make_train_iterator
 from pretrax.data.prefetch import Prefetcher
 from pretrax.data.tokenizer import config_tokenizer
 from pretrax.errors import ConfigError, DataError
-from pretrax.flops import attention_note, step_flops
-from pretrax.parallel.mesh import batch_parallelism, make_mesh
 from pretrax.perf import device_peak
+from pretrax.plan import RunPlan, make_plan
 from pretrax.train import checkpoint as ckpt
 from pretrax.train import run_lock, run_record
 from pretrax.train.evaluation import Evaluation, eval_config, make_evaluator
@@ -34,8 +33,9 @@ from pretrax.train.metrics_log import MetricsLog
 from pretrax.train.nonfinite import NanPolicy
 from pretrax.train.preemption import Preemption, PreemptionWatcher
 from pretrax.train.saving import CheckpointSave
-from pretrax.train.state import TrainSetup, init_state, make_setup, model_vocab_size, param_count
+from pretrax.train.state import TrainSetup, init_state
 from pretrax.train.step import make_train_step, to_global
+from pretrax.train.task_evaluation import TaskEvaluation, task_evaluation
 from pretrax.train.trainer import Trainer
 
 
@@ -45,20 +45,6 @@ def check_run_dir(run_dir: str) -> str:
     if storage.isfile(run_dir):
         raise ConfigError(f"run.dir {run_dir!r} is a file; give a directory (new or holding an earlier run)")
     return run_dir
-
-
-def check_batch(cfg: Config, mesh) -> None:
-    ways = batch_parallelism(mesh, dict(cfg.mesh.rules))
-    micro = cfg.train.batch_size // cfg.train.grad_accum
-    if micro % ways:
-        raise ConfigError(
-            f"train.batch_size / train.grad_accum = {micro} sequences per micro-batch is not divisible by the "
-            f"data-parallel size {ways} (mesh.data * mesh.fsdp, times mesh.dcn_data slices); use a multiple of {ways}"
-        )
-    if cfg.train.batch_size % jax.process_count():
-        raise ConfigError(
-            f"train.batch_size ({cfg.train.batch_size}) must be divisible by the number of hosts ({jax.process_count()})"
-        )
 
 
 def write_config(cfg: Config, run_dir: str) -> None:
@@ -85,6 +71,7 @@ class TrainResult:
     tokens: int  # tokens trained on through final_step (all invocations; decoder tokens for the encoder-decoder)
     flops: float  # training FLOPs of those tokens (attention counted as train.mfu_attention says)
     wall_s: float  # this invocation's time, start-up to return
+    task_scores: dict[str, float]  # eval.tasks: the newest downstream scores of this invocation ({}: none)
     params: Any = dataclasses.field(repr=False)  # the final parameters (sharded jax.Arrays)
     setup: TrainSetup = dataclasses.field(repr=False)
     tokenizer: Any = dataclasses.field(repr=False)
@@ -113,27 +100,19 @@ def train(cfg: Config, *, stop_at: int | None = None, progress: bool | None = No
     if getattr(tokenizer, "ids_only", False):  # an import without a usable tokenizer (pretrax import)
         raise ConfigError("data.tokenizer is none (token ids only), so training cannot read text; set "
                           "data.tokenizer to 'bytes' or a SentencePiece .model whose ids fit model.vocab_size")
-    vocab_size = model_vocab_size(cfg, tokenizer.vocab_size)
-    if vocab_size < tokenizer.vocab_size:
-        ordinary = tokenizer.vocab_size - tokenizer.num_sentinels
-        raise ConfigError(
-            f"model.vocab_size ({vocab_size}) is smaller than the tokenizer's {tokenizer.vocab_size} ids ({ordinary} "
-            f"ordinary + data.num_sentinels={tokenizer.num_sentinels} sentinels); use 0 (automatic) or a larger "
-            "value, or fewer data.num_sentinels"
-        )
     check_splits(cfg)  # no training or held-out documents: refused now, not at the first eval after training
-    mesh = make_mesh(cfg.mesh)
-    check_batch(cfg, mesh)
-    setup = make_setup(cfg, mesh, vocab_size)
+    plan = make_plan(cfg, tokenizer=tokenizer)  # sizes, vocabulary and batch checks, mesh, state layout, FLOPs
+    tasks = task_evaluation(cfg, plan.setup, tokenizer)  # eval.tasks; unknown names refused before any write
     with run_lock.hold(run_dir, primary=jax.process_index() == 0):  # one trainer per run dir; a second is refused
-        return _train(cfg, run_dir, tokenizer, vocab_size, setup, stop_at, progress, batch_hook,
-                      allow_data_change, hooks, started)
+        return _train(cfg, run_dir, plan, stop_at, progress, batch_hook, allow_data_change, tasks, hooks, started)
 
 
-def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, setup, stop_at: int | None,
+def _train(cfg: Config, run_dir: str, plan: RunPlan, stop_at: int | None,
            progress: bool | None, batch_hook: Callable[[int, dict], dict] | None,
-           allow_data_change: bool, extra_hooks: Sequence[Hook], started: float) -> TrainResult:
+           allow_data_change: bool, tasks: TaskEvaluation | None, extra_hooks: Sequence[Hook],
+           started: float) -> TrainResult:
     """The rest of train(), run while this process holds the run dir's lock (run_lock.py)."""
+    setup, tokenizer = plan.setup, plan.tokenizer
     # Everything is checked, and the checkpoint read, before anything is written.
     data = make_train_iterator(cfg, process_index=jax.process_index(), process_count=jax.process_count())
     if cfg.data.prefetch:
@@ -158,11 +137,10 @@ def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, setup, stop_at
     total = cfg.train.steps
     end = min(total, stop_at) if stop_at else total
     out = MetricsWriter(run_dir, total, start, progress=progress)
-    n_params = param_count(setup.abstract_params)
-    tokens_per_step = cfg.train.batch_size * row_tokens(cfg)
-    fpt = step_flops(cfg, vocab_size, setup.abstract_params).per_token  # attention as train.mfu_attention says
+    tokens_per_step = plan.sizes.tokens_per_step
+    fpt = plan.flops.per_token  # attention as train.mfu_attention says
     peak = device_peak(cfg.train.peak)  # per-device TFLOP/s for MFU; unknown (no mfu) is said once at start-up
-    out.print(startup_summary(cfg, setup, n_params, tokens_per_step, fpt, start))
+    out.print(startup_summary(plan, peak, start))
 
     train_step = make_train_step(setup)
     evaluate = make_evaluator(cfg, setup, tokenizer)
@@ -173,7 +151,7 @@ def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, setup, stop_at
 
     try:
         with PreemptionWatcher(sync_every=cfg.train.log_every) as watcher:  # SIGTERM: save, then stop
-            hooks = standard_hooks(cfg, out, manager, data, setup, evaluate, watcher, extra_hooks, end=end,
+            hooks = standard_hooks(cfg, out, manager, data, setup, evaluate, watcher, tasks, extra_hooks, end=end,
                                    tokens_per_step=tokens_per_step, flops_per_token=fpt, peak=peak)
             trainer = Trainer(train_step, batch, hooks.all, say=out.print, advance=out.advance)
             state, step = trainer.run(state, start, end)
@@ -186,12 +164,14 @@ def _train(cfg: Config, run_dir: str, tokenizer, vocab_size: int, setup, stop_at
     if step == total and latest is None:  # resumed a finished run: nothing trained, still report
         latest = (step, evaluate(state["params"]))
     scores = latest[1] if latest else {}
+    task_latest = tasks.latest if tasks is not None else None
     return TrainResult(
         start_step=start, final_step=step, losses=hooks.log.losses,
         eval_step=latest[0] if latest else None, eval_loss=scores.get("eval_loss"),
         eval_bits_per_byte=scores.get("eval_bits_per_byte"), skipped_steps=tuple(hooks.nan.skipped),
         rollbacks=hooks.nan.rollbacks, preempted=hooks.preemption.stopped_at is not None, tokens=step * tokens_per_step,
         flops=step * tokens_per_step * fpt, wall_s=time.perf_counter() - started,
+        task_scores=dict(task_latest[1]) if task_latest else {},
         params=state["params"], setup=setup, tokenizer=tokenizer)
 
 
@@ -201,7 +181,7 @@ class StandardHooks:
 
     nan: NanPolicy
     evaluation: Evaluation
-    metric_hooks: tuple[Hook, ...]  # the evaluation, then train(hooks=...): their scores go into the row
+    metric_hooks: tuple[Hook, ...]  # the evaluations, then train(hooks=...): their scores go into the row
     log: MetricsLog
     checkpoint: CheckpointSave
     preemption: Preemption
@@ -212,11 +192,12 @@ class StandardHooks:
 
 
 def standard_hooks(cfg: Config, out: MetricsWriter, manager, data, setup, evaluate, watcher: PreemptionWatcher,
-                   extra: Sequence[Hook] = (), *, end: int, tokens_per_step: int, flops_per_token: float,
-                   peak) -> StandardHooks:
-    """The NaN policy, the evaluation and `extra` (metric hooks), the metrics row, checkpoints, preemption."""
+                   tasks: TaskEvaluation | None = None, extra: Sequence[Hook] = (), *, end: int,
+                   tokens_per_step: int, flops_per_token: float, peak) -> StandardHooks:
+    """The NaN policy; the held-out evaluation, the downstream tasks and `extra` (metric hooks); the metrics
+    row, checkpoints, preemption."""
     evaluation = Evaluation(evaluate, cfg.train.eval_every, cfg.train.steps)
-    metric_hooks = (evaluation, *extra)
+    metric_hooks = (evaluation, *((tasks,) if tasks is not None else ()), *extra)
     log = MetricsLog(cfg, out, every=cfg.train.log_every, end=end, tokens_per_step=tokens_per_step,
                      flops_per_token=flops_per_token, devices=jax.device_count(), peak=peak,
                      due_with=metric_hooks)
@@ -249,29 +230,14 @@ def resume_data(data, data_state: dict, data_change: dict) -> str | None:
         return "restarted"
 
 
-def row_tokens(cfg: Config) -> int:
-    """Tokens a batch row trains on: seq_len, or for the encoder-decoder its decoder row (targets_len)."""
-    if cfg.model.kind == "encoder_decoder":
-        return cfg.data.targets_len or cfg.data.seq_len
-    return cfg.data.seq_len
-
-
-def startup_summary(cfg: Config, setup, n_params: int, tokens_per_step: int, fpt: float, start: int) -> str:
-    mesh = setup.mesh
-    ways = batch_parallelism(mesh, dict(cfg.mesh.rules))
-    per_device = cfg.train.batch_size / cfg.train.grad_accum / ways
-    decayed = setup.param_groups.size(decayed=True)
-    lines = [
-        f"run dir: {storage.absolute(cfg.run.dir)}" + (f" (resuming from step {start})" if start else ""),
-        f"parameters: {n_params:,} ({decayed:,} with weight decay)",
-        setup.param_groups.summary(),
-        f"mesh: {dict(mesh.shape)} on {mesh.devices.size} {jax.devices()[0].platform} device(s), "
-        f"{jax.process_count()} process(es)",
-        f"tokens per step: {tokens_per_step:,} ({cfg.train.batch_size} x {row_tokens(cfg)}"
-        + (f" decoder tokens, {cfg.data.inputs_len or cfg.data.seq_len} encoder tokens per row"
-           if cfg.model.kind == "encoder_decoder" else "") + "); "
-        f"{per_device:g} sequences per device per micro-batch",
-        f"FLOPs per token: {fpt:.3g} ({attention_note(cfg.train.mfu_attention)}; train.mfu_attention="
-        f"{cfg.train.mfu_attention}); {device_peak(cfg.train.peak).describe()}",
-    ]
-    return "\n".join(lines)
+def startup_summary(plan: RunPlan, peak, start: int) -> str:
+    """The run dir, the parameter-group table, then the plan (mesh, tokens per step, FLOPs) with the MFU peak."""
+    groups = plan.setup.param_groups
+    *lines, flops_line = plan.lines()
+    return "\n".join([
+        f"run dir: {storage.absolute(plan.cfg.run.dir)}" + (f" (resuming from step {start})" if start else ""),
+        f"parameters: {plan.params:,} ({groups.size(decayed=True):,} with weight decay)",
+        groups.summary(),
+        *lines,
+        f"{flops_line}; {peak.describe()}",
+    ])
