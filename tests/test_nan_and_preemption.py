@@ -79,6 +79,16 @@ def test_nan_policy_skip_drops_the_update_counts_it_and_goes_on(tiny_cfg):
 
 
 @pytest.mark.slow
+def test_a_skipped_step_seen_at_a_checkpoint_and_again_at_the_next_row_counts_once(tiny_cfg):
+    # rows every 2 steps, a checkpoint at 3: step 3's window is looked at by the checkpoint and by row 4
+    cfg = tiny_cfg("train.nan_policy=skip", "train.log_every=2", "checkpoint.every=3")
+    result = train(cfg, batch_hook=nan_at(3), progress=False)
+    assert result.skipped_steps == (3,) and result.final_step == 6
+    rows = [json.loads(line) for line in open(os.path.join(cfg.run.dir, "metrics.jsonl"))]
+    assert [(r["step"], r.get("skipped_steps", 0)) for r in rows] == [(2, 0), (4, 1), (6, 1)]
+
+
+@pytest.mark.slow
 def test_nan_policy_rollback_reloads_the_checkpoint_and_skips_the_batches(tiny_cfg, tmp_path):
     drawn = {}  # the stream's first 8 batches (they depend on the seed, not on train.steps)
 

@@ -29,8 +29,8 @@ class NanPolicy:
     """The hook. No schedule of its own: due whenever a hook it guards (due_with, all the others) is.
 
     It looks at every step since the last metrics row, so a bad step before a checkpoint
-    that no row logged yet is seen at that checkpoint, and counted again at the next row
-    (skipped_steps counts it twice then, as the loop always did).
+    that no row logged yet is seen at that checkpoint and again at the next row; each
+    skipped step is counted once.
     """
 
     def __init__(self, policy: str, manager, abstract_state: Callable[[], Any], due_with: Sequence[Hook] = ()):
@@ -58,7 +58,7 @@ class NanPolicy:
             return HookResult(rollback=Rollback(state, back),
                               note=f"step {bad[0]}: non-finite loss or gradients; rolled back to step {back} and "
                                    f"skipped batches {back + 1}..{ctx.step}")
-        self.skipped += bad  # skip: the weights never took those updates
+        self.skipped += [s for s in bad if s not in self.skipped]  # skip: the weights never took those updates
         return HookResult(metrics={"skipped_steps": len(self.skipped)} if self.skipped else {})
 
 
