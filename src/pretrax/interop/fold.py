@@ -24,6 +24,7 @@ import numpy as np
 
 from pretrax.config import Config, ParametrizationSection
 from pretrax.errors import ConfigError
+from pretrax.models.family import family_of
 from pretrax.models.parametrization import resolve
 
 
@@ -58,7 +59,7 @@ def fold(flat: dict[str, np.ndarray], cfg: Config, *, inverse: bool = False) -> 
 def _readout_norm(cfg: Config) -> str:
     """The norm whose output only the (tied) output layer reads."""
     m = cfg.model
-    if m.kind == "encoder_decoder":
+    if family_of(m).has_encoder:  # the decoder stack's own final norm
         return "decoder.final_norm"
     if m.final_norm:
         return "final_norm"

@@ -26,6 +26,7 @@ import numpy as np
 
 from pretrax.config import ModelSection
 from pretrax.errors import ConfigError
+from pretrax.models.family import family_of as pretrax_family_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,7 +324,7 @@ def supported() -> str:
 
 def family_of_model(m: ModelSection) -> Family:
     """The family a pretrax model exports to (ConfigError naming the feature none can express)."""
-    if m.kind == "encoder_decoder":
+    if pretrax_family_of(m).has_encoder:
         family = FAMILIES[2]
     elif m.positions == "learned":
         family = FAMILIES[0]
