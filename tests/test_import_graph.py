@@ -99,3 +99,36 @@ def test_no_pretrax_module_imports_torch_or_transformers():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             found += [f"{module}: {n}" for n in names if n.split(".")[0] in heavy]
     assert not found, found
+
+
+# The data flow, bottom up: a module may import its own layer and the layers before it, never a later one.
+LAYERS = [
+    ("pretrax.errors", "pretrax.config", "pretrax.storage", "pretrax.sizes"),
+    ("pretrax.parallel", "pretrax.models", "pretrax.data"),  # the model family tells the data what rows to pack
+    ("pretrax.flops", "pretrax.perf", "pretrax.roofline", "pretrax.train.state", "pretrax.train.optimizer",
+     "pretrax.train.step", "pretrax.plan"),
+]
+LATER = ("pretrax.train", "pretrax.generate", "pretrax.score", "pretrax.evaluation", "pretrax.finetune",
+         "pretrax.sweeps", "pretrax.interop", "pretrax.cli", "pretrax.bench", "pretrax.compile")
+
+
+def _layer(module: str) -> int | None:
+    for i, names in enumerate(LAYERS):
+        if any(module == n or module.startswith(n + ".") for n in names):
+            return i
+    return None
+
+
+def test_no_import_runs_back_up_the_data_flow():
+    """config/sizes <- models, data, parallel <- flops, the state, the step, the plan <- everything that runs."""
+    back = []
+    for module, targets in import_graph().items():
+        mine = _layer(module)
+        if mine is None:
+            continue
+        for t in targets:
+            theirs = _layer(t)
+            later = theirs is None and t.startswith(LATER) or (theirs is not None and theirs > mine)
+            if later and not (mine == 2 and t.startswith("pretrax.train.") and theirs == 2):
+                back.append(f"{module} -> {t}")
+    assert not back, back

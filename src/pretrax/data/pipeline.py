@@ -48,6 +48,7 @@ from pretrax.data.tokenizer import config_tokenizer
 from pretrax.data.workers import ParallelDocuments, Strided
 from pretrax.errors import ConfigError, DataError
 from pretrax.models.family import family_of
+from pretrax.sizes import model_vocab_size
 
 STATE_VERSION = 1
 
@@ -126,8 +127,6 @@ def objective_for(cfg: Config, tokenizer):
     """The run's objective function, in the layout its model kind reads; its sentinels must fit the model's vocabulary."""
     objective = make_objective(cfg.data, tokenizer, encoder_decoder=is_encoder_decoder(cfg))
     if any(d.kind == "span" for d in getattr(objective, "denoisers", ())):
-        from pretrax.train.state import model_vocab_size
-
         check_sentinels_fit(cfg.data, tokenizer, model_vocab_size(cfg, tokenizer.vocab_size))
     return objective
 
