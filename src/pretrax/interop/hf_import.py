@@ -35,6 +35,7 @@ from pretrax import storage
 from pretrax.errors import CheckpointError, ConfigError
 from pretrax.interop import hf_families, params as params_lib
 from pretrax.interop.fold import fold
+from pretrax.models.family import FAMILIES
 
 # Tensors transformers writes that hold nothing pretrax needs: tied copies of the shared embedding, T5's
 # unused cross-attention bias, rotary frequency and causal-mask buffers of older checkpoints.
@@ -116,8 +117,7 @@ def hf_model_config(hf_dir: str, overrides: list[str] | tuple[str, ...] = (), ru
     raw: dict = {"model": model, "data": {}}
     if run_dir is not None:
         raw["run"] = {"dir": run_dir}
-    if model["kind"] == "encoder_decoder":
-        raw["data"]["objective"] = "span_corruption"  # T5's; ul2 (UL2R) or others by override
+    raw["data"]["objective"] = FAMILIES[model["kind"]].default_objective  # T5: span corruption; ul2 by override
     if model["positions"] == "learned":
         raw["data"]["seq_len"] = min(config_lib.DataSection.seq_len, model["max_seq_len"])
     source, data = tokenizer_settings(hf_dir, c, model["vocab_size"])

@@ -34,6 +34,7 @@ class Family:
     batch_keys: tuple[str, ...] = DECODER_KEYS
     has_encoder: bool = False  # rows come in (encoder, decoder) pairs: the data layer packs pairs
     example_side: str = "bidirectional"  # what an example's unscored inputs are, for `pretrax data inspect`
+    default_objective: str = "causal_lm"  # what an imported model of this family is trained on unless told
 
     def logits(self, model: Any, batch: dict, dropout_key: jax.Array | None = None) -> jax.Array:
         """Float32 logits (B, T, V) of a packed batch (dropout off without a key)."""
@@ -81,6 +82,7 @@ class EncoderDecoderFamily(Family):
     batch_keys: tuple[str, ...] = ENCODER_DECODER_KEYS
     has_encoder: bool = True
     example_side: str = "encoder"
+    default_objective: str = "span_corruption"  # T5's; UL2 (ul2) or others by override
 
     def logits(self, model: Any, batch: dict, dropout_key: jax.Array | None = None) -> jax.Array:
         return model(batch["encoder_inputs"], batch["inputs"], encoder_segment_ids=batch["encoder_segment_ids"],
