@@ -126,3 +126,33 @@ def test_compile_bad_input_exits_2_with_one_line():
     assert mismatch.returncode == 2
     assert "mesh 3x1x1" in mismatch.stderr and "4 are available" in mismatch.stderr
     assert len(mismatch.stderr.strip().splitlines()) == 1, mismatch.stderr
+
+
+@pytest.mark.slow
+def test_top_buffers_lists_the_largest_temporaries_at_the_peak():
+    """--top-buffers: the compiler's own largest temporaries, largest first, each a real array of the model."""
+    from pretrax.compile import format_report
+
+    result = pretrax_compile(*SCANNED, "--topology", "v5p-8", "--top-buffers", "6", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(result.stdout)
+    top = r["top_buffers"]
+    sizes = [b["bytes"] for b in top]
+    assert len(top) == 6 and sizes == sorted(sizes, reverse=True) and sizes[-1] > 0
+    assert sum(sizes) <= r["memory_bytes"]["temporaries"]  # all live at once, inside the temporaries
+    cfg = config_lib.load(TINY_CONFIG, SCANNED)
+    per_chip_batch = cfg.train.batch_size // r["chips"]
+    for b in top:
+        dims = [int(d) for d in b["shape"].split("[")[1].rstrip("]").split(",") if d]
+        assert b["dtype"] in ("f32", "bf16", "s32") and b["shape"].startswith(b["dtype"] + "[")
+        elements = b["bytes"] // {"f32": 4, "bf16": 2, "s32": 4}[b["dtype"]]
+        assert int(np.prod(dims)) <= elements <= 2 * int(np.prod(dims)) + 4096  # the size is the shape's (TPU-padded)
+        assert b["op"]
+    # the biggest are activations: one chip's batch rows x the sequence x a model width
+    widths = {cfg.model.d_model, cfg.model.d_ff, cfg.model.head_dim or cfg.model.d_model // cfg.model.n_heads}
+    biggest = [int(d) for d in top[0]["shape"].split("[")[1].rstrip("]").split(",")]
+    assert per_chip_batch in biggest and cfg.data.seq_len in biggest and widths & set(biggest), top[0]
+    assert any(b["source"].startswith("pretrax/") for b in top) or any("jit(" in b["op"] for b in top)
+    text = format_report(r)
+    assert "largest temporaries live at the peak" in text and top[0]["shape"] in text
+    assert text.splitlines()[-1].startswith("fits: ")

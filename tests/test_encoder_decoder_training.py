@@ -175,8 +175,8 @@ def test_encoder_decoder_trains_resumes_exactly_on_another_mesh_and_samples(tiny
     from pretrax.train.loop import train
 
     straight = train(tiny_cfg(*ENC_DEC, run_dir=str(tmp_path / "a")), progress=False)
-    assert straight["losses"][6] < straight["losses"][1]
-    assert np.isfinite(straight["eval"]["eval_bits_per_byte"])
+    assert straight.losses[6] < straight.losses[1]
+    assert np.isfinite(straight.eval_bits_per_byte)
     import json
 
     rows = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
@@ -187,9 +187,9 @@ def test_encoder_decoder_trains_resumes_exactly_on_another_mesh_and_samples(tiny
     sharded = ENC_DEC + ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
     train(tiny_cfg(*sharded, run_dir=str(tmp_path / "b")), stop_at=3, progress=False)
     resumed = train(tiny_cfg(*sharded, run_dir=str(tmp_path / "b")), progress=False)
-    assert resumed["start_step"] == 3
+    assert resumed.start_step == 3
     for step in range(4, 7):
-        assert resumed["losses"][step] == pytest.approx(straight["losses"][step], rel=2e-5)
+        assert resumed.losses[step] == pytest.approx(straight.losses[step], rel=2e-5)
 
     cfg, setup, tok, params, step = load_run(str(tmp_path / "a"))
     assert step == 6

@@ -193,6 +193,31 @@ def test_run_dir_without_a_checkpoint(tmp_path, capsys):
     assert os.listdir(run_dir) == []
 
 
+def test_hooks_schedule_rows_evaluations_and_checkpoints(tmp_path):
+    """Pretraining's Trainer with fine-tuning's hooks: a row every log_every steps, at the end and with every
+    evaluation (its scores in that row, after the step's own metrics); checkpoints every checkpoint_every."""
+    from pretrax import config as config_lib
+    from pretrax.finetune.hooks import finetune_hooks
+    from pretrax.train.metrics import MetricsWriter
+    from pretrax.train.trainer import Trainer
+
+    ft = task_from_dict({"name": "n", "type": "classification", "data": {"train": "a", "validation": "b"},
+                         "labels": ["x", "y"], "finetune": {"steps": 8, "log_every": 3, "eval_every": 4}},
+                        base_dir=str(tmp_path)).finetune
+    cfg = config_lib.load("configs/tiny.yaml", ["checkpoint.every=3"])
+    out = MetricsWriter(str(tmp_path), 8, 0, progress=False)
+    hooks = finetune_hooks(lambda params: {"eval_accuracy": params / 10}, out, None, {}, cfg, ft, total=8, end=8)
+    step = lambda state, batch: ({"params": state["params"] + 1}, {"loss": batch, "lr": 0.5})  # noqa: E731
+    trainer = Trainer(step, float, [hooks.validation, hooks.log], say=lambda line: None)
+    assert trainer.run({"params": 0}, 0, 8) == ({"params": 8}, 8)
+    out.close()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert rows == [{"step": 3, "loss": 3.0, "lr": 0.5}, {"step": 4, "loss": 4.0, "lr": 0.5, "eval_accuracy": 0.4},
+                    {"step": 6, "loss": 6.0, "lr": 0.5}, {"step": 8, "loss": 8.0, "lr": 0.5, "eval_accuracy": 0.8}]
+    assert hooks.log.losses == {s: float(s) for s in range(1, 9)} and hooks.validation.latest == {"eval_accuracy": 0.8}
+    assert [s for s in range(1, 9) if hooks.checkpoint.due(s)] == [3, 6, 8]
+
+
 # ---------------------------------------------------------------- end to end on a briefly pretrained model
 
 @pytest.fixture(scope="module")

@@ -261,7 +261,7 @@ def test_trained_mup_model_exports_with_the_same_logprobs(name, tmp_path):
 
     cfg = config_lib.load(None, TRAINED[name] + [f"run.dir={tmp_path / 'run'}"])
     result = train(cfg, progress=False, stop_at=2)  # stopped before the end: no evaluation to compile
-    assert result["final_step"] == 2
+    assert result.final_step == 2
     out = str(tmp_path / "out")
     export(cfg.run.dir, out)
     auto = transformers.AutoModelForSeq2SeqLM if name in SEQ2SEQ else transformers.AutoModelForCausalLM
@@ -301,9 +301,9 @@ def test_pretrax_train_continues_from_an_import(hf, tmp_path):
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]) * batch["loss_mask"]
     expected = float(losses.sum() / batch["loss_mask"].sum())
     result = train(cfg, progress=False, stop_at=2)  # stopped before the end: no evaluation to compile
-    assert result["start_step"] == 0 and result["final_step"] == 2
-    assert abs(result["losses"][1] - expected) < 1e-4 * expected
-    assert result["losses"][2] < result["losses"][1]
+    assert result.start_step == 0 and result.final_step == 2
+    assert abs(result.losses[1] - expected) < 1e-4 * expected
+    assert result.losses[2] < result.losses[1]
 
 
 # ---------------------------------------------------------------- SentencePiece through the exported tokenizer
@@ -392,7 +392,7 @@ def test_import_refuses_a_run_dir_with_checkpoints(hf, capsys):
 
 def test_export_lists_the_steps_when_step_does_not_exist(hf, tmp_path, capsys):
     err = run_cli(capsys, "export", hf["gpt"][2], str(tmp_path / "out"), "--step", "7")
-    assert "--step 7" in err and "steps are 0" in err and not (tmp_path / "out").exists()
+    assert "--step 7: " in err and "checkpoints are at steps 0" in err and not (tmp_path / "out").exists()
 
 
 def test_export_refuses_an_out_dir_that_holds_a_model(hf, tmp_path, capsys):

@@ -48,7 +48,7 @@ def test_same_loss_curve_on_every_mesh(tiny_cfg, tmp_path):
             "checkpoint.every=100",
             run_dir=str(tmp_path / "x".join(map(str, mesh))),
         )
-        losses = train(cfg, progress=False)["losses"]
+        losses = train(cfg, progress=False).losses
         curves[mesh] = np.array([losses[s] for s in range(1, 6)])
     base = curves[(8, 1, 1)]
     assert base[-1] < base[0]  # it learns

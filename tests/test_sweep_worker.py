@@ -30,8 +30,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_YAML = os.path.join(REPO, "configs", "tiny.yaml")
 STEPS = 12
 # every point has the same shapes and constants (only the seed differs), so with one JAX compilation cache
-# each program compiles once for all points and workers
-COMMON = [*TINY, f"train.steps={STEPS}", "checkpoint.every=2", "checkpoint.keep=2"]
+# each program compiles once for all points and workers. A checkpoint every 4 steps (4, 8, 12: keep=2 still
+# deletes one): a save costs a tiny run about 0.3 s of CPU, more than its 4 steps
+COMMON = [*TINY, f"train.steps={STEPS}", "checkpoint.every=4", "checkpoint.keep=2"]
 SEEDS = [0, 1, 2, 3, 4, 5]
 NAMES = [f"seed={s}" for s in SEEDS]
 
@@ -142,8 +143,10 @@ def test_a_preempted_worker_releases_its_point_and_the_next_worker_resumes_it_at
     """SIGTERM (a preemption, stop.sh): the point saves a checkpoint, the worker releases its claim and exits
     143; a worker started next takes the point over without waiting --stale-after (here 10 minutes)."""
     sweep_dir = tmp_path / "runs"
+    # 20 steps: the SIGTERM goes within 0.05 s of the first checkpoint (step 4), so 16 steps are its margin,
+    # and the resumed half saves at 8, 12, 16, 20 (40 steps with a save every 2 made it 18 saves)
     sweep = write_sweep(tmp_path / "one.yaml", sweep_dir, grid={"product": {"run.seed": [7]}},
-                        overrides=[*COMMON, "train.steps=40"])
+                        overrides=[*COMMON, "train.steps=20"])
     first = start_worker(sweep, tmp_path / "first.log", "--stale-after", "600")
     deadline = time.monotonic() + 300
     while not checkpoint_steps(str(sweep_dir / "seed=7")):
@@ -154,7 +157,7 @@ def test_a_preempted_worker_releases_its_point_and_the_next_worker_resumes_it_at
     claim = json.loads((sweep_dir / "claims" / "seed=7" / "1").read_text())
     assert claim["released"] and claim_files(str(sweep_dir), "seed=7") == ["1"]
     saved = checkpoint_steps(str(sweep_dir / "seed=7"))[-1]
-    assert 0 < saved < 40
+    assert 0 < saved < 20
 
     second = start_worker(sweep, tmp_path / "second.log", "--stale-after", "600")
     assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
@@ -232,11 +235,12 @@ def test_of_racing_processes_exactly_one_claims_a_point_on_gcs(gcs):
 
 @pytest.mark.slow
 def test_a_heartbeat_keeps_a_claim_fresh_and_without_it_the_claim_goes_stale_and_is_taken_over(sweep_root):
-    owner, other = Claims(sweep_root, stale_after=1.5), Claims(sweep_root, stale_after=1.5)
+    # 3 s: a beat every 0.6 s stays fresh even when a loaded machine (or GCS) delays one by a second or two
+    owner, other = Claims(sweep_root, stale_after=3), Claims(sweep_root, stale_after=3)
     claim = owner.try_claim("p=1", 1)
     logged, lost = [], []
     with claim.heartbeat(on_lost=lost.append, log=logged.append):
-        deadline = time.monotonic() + 3  # twice stale_after: fresh all along, because it beats
+        deadline = time.monotonic() + 6  # twice stale_after: fresh all along, because it beats
         while time.monotonic() < deadline:
             assert not other.is_stale("p=1", other.scan(["p=1"])["p=1"])
             time.sleep(0.3)
@@ -244,7 +248,7 @@ def test_a_heartbeat_keeps_a_claim_fresh_and_without_it_the_claim_goes_stale_and
     beat = json.loads(storage.read_text(storage.join(sweep_root, "claims", "p=1", "1")))
     assert beat["heartbeat_at"] > beat["claimed_at"] + 1  # it was rewritten while it ran
 
-    time.sleep(2)  # no heartbeat (a worker killed, a VM gone): stale after 1.5 s
+    time.sleep(3.5)  # no heartbeat (a worker killed, a VM gone): stale after 3 s
     assert other.is_stale("p=1", other.scan(["p=1"])["p=1"])
     taken = other.try_claim("p=1", 2)
     assert taken is not None and owner.try_claim("p=1", 2) is None
@@ -382,8 +386,9 @@ def test_a_two_process_worker_and_a_one_process_worker_share_a_sweep_in_a_bucket
     alone claims; the other worker (8 devices) joins once the slice has claimed one."""
     sweep_dir = gcs.make_bucket() + "/sweeps/seeds"
     names = NAMES[:4]
+    # one checkpoint per point, at its end: nothing here resumes mid-point (the kill -9 test above does)
     sweep = write_sweep(tmp_path / "seeds.yaml", sweep_dir, grid={"product": {"run.seed": SEEDS[:4]}},
-                        overrides=[*COMMON, "train.steps=6"])
+                        overrides=[*COMMON, "train.steps=6", "checkpoint.every=6"])
     port = free_port()
     slice_env = {"XLA_FLAGS": cpu_xla_flags(4), "PRETRAX_COORDINATOR": f"127.0.0.1:{port}",
                  "PRETRAX_NUM_PROCESSES": "2", "PRETRAX_INIT_TIMEOUT": "120"}
