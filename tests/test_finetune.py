@@ -206,7 +206,10 @@ def test_hooks_schedule_rows_evaluations_and_checkpoints(tmp_path):
                         base_dir=str(tmp_path)).finetune
     cfg = config_lib.load("configs/tiny.yaml", ["checkpoint.every=3"])
     out = MetricsWriter(str(tmp_path), 8, 0, progress=False)
-    hooks = finetune_hooks(lambda params: {"eval_accuracy": params / 10}, out, None, {}, cfg, ft, total=8, end=8)
+    from pretrax.train.preemption import PreemptionWatcher
+
+    hooks = finetune_hooks(lambda params: {"eval_accuracy": params / 10}, out, None, {}, cfg, ft,
+                           PreemptionWatcher(), total=8, end=8)
     step = lambda state, batch: ({"params": state["params"] + 1}, {"loss": batch, "lr": 0.5})  # noqa: E731
     trainer = Trainer(step, float, [hooks.validation, hooks.log], say=lambda line: None)
     assert trainer.run({"params": 0}, 0, 8) == ({"params": 8}, 8)
@@ -298,3 +301,23 @@ def test_bad_input_after_a_run_leaves_it_untouched(learned, pretrained, tmp_path
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 2 and "finetune.lm_weight differ" in proc.stderr, proc.stderr
     assert snapshot(str(pretrained)) == before
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_exits_143_and_the_same_command_resumes_exactly(learned, pretrained, tmp_path):
+    from pretrax.finetune.loop import finetune
+    from pretrax.train import checkpoint as ckpt
+    from test_nan_and_preemption import sigterm_after_rows
+
+    task, full = learned
+    out = tmp_path / "preempted"
+    proc = subprocess.Popen([sys.executable, "-m", "pretrax.cli", "finetune", str(pretrained), task, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = sigterm_after_rows(proc, out / "metrics.jsonl", rows=3, wait=180)
+    assert proc.returncode == 143, err[-2000:]
+    stopped = ckpt.latest_step(str(out))
+    assert stopped is not None and stopped < 42 and f"preempted at step {stopped}" in err and "Traceback" not in err
+    resumed = finetune(str(pretrained), task, out=str(out), progress=False)  # the same command again
+    assert resumed["start_step"] == stopped and resumed["final_step"] == 42
+    assert {s: resumed["losses"][s] for s in range(stopped + 1, 43)} == \
+        {s: full["losses"][s] for s in range(stopped + 1, 43)}  # bit for bit

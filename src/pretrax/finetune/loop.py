@@ -6,7 +6,9 @@ the newest pretrained checkpoint's weights, on the run's own mesh and shardings,
 (step.py) and train on the task's examples in its own run dir (RUN_DIR/finetune/<name>, or --out):
 config.yaml and task.yaml, metrics.jsonl, Orbax checkpoints. Running the same command again
 resumes from the newest complete one: the examples' order is a function of (seed, step) only, so
-the resumed run computes the same losses the uninterrupted one would have.
+the resumed run computes the same losses the uninterrupted one would have. The steps are driven by
+pretraining's Trainer (train/trainer.py), so there is one training loop; the metrics rows, the
+validation and the checkpoints are fine-tuning's hooks (hooks.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pretrax import config as config_lib
 from pretrax import storage
 from pretrax.errors import CheckpointError, ConfigError
 from pretrax.finetune import step as ft_step
+from pretrax.finetune.hooks import finetune_hooks
 from pretrax.finetune.task import Task, load_examples, load_task
 from pretrax.finetune.transforms import encode_batch, specials_for
 from pretrax.models.family import family_of
@@ -31,6 +34,8 @@ from pretrax.plan import make_plan
 from pretrax.train import checkpoint as ckpt
 from pretrax.train import run_lock
 from pretrax.train.metrics import MetricsWriter
+from pretrax.train.preemption import PreemptionWatcher
+from pretrax.train.trainer import Trainer
 
 
 @dataclasses.dataclass
@@ -211,35 +216,24 @@ def _finetune(p: Prepared, stop_at: int | None, progress: bool | None) -> dict[s
               f"mesh {dict(setup.mesh.shape)}")
     train_step = ft_step.make_train_step(setup)
     eval_step = ft_step.make_eval_step(setup)
-    result: dict[str, Any] = {"start_step": start, "losses": {}, "out_dir": p.out_dir, "total_steps": total}
-    data_state = {"step": 0, "task": _plain(p.task.to_dict()), "pretrained": pretrained}
-    pending, began = [], time.perf_counter()
-    step = start
+    task_state = {"step": 0, "task": _plain(p.task.to_dict()), "pretrained": pretrained}
+    began = time.perf_counter()
     try:
-        while step < end:
-            step += 1
-            state, metrics = train_step(state, ft_step.to_global(setup, train_batch(p, step)))
-            pending.append((step, metrics))
-            out.advance()
-            eval_due = step == total or (ft.eval_every > 0 and step % ft.eval_every == 0)
-            if step % ft.log_every == 0 or step == end or eval_due:
-                fetched = jax.device_get([m for _, m in pending])
-                for (s, _), m in zip(pending, fetched):
-                    result["losses"][s] = float(m["loss"])
-                row = {k: float(v) for k, v in fetched[-1].items()}
-                if eval_due:
-                    result["eval"] = evaluate(p, eval_step, state["params"])
-                    row.update(result["eval"])
-                out.write(step, row)
-                pending = []
-            if step % cfg.checkpoint.every == 0 or step == end:
-                ckpt.save(manager, step, state, {**data_state, "step": step}, cfg)
-                out.flush()
+        with PreemptionWatcher(sync_every=ft.log_every) as watcher:  # SIGTERM: save, then stop
+            hooks = finetune_hooks(lambda params: evaluate(p, eval_step, params), out, manager, task_state, cfg,
+                                   ft, watcher, total=total, end=end)
+            trainer = Trainer(train_step, lambda step: ft_step.to_global(setup, train_batch(p, step)),
+                              hooks.all, say=out.print, advance=out.advance)
+            state, step = trainer.run(state, start, end)
         ckpt.wait(manager, cfg.checkpoint.keep)
     finally:
         manager.close()
         out.close()
-    if end == total and "eval" not in result:  # a finished run asked again: report, train nothing
+    result: dict[str, Any] = {"start_step": start, "losses": hooks.log.losses, "out_dir": p.out_dir,
+                              "total_steps": total, "preempted": hooks.preemption.stopped_at is not None}
+    if hooks.validation.latest is not None:
+        result["eval"] = hooks.validation.latest
+    elif end == total and not result["preempted"]:  # a finished run asked again: report, train nothing
         result["eval"] = evaluate(p, eval_step, state["params"])
     result.update(final_step=step, seconds=time.perf_counter() - began, state=state, setup=setup, prepared=p)
     return result

@@ -17,6 +17,9 @@ train() builds the list in this order (loop.py, standard_hooks):
 * CheckpointSave after MetricsLog, so the rows up to a checkpoint are stored with it.
 * Preemption last: the checkpoint of its step is saved, then the run stops.
 
+`pretrax finetune` drives the same Trainer with fine-tuning's hooks, in the same order
+(finetune/hooks.py: Validation -> TaskMetricsLog -> TaskCheckpoint).
+
 A hook that meets something a person must act on raises the project's error
 (the NaN policy `stop` raises TrainingError); an error is not a result.
 
