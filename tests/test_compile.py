@@ -146,7 +146,7 @@ def test_top_buffers_lists_the_largest_temporaries_at_the_peak():
         dims = [int(d) for d in b["shape"].split("[")[1].rstrip("]").split(",") if d]
         assert b["dtype"] in ("f32", "bf16", "s32") and b["shape"].startswith(b["dtype"] + "[")
         elements = b["bytes"] // {"f32": 4, "bf16": 2, "s32": 4}[b["dtype"]]
-        assert int(np.prod(dims)) <= elements <= 2 * int(np.prod(dims)) + 4096  # the size is the shape's (TPU-padded)
+        assert int(np.prod(dims)) <= elements <= 16 * int(np.prod(dims)) + 1024  # the shape's, padded to TPU tiles
         assert b["op"]
     # the biggest are activations: one chip's batch rows x the sequence x a model width
     widths = {cfg.model.d_model, cfg.model.d_ff, cfg.model.head_dim or cfg.model.d_model // cfg.model.n_heads}

@@ -310,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-slices", type=int, default=None, metavar="K",
                    help="K slices joined over DCN (sets mesh.dcn_data; default: mesh.dcn_data)")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    p.add_argument("--top-buffers", type=int, default=0, metavar="N",
+                   help="also list the N largest temporaries live at the memory peak: shape, size, op, source line")
     p.add_argument("--search", action="store_true", help="try meshes, remat, grad_accum and attention backends; "
                    "print the plans that fit, fastest first by a roofline estimate (exit 3 if none fits)")
     for flag, what in (("data", "data ways"), ("fsdp", "fsdp ways"), ("tensor", "tensor ways"),
@@ -489,6 +491,12 @@ def cmd_finetune(args) -> int:
     from pretrax.finetune.loop import finetune
 
     result = finetune(args.run_dir, args.task, args.overrides, out=args.out, stop_at=args.stop_at)
+    if result["preempted"]:
+        from pretrax.train.preemption import PREEMPTED_EXIT_CODE
+
+        print(f"pretrax: preempted at step {result['final_step']}; the checkpoint is saved, run the same command "
+              "to resume", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     if "eval" not in result:
         print(f"stopped at step {result['final_step']} of {result['total_steps']}; run the same command without "
               "--stop-at to resume")
@@ -681,6 +689,8 @@ def cmd_compile(args) -> int:
     restricted = [f for f in ("data", "fsdp", "tensor", "remat", "grad_accum", "attention") if getattr(args, f)]
     if restricted and not args.search:
         raise PretraxError(f"--{restricted[0].replace('_', '-')} restricts a --search; add --search")
+    if args.top_buffers < 0 or (args.top_buffers and args.search):
+        raise PretraxError("--top-buffers N needs N >= 1 and no --search")
     if args.search:
         from pretrax import compile_search as cs
 
@@ -689,7 +699,8 @@ def cmd_compile(args) -> int:
                           args.max_compiles, args.jobs)
         print(json.dumps(found) if args.json else cs.format_search(found))
         return cs.exit_code(found)
-    report = compile_for_topology(config_lib.load(args.config, args.overrides), args.topology, args.num_slices)
+    report = compile_for_topology(config_lib.load(args.config, args.overrides), args.topology, args.num_slices,
+                                  top_buffers=args.top_buffers)
     print(json.dumps(report) if args.json else format_report(report))
     return exit_code(report)
 

@@ -9,9 +9,12 @@ the pod's own. No parameter is ever allocated.
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import re
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -23,11 +26,29 @@ GIB = 2**30
 FITS, DOES_NOT_FIT = 0, 3  # the CLI's exit codes
 
 
-def compile_for_topology(cfg: Config, topology: str, num_slices: int | None = None) -> dict[str, Any]:
-    """Compile cfg's train step for `num_slices` slices of `topology`; returns the numbers `pretrax compile` prints."""
+def compile_for_topology(cfg: Config, topology: str, num_slices: int | None = None,
+                         top_buffers: int = 0) -> dict[str, Any]:
+    """Compile cfg's train step for `num_slices` slices of `topology`; returns the numbers `pretrax compile` prints.
+
+    top_buffers N > 0 adds the N largest temporaries live at the program's peak (`largest_temporaries`).
+    """
     topo = parse_topology(topology)
     cfg = with_slices(cfg, num_slices)
     slices = cfg.mesh.dcn_data
+    flags = os.environ.get("XLA_FLAGS")
+    dump_dir = _dump_to_tempdir() if top_buffers else None
+    try:
+        return _compile_report(cfg, topo, slices, dump_dir, top_buffers)
+    finally:
+        if dump_dir:
+            shutil.rmtree(dump_dir, ignore_errors=True)
+            if flags is None:  # leave the environment as it was (libtpu has read the flags)
+                del os.environ["XLA_FLAGS"]
+            else:
+                os.environ["XLA_FLAGS"] = flags
+
+
+def _compile_report(cfg: Config, topo: Topology, slices: int, dump_dir: str | None, top_buffers: int) -> dict:
     devices = topology_devices(topo, slices)
 
     import jax
@@ -63,6 +84,9 @@ def compile_for_topology(cfg: Config, topology: str, num_slices: int | None = No
     total_gib = memory["total"] / GIB
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # one dict per program in some jax versions
+    if dump_dir:
+        module = compiled.as_text().split(",", 1)[0].split()[-1]  # "HloModule jit_traced, ..."
+        report["top_buffers"] = largest_temporaries(dump_dir, module, top_buffers)
     return {
         **report,
         "compile_seconds": _since(start),
@@ -86,6 +110,135 @@ def memory_of(compiled) -> dict[str, int]:
     }
     total = memory["arguments"] + memory["outputs"] - memory["aliased"] + memory["temporaries"] + memory["code"]
     return {**memory, "total": total}
+
+
+def _dump_to_tempdir() -> str:
+    """Have the compiler dump its buffer assignment and live ranges to a new folder; XLA_FLAGS is read once, when
+    libtpu loads, so this must come first (largest_temporaries says so when it finds no dump)."""
+    path = tempfile.mkdtemp(prefix="pretrax-hlo-")
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={path} --xla_dump_hlo_as_text".strip()
+    return path
+
+
+def largest_temporaries(dump_dir: str, module: str, n: int) -> list[dict[str, Any]]:
+    """The n largest temporaries live at the compiled program's peak of temporary memory, largest first.
+
+    From the compiler's own dumps of `module`: its buffer assignment (each value's offset and padded size
+    in the temporaries), live ranges (when each value lives, loop bodies included) and optimized HLO (the
+    op that makes each value, and the source line it came from). A buffer that several values share in
+    turn (a loop's carry and its body's parameter) is listed once, so the sizes sum to at most the
+    temporaries figure.
+    """
+    found = sorted(glob.glob(os.path.join(dump_dir, f"module_*.{module}.*after_optimizations-live-range.txt")))
+    if not found:
+        raise PretraxError(f"the TPU compiler wrote no live ranges for {module}: --top-buffers needs a process "
+                           "in which libtpu has not yet loaded (it reads XLA_FLAGS once)")
+    prefix = found[-1][: -len("-live-range.txt")]
+    values, ranges = _temporaries(_read(prefix + "-buffer-assignment.txt")), _live_ranges(_read(found[-1]))
+    at_peak = _live_at_peak(values, ranges)
+    ops = _ops(_read(prefix + ".txt"))
+    rows = [{"name": name, "shape": shape, "dtype": shape.split("[")[0], "bytes": size,
+             **ops.get(name.split("{")[0], {"op": "", "source": ""})} for name, size, shape in at_peak]
+    rows.sort(key=lambda r: -r["bytes"])
+    return rows[:n]
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _value_name(name: str) -> str:
+    return name[:-2] if name.endswith("{}") else name  # "fusion.1{}" and "fusion.1" are the same value
+
+
+def _temporaries(assignment: str) -> dict[str, tuple[int, int, str, bool]]:
+    """value name -> (bytes, offset, shape without layout, is a loop's phi) for the HBM temporaries' values."""
+    temps, in_temp = {}, False
+    for line in assignment.splitlines():
+        if line.startswith("allocation "):
+            attrs = line.split(",", 1)[1]
+            in_temp = "preallocated-temp" in attrs and "color" not in attrs  # color 0: HBM
+        elif in_temp and line.startswith(" value: "):
+            m = re.match(r" value: <\d+ (\S+)( \(phi\))? @\d+> \(size=(\d+),offset=(\d+)\): (.*)$", line)
+            if m and not m.group(5).startswith("("):  # a tuple's own entry is its table of pointers
+                temps[_value_name(m.group(1))] = (int(m.group(3)), int(m.group(4)),
+                                                  re.sub(r"\{[^{}]*\}", "", m.group(5)), bool(m.group(2)))
+    return temps
+
+
+def _live_ranges(text: str) -> dict[str, tuple[int, int]]:
+    """value name -> (first, last) position in the flattened schedule (loop bodies included)."""
+    ranges = {}
+    for m in re.finditer(r"^\s+(\S+):(\d+)-(\d+)$", text, re.M):
+        ranges[_value_name(m.group(1))] = (int(m.group(2)), int(m.group(3)))
+    return ranges
+
+
+def _live_at_peak(values: dict, ranges: dict) -> list[tuple[str, int, str]]:
+    """(name, bytes, shape) of each buffer live when the live buffers' bytes peak; a buffer (offset, size)
+    shared by several values counts once, under the name of the value that makes it (not a loop's phi)."""
+    lives: dict[tuple[int, int], list] = {}
+    for name, (size, offset, shape, phi) in values.items():
+        if name in ranges:
+            lives.setdefault((offset, size), []).append((ranges[name], phi, name, shape))
+    end = max((r[1] for r in ranges.values()), default=0) + 1
+    usage = [0] * (end + 1)
+    for (_, size), uses in lives.items():
+        covered = bytearray(end + 1)
+        for (first, last), *_ in uses:
+            covered[first:last + 1] = b"\x01" * (last + 1 - first)
+        for t in (i for i, c in enumerate(covered) if c):
+            usage[t] += size
+    peak = max(range(end + 1), key=usage.__getitem__)
+    found = []
+    for (_, size), uses in lives.items():
+        live = sorted((phi, name, shape) for (first, last), phi, name, shape in uses if first <= peak <= last)
+        if live:
+            found.append((live[0][1], size, live[0][2]))
+    return found
+
+
+def _ops(hlo: str) -> dict[str, dict[str, str]]:
+    """instruction name -> its op name and innermost source line (from the module's stack-frame tables)."""
+    tables: dict[str, dict[int, str]] = {"FileNames": {}, "FunctionNames": {}, "FileLocations": {}, "StackFrames": {}}
+    table, ops = None, {}
+    for line in hlo.splitlines():
+        if line in tables:
+            table = line
+        elif table and re.match(r"\d+ ", line):
+            k, v = line.split(" ", 1)
+            tables[table][int(k)] = v
+        elif line.startswith(("ENTRY", "%")) or " = " in line:
+            table = None
+            m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{([^}]*)\}", line)
+            if m:
+                op = re.search(r'op_name="([^"]*)"', m.group(2))
+                frame = re.search(r"stack_frame_id=(\d+)", m.group(2))
+                op = op.group(1) if op else ""
+                if 'custom_call_target="AllocateBuffer"' in line:  # filled in by a while loop: a scan's outputs
+                    op = f"scan outputs stacked over iterations (buffer for {op})"
+                ops[m.group(1)] = {"op": op, "frame": int(frame.group(1)) if frame else 0}
+    for info in ops.values():
+        info["source"] = _source(tables, info.pop("frame"))
+    return ops
+
+
+def _source(tables: dict[str, dict[int, str]], frame: int) -> str:
+    """file:line of the innermost pretrax frame of a stack (else the innermost frame); "" without one."""
+    first = ""
+    while frame in tables["StackFrames"]:
+        loc_id, parent = map(int, re.findall(r"\d+", tables["StackFrames"][frame]))
+        loc = tables["FileLocations"].get(loc_id, "")
+        m = re.match(r"\{file_name_id=(\d+) function_name_id=\d+ line=(\d+)", loc)
+        if m:
+            path = tables["FileNames"].get(int(m.group(1)), '""').strip('"')
+            where = f"{path.split('/src/')[-1] if '/src/pretrax/' in path else os.path.basename(path)}:{m.group(2)}"
+            if "/pretrax/" in path:
+                return where
+            first = first or where
+        frame = parent - 1 if parent - 1 != frame else 0  # parent ids are 1-based; 0: the outermost frame
+    return first
 
 
 _SIZE = r"([\d.]+)([KMGT]?)"  # XLA's human-readable bytes: binary units, "G" = GiB
@@ -185,6 +338,12 @@ def format_report(r: dict[str, Any]) -> str:
         f"aliased (donated state) -{mem['aliased']:.2f} GiB, temporaries {mem['temporaries']:.2f} GiB, "
         f"code {mem['code']:.2f} GiB",
     ]
+    if r.get("top_buffers"):
+        lines.append(f"largest temporaries live at the peak ({sum(b['bytes'] for b in r['top_buffers']) / GIB:.2f} "
+                     f"GiB of {mem['temporaries']:.2f}):")
+        lines += [f"  {b['bytes'] / GIB:8.3f} GiB  {b['shape']:<28} {b['op']}" + (f"  [{b['source']}]" if b["source"]
+                                                                                    else "")
+                  for b in r["top_buffers"]]
     if r["fits"]:
         lines.append(f"fits: {mem['total']:.2f} GiB per chip of {hbm:g} GiB HBM ({hbm - mem['total']:.2f} GiB free)")
     else:

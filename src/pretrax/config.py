@@ -64,6 +64,9 @@ class ModelSection:
     scan_layers: bool = False  # one compiled layer body scanned L times (fast compiles for deep models)
     remat: Literal["none", "full", "dots", "attention"] = "none"  # rematerialise each layer in the backward pass
     attention: Literal["xla", "cudnn", "splash"] = "xla"  # backend: models/attention_backends.py
+    # xla attention: queries per block, so that the float32 T x S scores (and their gradient) exist one block
+    # at a time; the same numbers (each row's softmax still spans every key). 0: all T at once
+    attention_query_chunk: int = 1024
 
     @property
     def kv_heads(self) -> int:
@@ -146,6 +149,9 @@ class TrainSection:
     peak: str = "auto"  # MFU's per-device peak: auto (table by device kind), measure, or TFLOP/s as a number
     mfu_attention: Literal["full", "causal"] = "full"  # model FLOPs: causal attention in full (PaLM) or halved
     z_loss: float = 0.0  # z_loss * log(Z)^2 added to each token's loss (T5X/PaLM: 1e-4); logged as z_loss; 0: off
+    # positions whose float32 logits the loss forms at once (each block rematerialised; the same numbers);
+    # 0: all T. Decoder family, without z-loss or dropout; the whole T when it does not divide it
+    loss_chunk: int = 1024
 
 
 @dataclass(frozen=True)
@@ -448,6 +454,8 @@ def validate(cfg: Config) -> None:
         "model.n_kv_heads": cfg.model.n_kv_heads,
         "model.head_dim": cfg.model.head_dim,
         "model.max_seq_len": cfg.model.max_seq_len,
+        "model.attention_query_chunk": cfg.model.attention_query_chunk,
+        "train.loss_chunk": cfg.train.loss_chunk,
         "optim.weight_decay": cfg.optim.weight_decay,
         "optim.clip_norm": cfg.optim.clip_norm,
         "data.num_sentinels": cfg.data.num_sentinels,

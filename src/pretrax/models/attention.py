@@ -40,6 +40,7 @@ class Attention(nnx.Module):
                           **kw)
         self.scale = p.attention_scale(H)
         self.backend = cfg.attention
+        self.query_chunk = cfg.attention_query_chunk
         self.dropout = cfg.dropout  # on the attention probabilities, when a dropout key is given
 
     def __call__(self, x: jax.Array, mask: AttentionMask, rope: tuple[jax.Array, jax.Array] | None = None, *,
@@ -53,7 +54,8 @@ class Attention(nnx.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         drop = (self.dropout, dropout_key) if dropout_key is not None and self.dropout > 0 else None
-        out = attend(q, k, v, mask, bias=bias, scale=self.scale, backend=self.backend, dropout=drop)  # (B, T, N, H)
+        out = attend(q, k, v, mask, bias=bias, scale=self.scale, backend=self.backend, dropout=drop,
+                     query_chunk=self.query_chunk)  # (B, T, N, H)
         out = checkpoint_name(out, "attention_out")
         return self.out(out)  # (B, T, D)
 

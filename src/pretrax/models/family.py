@@ -41,6 +41,12 @@ class Family:
         return model(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"],
                      bidirectional=batch["bidirectional"], dropout_key=dropout_key)
 
+    def hidden_and_readout(self, model: Any, batch: dict) -> tuple[jax.Array, Any] | None:
+        """(final hidden states (B, T, D), the function from them to float32 logits) of a packed batch, so that
+        the loss can form the logits a block of positions at a time; None where the family cannot split them."""
+        return model.hidden_states(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+                                   bidirectional=batch["bidirectional"]), model.readout
+
     def row_lengths(self, data: DataSection) -> tuple[int, int]:
         """(encoder tokens per row, 0 without an encoder; tokens a row trains on)."""
         return 0, data.seq_len
@@ -83,6 +89,9 @@ class EncoderDecoderFamily(Family):
     has_encoder: bool = True
     example_side: str = "encoder"
     default_objective: str = "span_corruption"  # T5's; UL2 (ul2) or others by override
+
+    def hidden_and_readout(self, model: Any, batch: dict) -> None:
+        return None  # the loss forms the whole logits at once
 
     def logits(self, model: Any, batch: dict, dropout_key: jax.Array | None = None) -> jax.Array:
         return model(batch["encoder_inputs"], batch["inputs"], encoder_segment_ids=batch["encoder_segment_ids"],
