@@ -14,6 +14,7 @@ from pretrax.train.state import init_state
 from pretrax.train.step import batch_shardings, make_train_step
 
 
+@pytest.mark.slow  # 8-9 s each: two gradients of the blocked program compile
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_attention_in_blocks_of_queries_equals_the_whole(with_bias):
     B, T, N, K, H = 2, 64, 4, 2, 8

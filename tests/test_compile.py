@@ -106,6 +106,7 @@ def test_compile_two_slices_reports_memory_and_flops_and_fits():
     assert r["fits"] and r["shortfall_gib"] == 0 and mem["total"] < r["hbm_gib"] * 2**30
 
 
+@pytest.mark.slow  # 5 s: a whole TPU compile in a subprocess
 def test_compile_too_big_for_hbm_exits_3_with_the_shortfall():
     big = ["model.d_model=8192", "model.n_heads=64", "model.d_ff=32768", "model.vocab_size=32768"]  # 2.4B params
     result = pretrax_compile(*SCANNED, *big, "--topology", "v5e-4")  # replicated: ~40 GiB per 16 GiB chip

@@ -76,6 +76,7 @@ def test_resume_gives_the_same_token_ids_for_batches_21_to_40(prepared, workers)
             np.testing.assert_array_equal(got[key], want[key])
 
 
+@pytest.mark.slow  # 7 s: it prepares two tfds datasets first
 def test_mixture_draws_documents_by_weight(prepared):
     root, _ = prepared
     cfg = config_lib.load(None, [

@@ -109,6 +109,7 @@ def write_results(path, N, D, C, L, extra=()):
     return str(path)
 
 
+@pytest.mark.slow  # 3.5 s, most of it matplotlib drawing the plot
 def test_cli_json_and_plot(tmp_path, capsys):
     N, D, C, L = isoflop_runs(noise=0.002)
     failed = [["bad", 1000, 900, 10, 6e4, "", "failed: boom"]]

@@ -195,8 +195,8 @@ SHIPPED_POINTS = {"mup_alpha_out.yaml": 1 * 4 * 2, "mup_alpha_out_transfer.yaml"
                   "mup_lr_transfer_long.yaml": 3 * 2 * 5, "mup_why_8x.yaml": 15, "tiny_scaling.yaml": 3 * 3, "tiny_widths.yaml": 3 * 3}
 
 
-@pytest.mark.parametrize("name", [  # the sweeps of 40+ points take 5-8 s each: `make test` only
-    pytest.param(n, marks=pytest.mark.slow) if SHIPPED_POINTS.get(n, 0) >= 40 else n
+@pytest.mark.parametrize("name", [  # the sweeps of 30+ points take 4-8 s each: `make test` only
+    pytest.param(n, marks=pytest.mark.slow) if SHIPPED_POINTS.get(n, 0) >= 30 else n
     for n in sorted(os.listdir(os.path.join(REPO, "configs", "sweeps")))])
 def test_shipped_sweeps_validate(capsys, tmp_path, name):
     """Every point of every shipped sweep builds a valid config (a dry run validates them all)."""
