@@ -37,7 +37,7 @@ class _Groups:
     def __init__(self, encoder, decoder):
         self.sides = {"encoder": encoder, "decoder": decoder}
 
-    def size(self, side):
+    def size(self, side, active=False):
         return self.sides[side]
 
 

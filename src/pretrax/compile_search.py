@@ -1,6 +1,6 @@
 """`pretrax compile CONFIG --topology T --search`: the plans that fit a TPU slice, fastest first.
 
-A plan is a mesh (data x fsdp x tensor per slice), a remat policy, a number of micro-batches
+A plan is a mesh (data x fsdp x tensor per slice, and x expert for an MoE model), a remat policy, a number of micro-batches
 (train.grad_accum) and an attention backend. Each candidate is compiled by libtpu as
 `pretrax compile` does; those that fit are ranked by a roofline bound on their step time
 (pretrax.roofline) from the compiler's own cost analysis.
@@ -52,14 +52,15 @@ class Plan:
     remat: str
     grad_accum: int
     attention: str
+    expert: int = 1  # ways the experts of an MoE model are split (1 for a dense model)
 
     def overrides(self) -> dict[str, Any]:
-        return {"mesh.data": self.data, "mesh.fsdp": self.fsdp, "mesh.tensor": self.tensor,
+        return {"mesh.data": self.data, "mesh.fsdp": self.fsdp, "mesh.tensor": self.tensor, "mesh.expert": self.expert,
                 "model.remat": self.remat, "train.grad_accum": self.grad_accum, "model.attention": self.attention}
 
     @property
     def mesh(self) -> str:
-        return f"{self.data}x{self.fsdp}x{self.tensor}"
+        return f"{self.data}x{self.fsdp}x{self.tensor}" + (f" expert {self.expert}" if self.expert > 1 else "")
 
     def label(self) -> str:
         return f"mesh {self.mesh} remat {self.remat} accum {self.grad_accum} attention {self.attention}"
@@ -75,10 +76,12 @@ class Space:
     remat: tuple[str, ...] = REMATS
     grad_accum: tuple[int, ...] | None = None
     attention: tuple[str, ...] | None = None
+    expert: tuple[int, ...] | None = None
 
 
 def parse_space(data: str | None = None, fsdp: str | None = None, tensor: str | None = None,
-                remat: str | None = None, grad_accum: str | None = None, attention: str | None = None) -> Space:
+                remat: str | None = None, grad_accum: str | None = None, attention: str | None = None,
+                expert: str | None = None) -> Space:
     """The CLI's comma lists (`--tensor 1,2,4`) as a Space; one-line ConfigErrors for bad values."""
     def ints(flag, text):
         if text is None:
@@ -102,17 +105,19 @@ def parse_space(data: str | None = None, fsdp: str | None = None, tensor: str | 
 
     return Space(ints("data", data), ints("fsdp", fsdp), ints("tensor", tensor),
                  names("remat", remat, REMATS) or REMATS, ints("grad-accum", grad_accum),
-                 names("attention", attention, ATTENTIONS))
+                 names("attention", attention, ATTENTIONS), ints("expert", expert))
 
 
 # ---------------------------------------------------------------- the candidates
 
 
-def candidate_meshes(cfg: Config, topo: Topology, space: Space) -> list[tuple[int, int, int]]:
-    """(data, fsdp, tensor) per slice multiplying to the slice's chips, tensor dividing the (kv) heads and d_ff."""
+def candidate_meshes(cfg: Config, topo: Topology, space: Space) -> list[tuple[int, int, int, int]]:
+    """(data, fsdp, tensor, expert) per slice multiplying to the slice's chips, tensor dividing the (kv) heads and
+    d_ff, expert dividing model.moe.num_experts (1 for a dense model)."""
     n, m = topo.chips, cfg.model
     divisors = [d for d in range(1, n + 1) if n % d == 0]
-    for flag, values in (("data", space.data), ("fsdp", space.fsdp), ("tensor", space.tensor)):
+    for flag, values in (("data", space.data), ("fsdp", space.fsdp), ("tensor", space.tensor),
+                         ("expert", space.expert)):
         for v in values or ():
             if n % v:
                 raise ConfigError(f"--{flag} {v} does not divide the {n} chips of a {topo.name} slice; "
@@ -122,20 +127,28 @@ def candidate_meshes(cfg: Config, topo: Topology, space: Space) -> list[tuple[in
         if m.n_heads % v or kv % v or m.d_ff % v:
             raise ConfigError(f"--tensor {v} does not divide model.n_heads={m.n_heads}, the {kv} kv heads and "
                               f"model.d_ff={m.d_ff}; tensor parallelism splits heads and the MLP")
+    for v in space.expert or ():
+        if v > 1 and (not m.moe.num_experts or m.moe.num_experts % v):
+            raise ConfigError(f"--expert {v} does not divide model.moe.num_experts={m.moe.num_experts}; expert "
+                              "parallelism splits the experts of an MoE model")
+    experts = [e for e in divisors if m.moe.num_experts and m.moe.num_experts % e == 0] or [1]
     meshes = []
-    for t, f in itertools.product(divisors, divisors):
-        if n % (t * f):
+    for t, f, e in itertools.product(divisors, divisors, experts):
+        if n % (t * f * e):
             continue
-        d = n // (t * f)
+        d = n // (t * f * e)
         if m.n_heads % t or kv % t or m.d_ff % t or m.d_model % f:
             continue
-        if all(vals is None or v in vals for v, vals in ((d, space.data), (f, space.fsdp), (t, space.tensor))):
-            meshes.append((d, f, t))
+        if all(vals is None or v in vals
+               for v, vals in ((d, space.data), (f, space.fsdp), (t, space.tensor), (e, space.expert))):
+            meshes.append((d, f, t, e))
     if not meshes:
-        raise ConfigError(f"no mesh in the search space has data x fsdp x tensor = {n} chips of {topo.name} "
-                          f"with tensor dividing the heads; widen --data/--fsdp/--tensor")
-    # least communication first: fewest tensor ways (activations cross chips in every layer), then least fsdp
-    return sorted(meshes, key=lambda dft: (dft[2], dft[1]))
+        axes = "data x fsdp x tensor" + (" x expert" if m.moe.num_experts else "")
+        raise ConfigError(f"no mesh in the search space has {axes} = {n} chips of {topo.name} with tensor dividing "
+                          f"the heads; widen --{axes.replace(' x ', '/--')}")
+    # least communication first: fewest tensor ways (activations cross chips in every layer), then least fsdp,
+    # then the most expert ways (each expert's weights on fewer chips)
+    return sorted(meshes, key=lambda dfte: (dfte[2], dfte[1], -dfte[3]))
 
 
 def candidate_accums(cfg: Config, space: Space) -> list[int]:
@@ -160,9 +173,9 @@ def candidate_attentions(cfg: Config, space: Space) -> list[str]:
     return [a for a in usable if not space.attention or a in space.attention]
 
 
-def weight_ways(cfg: Config, d: int, f: int, t: int) -> int:
+def weight_ways(cfg: Config, d: int, f: int, t: int, e: int = 1) -> int:
     """The most chips any weight is split over: the mesh axes the weight axes' rules name."""
-    sizes = {"data": d, "fsdp": f, "tensor": t}
+    sizes = {"data": d, "fsdp": f, "tensor": t, "expert": e}
     used = set()
     for logical, target in cfg.mesh.rules.items():
         if logical in ("batch", "length") or logical.startswith("act_"):
@@ -178,7 +191,7 @@ def state_bytes(cfg: Config, vocab: int) -> int:
     from pretrax.parallel.mesh import make_mesh
     from pretrax.train.state import make_setup
 
-    one = cfg.replace(**{"mesh.data": 1, "mesh.fsdp": 1, "mesh.tensor": 1, "mesh.dcn_data": 1,
+    one = cfg.replace(**{"mesh.data": 1, "mesh.fsdp": 1, "mesh.expert": 1, "mesh.tensor": 1, "mesh.dcn_data": 1,
                          "model.attention": "xla"})  # the backend changes no state
     setup = make_setup(one, make_mesh(one.mesh, jax.devices()[:1]), vocab)
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(setup.abstract_state()))
@@ -293,13 +306,14 @@ def _since(start: float) -> float:
 class _Chain:
     """One (mesh, attention, grad_accum): its remat ladder, tried in order until one fits."""
 
-    mesh: tuple[int, int, int]
+    mesh: tuple[int, int, int, int]  # data, fsdp, tensor, expert
     attention: str
     accum: int
     remats: list[str]
 
     def plan(self) -> Plan:
-        return Plan(*self.mesh, self.remats[0], self.accum, self.attention)
+        d, f, t, e = self.mesh
+        return Plan(d, f, t, self.remats[0], self.accum, self.attention, e)
 
 
 def search(cfg: Config, topology: str, num_slices: int | None = None, space: Space = Space(),
@@ -336,7 +350,7 @@ def search(cfg: Config, topology: str, num_slices: int | None = None, space: Spa
               "pruned_state": 0, "pruned_remat": 0, "pruned_accum": 0, "pruned_batch": 0, "budget": 0}
 
     def batch_ok(mesh, accum):
-        return (cfg.train.batch_size // accum) % (mesh[0] * mesh[1] * slices) == 0
+        return (cfg.train.batch_size // accum) % (mesh[0] * mesh[1] * mesh[3] * slices) == 0
 
     viable = []
     for mesh in meshes:
@@ -441,10 +455,9 @@ def format_search(r: dict[str, Any]) -> str:
         lines.append(f"{len(r['plans'])} plans fit, best first:")
         header = ("mesh d x f x t", "remat", "accum", "attention", "GiB/chip", "step ms",
                   "compute/HBM/ICI ms", "MFU bound")
-        rows = [(p["plan"]["data"], p["plan"]["fsdp"], p["plan"]["tensor"], p) for p in r["plans"]]
         table = [header] + [
-            (f"{d}x{f}x{t}", p["plan"]["remat"], str(p["plan"]["grad_accum"]), p["plan"]["attention"],
-             f"{p['total_gib']:.3f}", *_estimate_cells(p)) for d, f, t, p in rows]
+            (Plan(**p["plan"]).mesh, p["plan"]["remat"], str(p["plan"]["grad_accum"]), p["plan"]["attention"],
+             f"{p['total_gib']:.3f}", *_estimate_cells(p)) for p in r["plans"]]
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     lines.append(f"model: {r['limits']}")

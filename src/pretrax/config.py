@@ -32,6 +32,21 @@ class RunSection:
 
 
 @dataclass(frozen=True)
+class MoeSection:
+    """Routed experts in place of the dense MLP (models/moe.py, docs/moe.md); num_experts 0: dense."""
+
+    num_experts: int = 0  # experts per MoE layer (Mixtral: 8); 0 keeps every MLP dense
+    experts_per_token: int = 2  # top-k: 1 as in Switch, 2 as in GShard and Mixtral
+    every: int = 1  # an MoE layer every k layers (the k-th, 2k-th, ...), the others dense; Switch and GShard: 2
+    capacity_factor: float = 1.25  # an expert takes k * T * capacity_factor / E tokens of a row; the rest drop
+    dropless: bool = False  # route every token (grouped matmuls, jax.lax.ragged_dot); capacity_factor unused
+    d_ff: int = 0  # each expert's hidden width; 0: model.d_ff
+    shared_experts: int = 0  # always-on experts (DeepSeekMoE), one MLP of this many experts' width
+    load_balance_loss: float = 0.01  # weight of Switch's balance loss E * sum(load * mean prob), per MoE layer
+    router_z_loss: float = 0.001  # weight of ST-MoE's router z-loss mean(logsumexp(router logits)^2), per layer
+
+
+@dataclass(frozen=True)
 class ModelSection:
     kind: Literal["decoder", "encoder_decoder"] = "decoder"
     vocab_size: int = 0  # 0: the tokenizer's size rounded up to a multiple of 128
@@ -67,6 +82,7 @@ class ModelSection:
     # xla attention: queries per block, so that the float32 T x S scores (and their gradient) exist one block
     # at a time; the same numbers (each row's softmax still spans every key). 0: all T at once
     attention_query_chunk: int = 1024
+    moe: MoeSection = field(default_factory=MoeSection)
 
     @property
     def kv_heads(self) -> int:
@@ -198,7 +214,9 @@ class CheckpointSection:
 
 DEFAULT_RULES: dict[str, Any] = {
     # logical axis -> mesh axis (or list of mesh axes, or null for replicated)
-    "batch": ["data", "fsdp"],
+    "batch": ["data", "fsdp", "expert"],  # outside the experts the expert axis splits the batch
+    "expert": "expert",  # an MoE layer's experts (E, ...)
+    "router": None,  # the router's output axis (E logits per token): tiny, replicated
     "vocab": "tensor",
     "embed": "fsdp",
     "mlp": "tensor",
@@ -229,6 +247,7 @@ class MeshSection:
     data: int = -1  # -1: all devices left over by the other axes
     fsdp: int = 1
     tensor: int = 1
+    expert: int = 1  # splits the experts of MoE layers (and the batch elsewhere): expert parallelism
     dcn_data: int = 1  # TPU slices: an outer data axis over DCN; data, fsdp and tensor are then per slice
     rules: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RULES))
 
@@ -256,7 +275,7 @@ class Config:
         return from_dict(self.to_dict(), [f"{k}={_dump_value(v)}" for k, v in overrides.items()])
 
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
 
 
 # ---------------------------------------------------------------- loading
@@ -501,6 +520,7 @@ def validate(cfg: Config) -> None:
             f"model.max_seq_len ({m.max_seq_len}) is shorter than data.seq_len ({cfg.data.seq_len})"
         )
     validate_parametrization(cfg.parametrization, m)
+    validate_moe(m, cfg.mesh)
     if not cfg.run.dir:
         raise ConfigError("run.dir is empty; give a local directory or gs://bucket/path")
     check_url(cfg.run.dir, "run.dir")  # s3://, hdfs://: refused here, never a local folder named "s3:"
@@ -519,7 +539,7 @@ def validate(cfg: Config) -> None:
     if cfg.mesh.dcn_data < 1:
         raise ConfigError(f"config key 'mesh.dcn_data' must be a positive integer (slices), got {cfg.mesh.dcn_data}")
     if sum(getattr(cfg.mesh, a) == -1 for a in MESH_AXES) > 1:
-        raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+        raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.expert, mesh.tensor may be -1")
     for logical, target in cfg.mesh.rules.items():
         targets = target if isinstance(target, (list, tuple)) else [target]
         for t in targets:
@@ -572,6 +592,35 @@ def validate_training_recipe(cfg: Config) -> None:
     if cfg.model.dropout > 0 and cfg.model.attention != "xla":
         raise ConfigError(f"model.dropout drops attention probabilities, which model.attention={cfg.model.attention} "
                           "(a fused kernel) never forms; use model.attention=xla or model.dropout=0")
+
+
+def validate_moe(m: ModelSection, mesh: MeshSection) -> None:
+    """model.moe against itself, the depth and the mesh's expert axis."""
+    moe = m.moe
+    if moe.num_experts < 0 or moe.d_ff < 0 or moe.shared_experts < 0:
+        raise ConfigError(f"model.moe.num_experts, d_ff and shared_experts must be >= 0, got {moe.num_experts}, "
+                          f"{moe.d_ff} and {moe.shared_experts}")
+    if moe.num_experts == 0:
+        if mesh.expert not in (1, -1):
+            raise ConfigError(f"mesh.expert={mesh.expert} splits experts, but model.moe.num_experts is 0 (a dense "
+                              "model); set model.moe.num_experts or mesh.expert=1")
+        return
+    if not 1 <= moe.experts_per_token <= moe.num_experts:
+        raise ConfigError(f"model.moe.experts_per_token ({moe.experts_per_token}) must be between 1 and "
+                          f"model.moe.num_experts ({moe.num_experts})")
+    if not moe.capacity_factor > 0:
+        raise ConfigError(f"model.moe.capacity_factor must be > 0, got {moe.capacity_factor} (for no dropping: "
+                          "model.moe.dropless=true)")
+    if moe.every < 1 or m.n_layers % moe.every or (m.n_encoder_layers or m.n_layers) % moe.every:
+        raise ConfigError(f"model.n_layers ({m.n_layers}) must be a multiple of model.moe.every ({moe.every})"
+                          + (f", and so must model.n_encoder_layers ({m.n_encoder_layers})"
+                             if m.kind == "encoder_decoder" and m.n_encoder_layers else ""))
+    if moe.load_balance_loss < 0 or moe.router_z_loss < 0:
+        raise ConfigError(f"model.moe.load_balance_loss and router_z_loss must be >= 0, got "
+                          f"{moe.load_balance_loss} and {moe.router_z_loss}")
+    if mesh.expert > 1 and moe.num_experts % mesh.expert:
+        raise ConfigError(f"model.moe.num_experts ({moe.num_experts}) must be divisible by mesh.expert "
+                          f"({mesh.expert})")
 
 
 def validate_parametrization(p: ParametrizationSection, m: ModelSection) -> None:

@@ -45,6 +45,7 @@ from flax import nnx
 from pretrax.config import Config, ModelSection
 from pretrax.models import build_model
 from pretrax.models.family import family_of
+from pretrax.models.moe import expert_share
 from pretrax.models.param_groups import param_table
 from pretrax.sizes import resolve_sizes
 
@@ -116,7 +117,8 @@ def step_flops(cfg: Config, vocab_size: int, abstract_params: Any = None, attent
         abstract_params = nnx.state(nnx.eval_shape(lambda: build_model(cfg, vocab_size, 0)), nnx.Param)
     m, B = cfg.model, cfg.train.batch_size
     sizes = resolve_sizes(cfg, vocab_size)  # vocab_size is the model's already: resolving it again keeps it
-    groups = param_table(nnx.get_partition_spec(abstract_params), abstract_params, tie_embeddings=m.tie_embeddings)
+    groups = param_table(nnx.get_partition_spec(abstract_params), abstract_params, tie_embeddings=m.tie_embeddings,
+                         expert_share=expert_share(m))
     pair = 12.0 * m.n_heads * sizes.head_dim  # training FLOPs per (query, key) pair per layer
     S, T = sizes.inputs_len, sizes.row_tokens  # S is 0 for a decoder-only model
     matmul, attention = family_of(m).step_flops(groups, m, B, S, T, pair, causal)

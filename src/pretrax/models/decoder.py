@@ -27,43 +27,54 @@ from pretrax.models import kv_cache
 from pretrax.models.attention import Attention
 from pretrax.models.attention_backends import AttentionMask
 from pretrax.models.layer_stack import REMAT_POLICIES, make_layers, run_layers  # noqa: F401 (REMAT_POLICIES)
-from pretrax.models.layers import MLP, RESIDUAL, Embed, Unembed, dropout, make_norm, record, split_key
+from pretrax.models.layers import RESIDUAL, Embed, Unembed, dropout, make_norm, record, split_key
+from pretrax.models.moe import feed_forward, is_routed, layer_group, make_feed_forward
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.positions import LearnedPositions, rope_angles
 from pretrax.parallel.activations import constrain
 
 
 class Block(nnx.Module):
-    """One transformer layer: attention then MLP, each added to the residual stream."""
+    """One transformer layer: attention then MLP (routed experts when `routed`), each added to the residual
+    stream. Returns (x, the MLP's statistics: empty unless routed)."""
 
-    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD):
+    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD,
+                 routed: bool = False):
         self.pre_norm = cfg.norm_position == "pre"
         self.branch_mult = parametrization.branch_mult  # depth transfer; 1 otherwise
         self.dropout = cfg.dropout
         self.attn_norm = make_norm(cfg, rngs)
         self.attn = Attention(cfg, rngs=rngs, parametrization=parametrization)
         self.mlp_norm = make_norm(cfg, rngs)
-        self.mlp = MLP(cfg, rngs=rngs, parametrization=parametrization)
+        self.mlp = make_feed_forward(cfg, routed, rngs=rngs, parametrization=parametrization)
 
-    def __call__(self, x: jax.Array, mask: AttentionMask, rope=None, dropout_key=None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: AttentionMask, rope=None, dropout_key=None) -> tuple[jax.Array, dict]:
         k_probs, k_attn, k_mlp = split_key(dropout_key, 3)  # Nones without a key: no dropout
-        return self._layer(x, lambda h: (self.attn(h, mask, rope, dropout_key=k_probs), None), k_attn, k_mlp)[0]
+        x, _, stats = self._layer(x, lambda h: (self.attn(h, mask, rope, dropout_key=k_probs), None),
+                                  mask.q_segments > 0, k_attn, k_mlp)
+        return x, stats
 
     def decode(self, x: jax.Array, cache: dict, mask: jax.Array, rope, start: jax.Array) -> tuple[jax.Array, dict]:
         """The layer over new tokens x (B, T, D) at positions start.., reading and extending its KV cache."""
-        return self._layer(x, lambda h: self.attn.decode(h, cache, mask, rope, start=start))
+        x, cache, _ = self._layer(x, lambda h: self.attn.decode(h, cache, mask, rope, start=start), None,
+                                  decoding=True)
+        return x, cache
 
-    def _layer(self, x: jax.Array, attend, k_attn=None, k_mlp=None):
-        """The residual block around attend(normed x) -> (output, cache), shared by training and decoding."""
+    def _layer(self, x: jax.Array, attend, tokens, k_attn=None, k_mlp=None, decoding=False):
+        """The residual block around attend(normed x) -> (output, cache), shared by training and decoding;
+        tokens: (B, T) bool, which positions are real (not padding), for routing. Returns (x, cache, stats)."""
+        ff = lambda h: feed_forward(self.mlp, h, tokens, decoding=decoding)  # noqa: E731
         if self.pre_norm:  # GPT-2 onwards: the residual stream itself is never normalised
             y, cache = attend(self.attn_norm(x))
             x = x + self.branch("attn", y, k_attn)
-            x = x + self.branch("mlp", self.mlp(self.mlp_norm(x)), k_mlp)
+            y, stats = ff(self.mlp_norm(x))
+            x = x + self.branch("mlp", y, k_mlp)
         else:  # GPT-1 / original transformer: normalise after each residual add
             y, cache = attend(x)
             x = self.attn_norm(x + self.branch("attn", y, k_attn))
-            x = self.mlp_norm(x + self.branch("mlp", self.mlp(x), k_mlp))
-        return x, cache
+            y, stats = ff(x)
+            x = self.mlp_norm(x + self.branch("mlp", y, k_mlp))
+        return x, cache, stats
 
     def branch(self, name: str, y: jax.Array, dropout_key=None) -> jax.Array:
         """A residual branch's output as added to the stream: scaled for depth transfer, dropped out in
@@ -88,8 +99,8 @@ class Decoder(nnx.Module):
                                            dtype=dtype, rngs=rngs)
                           if cfg.positions == "learned" else None)
         # scan_layers: one Block whose weights have a leading (L,) axis; otherwise a list
-        self.blocks = make_layers(lambda r: Block(cfg, rngs=r, parametrization=p), cfg.n_layers,
-                                  scan=cfg.scan_layers, rngs=rngs)
+        self.blocks = make_layers(lambda r, i: Block(cfg, rngs=r, parametrization=p, routed=is_routed(cfg, i)),
+                                  cfg.n_layers, scan=cfg.scan_layers, rngs=rngs, group=layer_group(cfg))
         self.final_norm = make_norm(cfg, rngs) if cfg.final_norm else None
         self.unembed = (None if cfg.tie_embeddings else
                         Unembed(cfg.d_model, vocab_size, std=p.readout_std(cfg.init_std), param_dtype=param_dtype,
@@ -97,19 +108,21 @@ class Decoder(nnx.Module):
 
     def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None, bidirectional: jax.Array | None = None,
-                 dropout_key: jax.Array | None = None) -> jax.Array:
-        """tokens, positions, segment_ids, bidirectional: int (B, T). Returns float32 logits (B, T, V).
+                 dropout_key: jax.Array | None = None, with_aux: bool = False):
+        """tokens, positions, segment_ids, bidirectional: int (B, T). Returns float32 logits (B, T, V),
+        or with_aux (logits, {stack: MoE statistics stacked over its MoE layers}; {} for a dense model).
 
         positions default to 0..T-1, segment_ids to all ones (one document per row;
         0 marks padding), bidirectional to none (purely causal). dropout_key: train with
         model.dropout (None: no dropout, as in evaluation and sampling).
         """
-        return self.readout(self.hidden_states(tokens, positions=positions, segment_ids=segment_ids,
-                                               bidirectional=bidirectional, dropout_key=dropout_key))
+        h, aux = self.hidden_states(tokens, positions=positions, segment_ids=segment_ids,
+                                    bidirectional=bidirectional, dropout_key=dropout_key, with_aux=True)
+        return (self.readout(h), aux) if with_aux else self.readout(h)
 
     def hidden_states(self, tokens: jax.Array, *, positions: jax.Array | None = None,
                       segment_ids: jax.Array | None = None, bidirectional: jax.Array | None = None,
-                      dropout_key: jax.Array | None = None) -> jax.Array:
+                      dropout_key: jax.Array | None = None, with_aux: bool = False):
         """The final hidden states (B, T, D) the logits are read from (after the final norm, if any);
         arguments as __call__. A fine-tuning head reads them (pretrax.finetune)."""
         B, T = tokens.shape
@@ -121,7 +134,9 @@ class Decoder(nnx.Module):
 
         embed_key, blocks_key = split_key(dropout_key, 2)
         x, rope = self._embed(tokens, positions, embed_key)
-        return self._final(self._run_blocks(x, mask, rope, blocks_key))
+        x, stats = self._run_blocks(x, mask, rope, blocks_key)
+        h = self._final(x)
+        return (h, {"blocks": stats} if stats else {}) if with_aux else h
 
     def init_cache(self, batch: int, length: int) -> dict:
         """An empty KV cache for `length` positions (at most max_seq_len with learned positions)."""
@@ -139,7 +154,8 @@ class Decoder(nnx.Module):
         positions = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
         x, rope = self._embed(tokens, positions)
         mask = kv_cache.slot_mask(start, T, cache["k"].shape[2], prefix)  # (1, T, S)
-        x, cache = kv_cache.run_layers(self.blocks, self.cfg.scan_layers, x, cache, mask, rope, start)
+        x, cache = kv_cache.run_layers(self.blocks, self.cfg.scan_layers, x, cache, mask, rope, start,
+                                       group=layer_group(self.cfg))
         return self._logits(x), cache
 
     def _embed(self, tokens: jax.Array, positions: jax.Array, key=None):
@@ -165,7 +181,7 @@ class Decoder(nnx.Module):
         logits = self.embed.attend(h) if self.unembed is None else self.unembed(h)  # (B, T, V) float32
         return record(self, "logits", scale(logits, self.parametrization.output_mult))
 
-    def _run_blocks(self, x: jax.Array, mask: AttentionMask, rope, key=None) -> jax.Array:
+    def _run_blocks(self, x: jax.Array, mask: AttentionMask, rope, key=None) -> tuple[jax.Array, dict]:
         c = self.cfg
         return run_layers(self.blocks, x, (mask, rope), n_layers=c.n_layers, scan=c.scan_layers, remat=c.remat,
-                          dropout_key=key)
+                          dropout_key=key, group=layer_group(c))

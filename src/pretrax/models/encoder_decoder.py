@@ -55,28 +55,33 @@ from pretrax.errors import ConfigError
 from pretrax.models import kv_cache
 from pretrax.models.attention import Attention
 from pretrax.models.attention_backends import AttentionMask
-from pretrax.models.layer_stack import make_layers, run_layers
-from pretrax.models.layers import MLP, RESIDUAL, Embed, Unembed, dropout, make_norm, record, split_key
+from pretrax.models.layer_stack import LayerGroup, make_layers, run_layers, stack
+from pretrax.models.layers import RESIDUAL, Embed, Unembed, dropout, make_norm, record, split_key
+from pretrax.models.moe import feed_forward, is_routed, layer_group, make_feed_forward
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.relative_position import RelativePositionBias
 from pretrax.parallel.activations import constrain
 
 
 class EncoderBlock(nnx.Module):
-    """Bidirectional self-attention then MLP, each pre-normed and added to the residual stream."""
+    """Bidirectional self-attention then MLP (routed experts when `routed`), each pre-normed and added to the
+    residual stream. Returns (x, the MLP's statistics: empty unless routed)."""
 
-    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD):
+    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD,
+                 routed: bool = False):
         self.branch_mult = parametrization.branch_mult  # depth transfer; 1 otherwise
         self.dropout = cfg.dropout
         self.attn_norm = make_norm(cfg, rngs)
         self.attn = Attention(cfg, rngs=rngs, parametrization=parametrization)
         self.mlp_norm = make_norm(cfg, rngs)
-        self.mlp = MLP(cfg, rngs=rngs, parametrization=parametrization)
+        self.mlp = make_feed_forward(cfg, routed, rngs=rngs, parametrization=parametrization)
 
-    def __call__(self, x: jax.Array, mask: AttentionMask, bias: jax.Array | None, dropout_key=None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: AttentionMask, bias: jax.Array | None,
+                 dropout_key=None) -> tuple[jax.Array, dict]:
         k_probs, k_attn, k_mlp = split_key(dropout_key, 3)  # Nones without a key: no dropout
         x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, bias=bias, dropout_key=k_probs), k_attn)
-        return x + self.branch("mlp", self.mlp(self.mlp_norm(x)), k_mlp)
+        y, stats = feed_forward(self.mlp, self.mlp_norm(x), mask.q_segments > 0)
+        return x + self.branch("mlp", y, k_mlp), stats
 
     def branch(self, name: str, y: jax.Array, dropout_key=None) -> jax.Array:
         """A residual branch's output as added to the stream: scaled for depth transfer, dropped out in
@@ -85,9 +90,11 @@ class EncoderBlock(nnx.Module):
 
 
 class DecoderBlock(nnx.Module):
-    """Causal self-attention, cross-attention to the encoder's output, MLP; all pre-normed."""
+    """Causal self-attention, cross-attention to the encoder's output, MLP (or routed experts); all pre-normed.
+    Returns (x, the MLP's statistics)."""
 
-    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD):
+    def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD,
+                 routed: bool = False):
         self.branch_mult = parametrization.branch_mult
         self.dropout = cfg.dropout
         self.attn_norm = make_norm(cfg, rngs)
@@ -95,15 +102,16 @@ class DecoderBlock(nnx.Module):
         self.cross_norm = make_norm(cfg, rngs)
         self.cross = Attention(cfg, rngs=rngs, parametrization=parametrization)
         self.mlp_norm = make_norm(cfg, rngs)
-        self.mlp = MLP(cfg, rngs=rngs, parametrization=parametrization)
+        self.mlp = make_feed_forward(cfg, routed, rngs=rngs, parametrization=parametrization)
 
     def __call__(self, x: jax.Array, encoded: jax.Array, mask: AttentionMask, cross_mask: AttentionMask,
-                 bias: jax.Array | None, dropout_key=None) -> jax.Array:
+                 bias: jax.Array | None, dropout_key=None) -> tuple[jax.Array, dict]:
         k_probs, k_attn, k_cross_probs, k_cross, k_mlp = split_key(dropout_key, 5)
         x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, bias=bias, dropout_key=k_probs), k_attn)
         x = x + self.branch("cross", self.cross(self.cross_norm(x), cross_mask, kv=encoded, dropout_key=k_cross_probs),
                             k_cross)
-        return x + self.branch("mlp", self.mlp(self.mlp_norm(x)), k_mlp)
+        y, stats = feed_forward(self.mlp, self.mlp_norm(x), mask.q_segments > 0)
+        return x + self.branch("mlp", y, k_mlp), stats
 
     def decode(self, x: jax.Array, cache: dict, mask: jax.Array, cross_mask: jax.Array, bias: jax.Array | None,
                start: jax.Array) -> tuple[jax.Array, dict]:
@@ -112,7 +120,8 @@ class DecoderBlock(nnx.Module):
         y, self_kv = self.attn.decode(self.attn_norm(x), cache["self"], mask, start=start, bias=bias)
         x = x + self.branch("attn", y)
         x = x + self.branch("cross", self.cross.decode(self.cross_norm(x), cache["cross"], cross_mask)[0])
-        return x + self.branch("mlp", self.mlp(self.mlp_norm(x))), {"self": self_kv, "cross": cache["cross"]}
+        y, _ = feed_forward(self.mlp, self.mlp_norm(x), None, decoding=True)
+        return x + self.branch("mlp", y), {"self": self_kv, "cross": cache["cross"]}
 
     branch = EncoderBlock.branch
 
@@ -132,22 +141,25 @@ class Stack(nnx.Module):
                                             max_distance=cfg.relative_max_distance, bidirectional=bidirectional,
                                             std=cfg.init_std, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
                        if cfg.positions == "relative" else None)
-        self.blocks = make_layers(lambda r: block_type(cfg, rngs=r, parametrization=parametrization), n_layers,
-                                  scan=cfg.scan_layers, rngs=rngs)
+        self.group = layer_group(cfg)  # layers per scanned unit: MoE layers alternating with dense ones
+        self.blocks = make_layers(lambda r, i: block_type(cfg, rngs=r, parametrization=parametrization,
+                                                          routed=is_routed(cfg, i)),
+                                  n_layers, scan=cfg.scan_layers, rngs=rngs, group=self.group)
         self.final_norm = make_norm(cfg, rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array | None, *args, dropout_key=None) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array | None, *args, dropout_key=None) -> tuple[jax.Array, dict]:
         """x (B, T, D); positions (B, T) or None (0..T-1 in every row); args: the block's inputs after x,
-        without the bias, which is computed here once and appended (then one dropout key per layer)."""
+        without the bias, which is computed here once and appended (then one dropout key per layer).
+        Returns (the final-normed output, the MoE layers' statistics stacked; {} when dense)."""
         bias = None
         if self.relpos is not None:
             if positions is None:  # the same bias for every row: compute it once, (1, N, T, T)
                 positions = jnp.arange(x.shape[1], dtype=jnp.int32)[None]
             bias = self.relpos(positions, positions)  # (B or 1, N, T, T) float32
         c = self.cfg
-        x = run_layers(self.blocks, x, (*args, bias), n_layers=c.n_layers, scan=c.scan_layers, remat=c.remat,
-                       dropout_key=dropout_key)
-        return self.final_norm(x)
+        x, stats = run_layers(self.blocks, x, (*args, bias), n_layers=c.n_layers, scan=c.scan_layers,
+                              remat=c.remat, dropout_key=dropout_key, group=self.group)
+        return self.final_norm(x), stats
 
     def decode(self, x: jax.Array, cache: dict, mask: jax.Array, cross_mask: jax.Array,
                start: jax.Array) -> tuple[jax.Array, dict]:
@@ -157,7 +169,8 @@ class Stack(nnx.Module):
         if self.relpos is not None:  # (1, N, T, S); slots after a query are masked, whatever their bucket
             slots = cache["self"]["k"].shape[2]
             bias = self.relpos(start + jnp.arange(x.shape[1], dtype=jnp.int32)[None], jnp.arange(slots)[None])
-        x, cache = kv_cache.run_layers(self.blocks, self.cfg.scan_layers, x, cache, mask, cross_mask, bias, start)
+        x, cache = kv_cache.run_layers(self.blocks, self.cfg.scan_layers, x, cache, mask, cross_mask, bias, start,
+                                       group=self.group)
         return self.final_norm(x), cache
 
 
@@ -189,34 +202,41 @@ class EncoderDecoder(nnx.Module):
     def __call__(self, encoder_tokens: jax.Array, decoder_tokens: jax.Array, *,
                  encoder_segment_ids: jax.Array | None = None, decoder_segment_ids: jax.Array | None = None,
                  encoder_positions: jax.Array | None = None, decoder_positions: jax.Array | None = None,
-                 dropout_key: jax.Array | None = None) -> jax.Array:
-        """encoder_* int (B, S), decoder_* int (B, T). Returns float32 logits (B, T, V).
+                 dropout_key: jax.Array | None = None, with_aux: bool = False):
+        """encoder_* int (B, S), decoder_* int (B, T). Returns float32 logits (B, T, V), or with_aux
+        (logits, {"encoder"/"decoder": MoE statistics stacked over the stack's MoE layers}; {} when dense).
 
         decoder_tokens are the decoder's inputs (the targets shifted right). Segment ids
         default to all ones (one example per row), positions to 0..len-1. dropout_key:
         train with model.dropout (None: no dropout).
         """
         encoder_key, decoder_key = split_key(dropout_key, 2)
-        encoded = self.encode(encoder_tokens, segment_ids=encoder_segment_ids, positions=encoder_positions,
-                              dropout_key=encoder_key)
-        return self.decode(encoded, decoder_tokens, encoder_segment_ids=encoder_segment_ids,
-                           segment_ids=decoder_segment_ids, positions=decoder_positions, dropout_key=decoder_key)
+        encoded, enc_stats = self.encode(encoder_tokens, segment_ids=encoder_segment_ids,
+                                         positions=encoder_positions, dropout_key=encoder_key, with_aux=True)
+        logits, dec_stats = self.decode(encoded, decoder_tokens, encoder_segment_ids=encoder_segment_ids,
+                                        segment_ids=decoder_segment_ids, positions=decoder_positions,
+                                        dropout_key=decoder_key, with_aux=True)
+        aux = {name: s for name, s in (("encoder", enc_stats), ("decoder", dec_stats)) if s}
+        return (logits, aux) if with_aux else logits
 
     def encode(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
-               positions: jax.Array | None = None, dropout_key: jax.Array | None = None) -> jax.Array:
-        """Encoder tokens (B, S) -> encoded (B, S, D) in the compute dtype (after the encoder's final norm)."""
+               positions: jax.Array | None = None, dropout_key: jax.Array | None = None, with_aux: bool = False):
+        """Encoder tokens (B, S) -> encoded (B, S, D) in the compute dtype (after the encoder's final norm);
+        with_aux: (encoded, the encoder's MoE statistics)."""
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
         mask = AttentionMask.self_attention(segment_ids, causal=False)  # bidirectional within a segment
         embed_key, stack_key = split_key(dropout_key, 2)
         x = dropout(self.embed(tokens), self.cfg.dropout, embed_key)
         x = constrain(record(self, "encoder_embed", scale(x, self.parametrization.input_mult)), RESIDUAL)
-        return self.encoder(x, positions, mask, dropout_key=stack_key)
+        encoded, stats = self.encoder(x, positions, mask, dropout_key=stack_key)
+        return (encoded, stats) if with_aux else encoded
 
     def decode(self, encoded: jax.Array, tokens: jax.Array, *, encoder_segment_ids: jax.Array | None = None,
                segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
-               dropout_key: jax.Array | None = None) -> jax.Array:
-        """encoded (B, S, D) from `encode`, decoder tokens (B, T) -> float32 logits (B, T, V)."""
+               dropout_key: jax.Array | None = None, with_aux: bool = False):
+        """encoded (B, S, D) from `encode`, decoder tokens (B, T) -> float32 logits (B, T, V) (with_aux:
+        and the decoder's MoE statistics)."""
         B, S = encoded.shape[:2]
         if encoder_segment_ids is None:
             encoder_segment_ids = jnp.ones((B, S), jnp.int32)
@@ -229,8 +249,8 @@ class EncoderDecoder(nnx.Module):
         embed_key, stack_key = split_key(dropout_key, 2)
         x = dropout(self.embed(tokens), self.cfg.dropout, embed_key)
         x = constrain(record(self, "decoder_embed", scale(x, self.parametrization.input_mult)), RESIDUAL)
-        x = self.decoder(x, positions, encoded, mask, cross_mask, dropout_key=stack_key)
-        return self._logits(x)
+        x, stats = self.decoder(x, positions, encoded, mask, cross_mask, dropout_key=stack_key)
+        return (self._logits(x), stats) if with_aux else self._logits(x)
 
     def init_cache(self, encoded: jax.Array, length: int, encoder_segment_ids: jax.Array | None = None) -> dict:
         """The decoding cache for `length` decoder positions (data.targets_len): every layer's
@@ -240,14 +260,17 @@ class EncoderDecoder(nnx.Module):
         if encoder_segment_ids is None:
             encoder_segment_ids = jnp.ones((B, S), jnp.int32)
 
-        def cross_kv(block, encoded):
-            return block.cross.project_kv(encoded)
+        def cross_kv(unit, encoded):  # a block's, or a LayerGroup's blocks' stacked
+            if isinstance(unit, LayerGroup):
+                return stack([b.cross.project_kv(encoded) for b in unit.layers])
+            return unit.cross.project_kv(encoded)
 
         if self.cfg.scan_layers:
             cross = nnx.vmap(cross_kv, in_axes=(0, None), out_axes=0,
                              transform_metadata={nnx.PARTITION_NAME: "layers"})(self.decoder.blocks, encoded)
         else:
-            cross = jax.tree.map(lambda *a: jnp.stack(a), *[cross_kv(b, encoded) for b in self.decoder.blocks])
+            cross = stack([cross_kv(b, encoded) for b in self.decoder.blocks])
+        cross = jax.tree.map(lambda a: a.reshape((self.cfg.n_layers,) + a.shape[-4:]), cross)  # (L, B, S, K, H)
         return {"self": kv_cache.empty(self.cfg, self.cfg.n_layers, B, length), "cross": cross,
                 "encoder_segment_ids": encoder_segment_ids}
 

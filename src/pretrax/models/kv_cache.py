@@ -39,11 +39,16 @@ def _decode_block(block, x: jax.Array, cache, *args):
     return block.decode(x, cache, *args)
 
 
-def run_layers(blocks, scanned: bool, x: jax.Array, cache, *args) -> tuple[jax.Array, dict]:
+def run_layers(blocks, scanned: bool, x: jax.Array, cache, *args, group: int = 1) -> tuple[jax.Array, dict]:
     """x through every block's `decode(x, layer_cache, *args) -> (x, layer_cache)`; returns (x, the new cache).
 
-    cache: a pytree whose arrays have a leading (L,) axis; layer i reads and writes slice i.
+    cache: a pytree whose arrays have a leading (L,) axis; layer i reads and writes slice i. group > 1: the
+    units are layer_stack.LayerGroups of `group` layers, each reading its layers' slices as one (group, ...).
     """
+    if group > 1:
+        regroup = lambda a: a.reshape((a.shape[0] // group, group) + a.shape[1:])  # noqa: E731
+        x, cache = run_layers(blocks, scanned, x, jax.tree.map(regroup, cache), *args)
+        return x, jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), cache)
     if scanned:  # the blocks' weights are stacked too: one scanned body
         run: Callable = nnx.scan(_decode_block, in_axes=(0, nnx.Carry, 0) + (None,) * len(args),
                                  out_axes=(nnx.Carry, 0), transform_metadata={nnx.PARTITION_NAME: "layers"})

@@ -10,7 +10,8 @@ separately by each of them before) and training prints it at start-up.
   embedding  tables indexed by token, position or relative-position  yes     none (a lookup); the tied
              bucket (first axis vocab, length or relpos_buckets)             token table: decoder
   readout    an untied kernel into the vocabulary                    yes     decoder
-  hidden     every other kernel                                      yes     its block's
+  router     an MoE layer's router (D -> experts; axis 'router')     yes     its block's
+  hidden     every other kernel (experts' kernels included)          yes     its block's
 
 The scan-over-layers axis ('layers') is never counted, so a row reads the same with
 and without model.scan_layers. A q/k/v bias has two axes (heads x head_dim) and is
@@ -19,6 +20,12 @@ still a bias: its name says so. The LR factor of each role is parametrization.py
 the tokens a parameter multiplies; an encoder-decoder's encoder weights and its
 cross-attention key and value projections (they project the encoder's output) see
 the encoder's tokens, everything else the decoder's (flops.py).
+
+Routed experts (a first axis 'expert') multiply only the tokens routed to them: each row
+records the share of its elements a token uses, experts_per_token / num_experts for an
+expert's kernels and 1 otherwise, so `size(active=True)` counts the active parameters that
+FLOPs and MFU use (Mixtral 8x7B: 12.9B of 46.7B). The router is a readout-shaped matrix
+(growing width in, a fixed number of experts out) and takes muP's readout rules (moe.py).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from pretrax.models.parametrization import STANDARD, Parametrization
 
-ROLES = ("vector", "embedding", "hidden", "readout")  # the order the summary prints
+ROLES = ("vector", "embedding", "hidden", "router", "readout")  # the order the summary prints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +50,7 @@ class ParamRow:
     decayed: bool
     lr_mult: float  # factor on the optimizer's direction (not on the decay)
     flops_side: str | None  # 'encoder', 'decoder', or None for a lookup table
+    active: float = 1.0  # the share of the elements one token multiplies (routed experts: k / E)
 
     @property
     def size(self) -> int:
@@ -69,10 +77,11 @@ class ParamTable:
         (the optimizer is then plain optax.adamw, or Adafactor)."""
         return self.tree(r.lr_mult for r in self.rows) if self.scales_lr else None
 
-    def size(self, *, side: str | None = "any", decayed: bool | None = None) -> int:
-        """Number of elements, of the rows on FLOPs `side` (None: lookups; 'any': all) and/or `decayed`."""
-        return sum(r.size for r in self.rows
-                   if (side == "any" or r.flops_side == side) and (decayed is None or r.decayed == decayed))
+    def size(self, *, side: str | None = "any", decayed: bool | None = None, active: bool = False) -> int:
+        """Number of elements, of the rows on FLOPs `side` (None: lookups; 'any': all) and/or `decayed`;
+        active: only those one token multiplies (routed experts count experts_per_token / num_experts)."""
+        return round(sum(r.size * (r.active if active else 1.0) for r in self.rows
+                         if (side == "any" or r.flops_side == side) and (decayed is None or r.decayed == decayed)))
 
     def summary(self) -> str:
         """One line per role: tensors, elements, weight decay, LR factor(s), FLOPs side(s) (lookup: none)."""
@@ -90,9 +99,11 @@ class ParamTable:
 
 
 def param_table(logical_specs: Any, abstract_params: Any = None, *, tie_embeddings: bool = False,
-                parametrization: Parametrization = STANDARD, optimizer: str = "adamw") -> ParamTable:
+                parametrization: Parametrization = STANDARD, optimizer: str = "adamw",
+                expert_share: float = 1.0) -> ParamTable:
     """The table of a model from its logical specs (nnx.get_partition_spec of the nnx.Param state) and,
-    for the shapes, the abstract parameters; optimizer: optim.name, for the LR factors."""
+    for the shapes, the abstract parameters; optimizer: optim.name, for the LR factors; expert_share: the
+    share of the experts a token is routed to (model.moe: experts_per_token / num_experts)."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(logical_specs, is_leaf=lambda s: isinstance(s, P))
     shapes = [x.shape for x in jax.tree.leaves(abstract_params)] if abstract_params is not None else [None] * len(flat)
     if len(shapes) != len(flat):
@@ -101,8 +112,10 @@ def param_table(logical_specs: Any, abstract_params: Any = None, *, tie_embeddin
     for (path, spec), shape in zip(flat, shapes):
         names = _names(path)
         role = _role(names[-1] if names else "", spec)
+        routed = [a for a in spec if a != "layers"][:1] == ["expert"]
         rows.append(ParamRow(".".join(names), None if shape is None else tuple(shape), role, role != "vector",
-                             parametrization.lr_mult(role, optimizer), _flops_side(names, role, tie_embeddings)))
+                             parametrization.lr_mult(role, optimizer), _flops_side(names, role, tie_embeddings),
+                             expert_share if routed else 1.0))
     return ParamTable(tuple(rows), treedef, parametrization.scales_lr)
 
 
@@ -118,6 +131,8 @@ def _role(name: str, spec: P) -> str:
         return "vector"
     if axes[0] in ("vocab", "length", "relpos_buckets"):
         return "embedding"
+    if axes[-1] == "router":
+        return "router"
     if "vocab" in axes:
         return "readout"
     return "hidden"

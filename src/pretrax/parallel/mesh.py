@@ -1,9 +1,9 @@
-"""Build the (data, fsdp, tensor) device mesh from the config.
+"""Build the (data, fsdp, expert, tensor) device mesh from the config.
 
 One size may be -1, meaning "all devices the other axes leave over". A mesh
 whose product is not the device count is refused before anything runs.
 
-Several TPU slices (mesh.dcn_data > 1): data, fsdp and tensor describe the
+Several TPU slices (mesh.dcn_data > 1): data, fsdp, expert and tensor describe the
 mesh inside one slice (fast ICI links); the slices add an outer factor to the
 data axis, so only the data-parallel gradient reduction crosses the slower
 data-centre network (DCN), and the batch rule needs no change.
@@ -35,13 +35,13 @@ def resolve_mesh_shape(mesh_cfg: MeshSection, num_devices: int) -> tuple[int, ..
     if math.prod(sizes) != num_devices:
         raise ConfigError(
             f"mesh {'x'.join(map(str, sizes))} ({_describe(mesh_cfg)}) has {math.prod(sizes)} devices but "
-            f"{num_devices} are available; make mesh.data * mesh.fsdp * mesh.tensor = {num_devices} or set one to -1"
+            f"{num_devices} are available; make mesh.data * mesh.fsdp * mesh.expert * mesh.tensor = {num_devices} or set one to -1"
         )
     return tuple(sizes)
 
 
 def make_mesh(mesh_cfg: MeshSection, devices: list | None = None) -> Mesh:
-    """A Mesh over all (or the given) devices with axes (data, fsdp, tensor)."""
+    """A Mesh over all (or the given) devices with axes (data, fsdp, expert, tensor)."""
     devices = list(jax.devices()) if devices is None else list(devices)
     # Auto axes: shardings are given at the jit boundary and XLA propagates them
     # inside. (At pod scale XLA may then keep a whole fsdp group's batch on every
@@ -61,7 +61,7 @@ def make_mesh(mesh_cfg: MeshSection, devices: list | None = None) -> Mesh:
 
 
 def _multi_slice_grid(mesh_cfg: MeshSection, devices: list, slices: int) -> np.ndarray:
-    """Devices as (slices x data, fsdp, tensor): slice s holds data rows [s*data, (s+1)*data)."""
+    """Devices as (slices x data, fsdp, expert, tensor): slice s holds data rows [s*data, (s+1)*data)."""
     found = {getattr(d, "slice_index", None) for d in devices}
     need = f"mesh.dcn_data={slices} needs devices from {slices} TPU slices, but these {len(devices)} devices"
     if None in found:
@@ -72,7 +72,7 @@ def _multi_slice_grid(mesh_cfg: MeshSection, devices: list, slices: int) -> np.n
         per_slice = resolve_mesh_shape(mesh_cfg, len(devices) // slices)
     except ConfigError as e:
         raise ConfigError(f"{e} (per slice: {len(devices)} devices in mesh.dcn_data={slices} slices)") from None
-    return mesh_utils.create_hybrid_device_mesh(per_slice, (slices, 1, 1), devices, allow_split_physical_axes=True)
+    return mesh_utils.create_hybrid_device_mesh(per_slice, (slices,) + (1,) * (len(MESH_AXES) - 1), devices, allow_split_physical_axes=True)
 
 
 def batch_parallelism(mesh: Mesh, rules: dict) -> int:

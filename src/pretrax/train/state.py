@@ -25,6 +25,7 @@ from pretrax.models import build_model, max_positions  # noqa: F401 (callers imp
 from pretrax.models import splash
 from pretrax.models.attention_backends import check_backend
 from pretrax.models.family import family_of
+from pretrax.models.moe import expert_share
 from pretrax.models.param_groups import ParamTable, param_table
 from pretrax.parallel.rules import tree_shardings
 from pretrax.sizes import model_vocab_size  # noqa: F401 (callers import it from here too)
@@ -61,7 +62,8 @@ def make_setup(cfg: Config, mesh: Mesh, vocab_size: int) -> TrainSetup:
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
     logical_specs = nnx.get_partition_spec(abstract_params)
     groups = param_table(logical_specs, abstract_params, tie_embeddings=cfg.model.tie_embeddings,
-                         parametrization=abstract_model.parametrization, optimizer=cfg.optim.name)
+                         parametrization=abstract_model.parametrization, optimizer=cfg.optim.name,
+                         expert_share=expert_share(cfg.model))
     tx = make_optimizer(cfg.optim, cfg.train.steps, logical_specs, groups.lr_multipliers(),  # None under sp
                         groups.decay_mask(), scale_decay=cfg.parametrization.scale_weight_decay)
     rules = dict(cfg.mesh.rules)

@@ -8,7 +8,9 @@ train.z_loss adds z_loss * log(Z)^2 per target token (Z the softmax's normaliser
 T5X's cross_entropy_with_logits does, to keep the logits from drifting; the logged
 `loss` stays the plain cross-entropy (comparable with eval and across settings) and
 `z_loss` is logged next to it. Dropout (model.dropout) takes a key derived from the
-run's seed and the step, so a resumed run draws the same masks.
+run's seed and the step, so a resumed run draws the same masks. MoE layers (model.moe) add their
+router losses (load balance, router z-loss) once per target token in the same way; `router_loss` and
+the per-layer expert statistics (`moe_load`, `moe_dropped`, `moe_balance`, `moe_z`) are logged.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ def batch_keys(cfg, *, with_denoiser: bool = True) -> tuple[str, ...]:
     return keys + (("denoiser",) if with_denoiser and cfg.data.objective != "causal_lm" else ())
 
 
-def logits_of(model: Any, batch: dict, dropout_key: jax.Array | None = None) -> jax.Array:
-    """The model's float32 logits (B, T, V) for a packed batch, as its family reads one (dropout off without a key)."""
-    return family_of(model.cfg).logits(model, batch, dropout_key)
+def logits_of(model: Any, batch: dict, dropout_key: jax.Array | None = None, with_aux: bool = False):
+    """The model's float32 logits (B, T, V) for a packed batch, as its family reads one (dropout off without a key);
+    with_aux: (logits, the MoE layers' statistics by stack)."""
+    return family_of(model.cfg).logits(model, batch, dropout_key, with_aux=with_aux)
 
 
-def token_losses(graphdef: Any, params: Any, batch: dict, chunk: int = 0) -> jax.Array:
-    """Cross-entropy in nats for every (B, T) position (not yet masked).
+def token_losses(graphdef: Any, params: Any, batch: dict, chunk: int = 0, with_aux: bool = False):
+    """Cross-entropy in nats for every (B, T) position (not yet masked); with_aux: (losses, MoE statistics).
 
     chunk (train.loss_chunk): the float32 logits (B, chunk, V) of one block of positions at a time, each block
     rematerialised in the backward pass, where the family can split its hidden states from its readout and
@@ -51,9 +54,10 @@ def token_losses(graphdef: Any, params: Any, batch: dict, chunk: int = 0) -> jax
     T = batch["targets"].shape[1]
     split = family_of(model.cfg).hidden_and_readout(model, batch) if chunk and T > chunk and T % chunk == 0 else None
     if split is None:
-        logits = logits_of(model, batch)  # (B, T, V) float32
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    h, readout = split  # (B, T, D)
+        logits, aux = logits_of(model, batch, with_aux=True)  # (B, T, V) float32
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        return (losses, aux) if with_aux else losses
+    h, readout, aux = split  # (B, T, D)
     B, n = h.shape[0], T // chunk
     blocks = lambda x: x.reshape((B, n, chunk) + x.shape[2:]).swapaxes(0, 1)  # noqa: E731  (n, B, chunk, ...)
 
@@ -62,7 +66,23 @@ def token_losses(graphdef: Any, params: Any, batch: dict, chunk: int = 0) -> jax
         return optax.softmax_cross_entropy_with_integer_labels(readout(hc), tc)  # (B, chunk)
 
     losses = jax.lax.map(jax.checkpoint(one), (blocks(h), blocks(batch["targets"])))  # (n, B, chunk)
-    return losses.swapaxes(0, 1).reshape(B, T)
+    losses = losses.swapaxes(0, 1).reshape(B, T)
+    return (losses, aux) if with_aux else losses
+
+
+def router_losses(moe: Any, aux: dict) -> jax.Array:
+    """The MoE layers' auxiliary loss (moe: model.moe): sum over layers of load_balance_loss x balance +
+    router_z_loss x z."""
+    return sum(moe.load_balance_loss * jnp.sum(s["balance"]) + moe.router_z_loss * jnp.sum(s["z"])
+               for s in aux.values())
+
+
+def router_stats(aux: dict, count: jax.Array) -> dict:
+    """The MoE statistics as step metrics, weighted by the batch's target tokens (summed over micro-batches, then
+    divided by the total: train step): per layer, stacks in family order, 'moe_load' (layers, E)."""
+    stacked = {k: jnp.concatenate([s[k].reshape((-1,) + s[k].shape[1:]) for s in aux.values()])
+               for k in ("load", "dropped", "balance", "z")}
+    return {f"moe_{k}": v * count for k, v in stacked.items()}
 
 
 def z_loss_terms(logits: jax.Array, z_loss: float) -> jax.Array:
@@ -80,28 +100,38 @@ def dropout_key(setup: TrainSetup, state: dict) -> jax.Array | None:
     return jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
 
-def _summed_loss(graphdef, params, batch, num_denoisers: int, z_loss: float = 0.0, key=None, loss_chunk: int = 0):
+def _summed_loss(graphdef, params, batch, num_denoisers: int, z_loss: float = 0.0, key=None, loss_chunk: int = 0,
+                 moe=None):
     """Summed masked loss, and the token counts (and per-denoiser sums for UL2-style objectives).
 
     With z_loss > 0 the loss differentiated is cross-entropy + z-loss; stats keep the cross-entropy
-    and the z-loss sums apart.
+    and the z-loss sums apart. MoE layers (moe: model.moe) add their router losses the same way.
     """
     mask = batch["loss_mask"]
     if z_loss == 0 and key is None:  # the default program, exactly as before z-loss and dropout existed
-        losses = token_losses(graphdef, params, batch, loss_chunk) * mask  # (B, T)
+        losses, aux = token_losses(graphdef, params, batch, loss_chunk, with_aux=True)
+        losses = losses * mask  # (B, T)
     else:
-        logits = logits_of(nnx.merge(graphdef, params), batch, key)  # (B, T, V) float32
+        logits, aux = logits_of(nnx.merge(graphdef, params), batch, key, with_aux=True)  # (B, T, V) float32
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]) * mask
     stats = {"count": jnp.sum(mask)}
+    extra = 0.0  # what the loss adds to the cross-entropy (summed over tokens, as the cross-entropy is)
+    if aux:  # MoE layers: their balance and router z-losses, once per target token of the batch
+        stats.update(router_stats(aux, stats["count"]))
+        stats["router_loss"] = router_losses(moe, aux) * stats["count"]
+        extra = stats["router_loss"]
     if num_denoisers:
         which = jax.nn.one_hot(batch["denoiser"], num_denoisers, dtype=losses.dtype)  # (B, T, K)
         stats["denoiser_loss"] = jnp.einsum("BT,BTK->K", losses, which)
         stats["denoiser_tokens"] = jnp.einsum("BT,BTK->K", mask, which)
     if z_loss == 0:
-        return jnp.sum(losses), stats
+        if not aux:
+            return jnp.sum(losses), stats
+        stats["cross_entropy"] = jnp.sum(losses)
+        return stats["cross_entropy"] + extra, stats
     stats["cross_entropy"] = jnp.sum(losses)
     stats["z_loss"] = jnp.sum(z_loss_terms(logits, z_loss) * mask)
-    return stats["cross_entropy"] + stats["z_loss"], stats
+    return stats["cross_entropy"] + stats["z_loss"] + extra, stats
 
 
 def _grads(setup: TrainSetup, params: Any, batch: dict, key=None) -> tuple[jax.Array, dict, Any]:
@@ -109,7 +139,9 @@ def _grads(setup: TrainSetup, params: Any, batch: dict, key=None) -> tuple[jax.A
     k = len(denoiser_names(setup.cfg.data)) if "denoiser" in batch else 0
     z = setup.cfg.train.z_loss
     chunk = setup.cfg.train.loss_chunk
-    grad_fn = jax.value_and_grad(lambda p, b, key: _summed_loss(setup.graphdef, p, b, k, z, key, chunk), has_aux=True)
+    moe = setup.cfg.model.moe
+    grad_fn = jax.value_and_grad(lambda p, b, key: _summed_loss(setup.graphdef, p, b, k, z, key, chunk, moe),
+                                 has_aux=True)
     accum = setup.cfg.train.grad_accum
     if accum == 1:
         (loss_sum, stats), grads = grad_fn(params, batch, key)
@@ -147,9 +179,10 @@ def make_train_step(setup: TrainSetup) -> Callable[[dict, dict], tuple[dict, dic
         finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         params, opt_state = jax.tree.map(keep, params, state["params"]), jax.tree.map(keep, opt_state, state["opt_state"])
-        if "z_loss" in stats:  # the objective was cross-entropy + z-loss; log them apart, per token
+        if "cross_entropy" in stats:  # the objective was cross-entropy + z-loss and/or router losses: log apart
             loss_sum = stats.pop("cross_entropy")
-            stats["z_loss"] = stats["z_loss"] / count
+        for k in [k for k in stats if k == "z_loss" or k == "router_loss" or k.startswith("moe_")]:
+            stats[k] = stats[k] / count  # per target token
         metrics = {
             "loss": loss_sum / count,
             "grad_norm": grad_norm,
