@@ -263,3 +263,112 @@ def test_checkpoint_written_on_one_mesh_resumes_exactly_on_another(tiny_cfg, tmp
 
     with pytest.raises(CheckpointError, match=r"model\.moe\.num_experts \(checkpoint 4, now 8\)"):
         train(tiny_cfg(*moe, "model.moe.num_experts=8", "train.steps=6", run_dir=str(tmp_path / "b")), progress=False)
+
+
+# ---------------------------------------------------------------- accounting
+
+def test_mixtral_8x7b_has_its_published_total_and_active_counts():
+    """Mixtral 8x7B (arXiv 2401.04088): 46,702,792,704 parameters, 12,879,925,248 used per token."""
+    from pretrax.flops import step_flops
+    from pretrax.info import describe
+
+    cfg = config_lib.load("configs/mixtral_8x7b.yaml")
+    V, D, L, Hq, Hkv, F, E = 32000, 4096, 32, 32 * 128, 8 * 128, 14336, 8
+    attn, expert, router, norms = D * (2 * Hq + 2 * Hkv), 3 * D * F, D * E, 2 * D
+    total = L * (attn + E * expert + router + norms) + 2 * V * D + D  # untied embedding and output, final norm
+    active = L * (attn + 2 * expert + router + norms) + 2 * V * D + D
+    assert (total, active) == (46_702_792_704, 12_879_925_248)
+    text = describe(cfg)
+    assert f"parameters: {total}\n" in text and f"active parameters: {active} " in text
+    # 6 x the active matmul parameters (the input embedding is a lookup) per token
+    flops = step_flops(cfg, V)
+    assert flops.matmul == 6 * (active - V * D) * flops.tokens
+
+
+def test_flops_count_the_routed_share_of_the_experts_and_the_router():
+    from pretrax.flops import step_flops
+
+    V = 128
+    for k, every in ((1, 1), (2, 2)):
+        cfg = _model_cfg(f"model.moe.experts_per_token={k}", f"model.moe.every={every}", "model.moe.shared_experts=1")
+        L, Dm, Fe, E = 4, 32, 48, 4
+        n_moe = L // every
+        dense_layer = 4 * Dm * Dm + 3 * Dm * Fe + 2 * Dm
+        moe_layer = 4 * Dm * Dm + 2 * Dm + Dm * E + 3 * Dm * Fe * k + 3 * Dm * Fe  # routed share + shared expert
+        active = (L - n_moe) * dense_layer + n_moe * moe_layer + Dm + V * Dm  # final norm, tied table
+        assert step_flops(cfg, V).matmul == 6 * active * cfg.train.batch_size * cfg.data.seq_len
+
+
+# ---------------------------------------------------------------- training runs
+
+@pytest.mark.slow
+def test_router_losses_and_expert_load_reach_metrics_and_tensorboard(tiny_cfg):
+    import json
+    import os
+
+    from test_gcs_runs import tensorboard_scalars
+
+    from pretrax.train.loop import train
+
+    cfg = tiny_cfg("model.moe.num_experts=4", "model.moe.every=2", "model.moe.capacity_factor=1.0",
+                   "model.moe.load_balance_loss=0.02", "train.steps=3")
+    train(cfg, progress=False)
+    rows = [json.loads(line) for line in open(os.path.join(cfg.run.dir, "metrics.jsonl")) if '"loss"' in line]
+    last = rows[-1]
+    loads = np.array([last[f"moe_load/layer1/e{j}"] for j in range(4)])
+    np.testing.assert_allclose(loads.sum(), 1.0, rtol=1e-5)  # shares of the routed (token, choice) pairs
+    assert "moe_load/layer0/e0" not in last  # layer 0 is dense
+    assert last["moe_max_load/layer1"] == pytest.approx(loads.max() * 4)
+    assert 0 <= last["moe_dropped/layer1"] < 1 and last["moe_dropped"] == last["moe_dropped/layer1"]
+    assert last["moe_balance"] >= 1.0 - 1e-6  # E * sum(load * prob) >= 1 when load follows prob; 1 when balanced
+    assert last["router_loss"] == pytest.approx(0.02 * last["moe_balance"] + 0.001 * last["moe_z"], rel=1e-4)
+    for tag in ("router_loss", "moe_load/layer1/e3", "moe_dropped/layer1"):
+        assert tensorboard_scalars(cfg.run.dir, tag)[3] == pytest.approx(last[tag], rel=1e-6), tag
+
+
+@pytest.mark.slow
+def test_encoder_decoder_with_routed_experts_trains_on_ul2_and_samples(tiny_cfg):
+    """Routed layers in both stacks, experts split 4 ways, UL2's three denoisers; then greedy decoding (the
+    decoding path routes every token) from the saved run."""
+    import json
+    import os
+
+    from pretrax.generate import load_run, sample
+    from pretrax.train.loop import train
+
+    from test_encoder_decoder_training import MIX  # UL2's three denoisers, small enough for 48 / 24 token rows
+
+    cfg = tiny_cfg("model.kind=encoder_decoder", "model.positions=relative", "data.objective=ul2", *MIX,
+                   "data.inputs_len=48", "data.targets_len=24", "model.moe.num_experts=4", "model.moe.every=2",
+                   "model.scan_layers=true", "mesh.data=2", "mesh.expert=4", "optim.lr=3e-3")
+    result = train(cfg, progress=False)
+    assert result.losses[6] < result.losses[1]
+    rows = [json.loads(line) for line in open(os.path.join(cfg.run.dir, "metrics.jsonl")) if '"loss"' in line]
+    seen = set().union(*rows)
+    assert {"moe_load/encoder.layer1/e0", "moe_load/decoder.layer1/e0", "loss_R", "loss_S", "loss_X"} <= seen
+    assert not any(k.startswith("moe_load/encoder.layer0") for k in seen)
+    _, setup, tok, params, step = load_run(cfg.run.dir)
+    assert step == 6
+    text = sample(setup, params, tok, "def f(x):", max_new_tokens=8, temperature=0.0, mode="S")
+    assert isinstance(text, str) and len(tok.encode(text)) <= 8
+
+
+def test_mup_treats_experts_as_hidden_matrices_and_the_router_as_a_readout():
+    from pretrax.plan import make_plan
+    from pretrax.data.tokenizer import load_tokenizer
+
+    cfg = _model_cfg("model.d_model=128", "parametrization.kind=mup", "parametrization.base_d_model=32",
+                     "model.moe.every=2", "mesh.data=1")
+    setup = make_plan(cfg, devices=jax.devices()[:1], tokenizer=load_tokenizer("bytes")).setup
+    rows = {r.path: r for r in setup.param_groups.rows}
+    expert = rows["blocks.0.layers.1.mlp.up"]
+    router = rows["blocks.0.layers.1.mlp.router"]
+    dense = rows["blocks.0.layers.0.mlp.up.kernel"]
+    assert (expert.role, expert.lr_mult, expert.active) == ("hidden", 1 / 4, 2 / 4)
+    assert dense.lr_mult == expert.lr_mult and dense.active == 1.0
+    assert (router.role, router.lr_mult, router.decayed) == ("router", 1.0, True)
+    model = build_model(cfg, 256, 0)
+    layer = model.blocks[1].layers[1].mlp
+    assert layer.router_mult == 1 / 4  # readout: logits x 1 / width_mult
+    np.testing.assert_allclose(float(jnp.std(layer.up[...])), 0.02 / 2, rtol=0.05)  # hidden init std / sqrt(m)
+    assert "router" in setup.param_groups.summary()

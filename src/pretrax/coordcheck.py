@@ -70,7 +70,7 @@ def parse_widths(text: str) -> list[int]:
 
 
 def width_config(cfg: Config, width: int, kind: str, base: int) -> Config:
-    """The config at `width` under `kind`: heads fixed, head dim and d_ff scaled with width."""
+    """The config at `width` under `kind`: heads fixed, head dim and d_ff (and an expert's d_ff) scaled with width."""
     m = cfg.model
     if width % m.n_heads:
         raise ConfigError(f"coordcheck width {width} is not divisible by model.n_heads ({m.n_heads}); "
@@ -79,6 +79,7 @@ def width_config(cfg: Config, width: int, kind: str, base: int) -> Config:
         "model.d_model": width,
         "model.head_dim": 0,
         "model.d_ff": max(1, round(width * m.d_ff / m.d_model)),
+        "model.moe.d_ff": round(width * m.moe.d_ff / m.d_model),  # 0 (experts as wide as d_ff) stays 0
         "model.scan_layers": False,
         "model.remat": "none",
         "parametrization.kind": kind,

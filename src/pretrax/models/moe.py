@@ -133,6 +133,7 @@ class MoE(nnx.Module):
             onto = kept[:, :, j, :, None] * jax.nn.one_hot(slot[:, :, j].astype(jnp.int32), C, dtype=jnp.float32)
             dispatch = dispatch + onto.astype(dt)
             combine = combine + onto * weights[:, :, j, None, None]
+        dispatch = jax.lax.stop_gradient(dispatch)  # 0/1 slots from integer choices: nothing to differentiate
         expert_in = constrain(jnp.einsum("BTEC,BTD->EBCD", dispatch, x.astype(dt)), EXPERT_IN)  # all-to-all
         act = ACTIVATIONS[self.activation]
         up = jnp.einsum("EBCD,EDF->EBCF", expert_in, self.up[...].astype(dt))
