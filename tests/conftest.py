@@ -73,7 +73,7 @@ def pytest_sessionfinish(session):
 LONGEST_FIRST = ("test_sweep_worker.py", "test_gcs_runs.py", "test_reliability.py", "test_coordcheck.py",
                  "test_multiprocess.py", "test_train.py", "test_first_run.py", "test_run_lock.py", "test_cli.py",
                  "test_data_end_to_end.py", "test_encoder_decoder.py", "test_pod_logs.py", "test_hf_interop.py",
-                 "test_nan_and_preemption.py")
+                 "test_nan_and_preemption.py", "test_moe.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,11 +2,12 @@
 during the first Adam steps (microsoft/mup's own criterion: the l1 ratio between
 consecutive widths within (1/1.2, 1.2)); under SP some layer clearly grows."""
 
-import contextlib
 import csv
-import io
 import itertools
 import json
+import os
+import subprocess
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -22,22 +23,30 @@ OVERRIDES = ["model.n_layers=1", "model.n_heads=4", "model.d_model=128", "model.
              "train.batch_size=8", "optim.lr=3e-3"]
 
 
+def coordcheck(out, *extra) -> str:
+    """`pretrax coordcheck` in its own process, whose stdout it returns. Compiled with XLA's default
+    optimisation: these runs are compute-bound (width 512), where the suite's opt-level-0 compiles
+    (tests/conftest.py) cost more time than they save."""
+    config = out / "tiny.yaml"
+    config.write_text(f"run:\n  dir: {out / 'run'}\n")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "pretrax"), "coordcheck", str(config),
+                           *OVERRIDES, *extra, "--widths", ",".join(map(str, WIDTHS)), "--steps", str(STEPS),
+                           "--seeds", "4", "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("coordcheck")
-    config = out / "tiny.yaml"
-    config.write_text(f"run:\n  dir: {out / 'run'}\n")
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = main(["coordcheck", str(config), *OVERRIDES, "--widths", ",".join(map(str, WIDTHS)),
-                     "--steps", str(STEPS), "--seeds", "4", "--json", "--out", str(out)])
-    assert code == 0
+    stdout = coordcheck(out, "--json")
     coords = defaultdict(list)  # (kind, step, layer) -> mean |x| per width, in width order
     with open(out / "coordcheck.csv") as f:
         for row in csv.DictReader(f):
             coords[row["kind"], int(row["step"]), row["layer"]].append((int(row["width"]), float(row["mean_abs"])))
     coords = {k: [v for _, v in sorted(vals)] for k, vals in coords.items()}
-    return json.loads(stdout.getvalue()), coords, out
+    return json.loads(stdout), coords, out
 
 
 def _ratios(values):
@@ -102,13 +111,7 @@ def test_mup_stays_flat_with_routed_experts(tmp_path):
     MLP's grows by about 2^1.5 or more per doubling. Routing is discrete (a token's experts change with the
     width's draws), so the MoE output's slope is noisier than a dense MLP's: |slope| < 0.35 per doubling
     at every step (measured: -0.01, +0.11, -0.23, +0.15; SP 1.47 to 2.58, docs/moe.md)."""
-    config = tmp_path / "tiny.yaml"
-    config.write_text(f"run:\n  dir: {tmp_path / 'run'}\n")
-    moe = ["model.moe.num_experts=4", "model.moe.d_ff=128"]
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = main(["coordcheck", str(config), *OVERRIDES, *moe, "--widths", ",".join(map(str, WIDTHS)),
-                     "--steps", str(STEPS), "--seeds", "4", "--out", str(tmp_path)])
-    assert code == 0
+    coordcheck(tmp_path, "model.moe.num_experts=4", "model.moe.d_ff=128")
     slopes = defaultdict(dict)  # (kind, layer) -> {step: log2 slope of mean |x| against width}
     with open(tmp_path / "coordcheck.csv") as f:
         rows = list(csv.DictReader(f))

@@ -372,3 +372,20 @@ def test_mup_treats_experts_as_hidden_matrices_and_the_router_as_a_readout():
     assert layer.router_mult == 1 / 4  # readout: logits x 1 / width_mult
     np.testing.assert_allclose(float(jnp.std(layer.up[...])), 0.02 / 2, rtol=0.05)  # hidden init std / sqrt(m)
     assert "router" in setup.param_groups.summary()
+
+
+def test_compile_search_tries_expert_ways_that_divide_the_experts():
+    from pretrax.compile_search import Plan, Space, candidate_meshes
+    from pretrax.parallel.topologies import parse_topology
+
+    topo = parse_topology("v5p-16")  # 8 chips
+    meshes = candidate_meshes(_model_cfg("model.moe.num_experts=4"), topo, Space(tensor=(1,)))
+    assert {e for _, _, _, e in meshes} == {1, 2, 4}  # 8 chips, but only 4 experts to split
+    assert all(d * f * t * e == 8 for d, f, t, e in meshes)
+    dense = candidate_meshes(config_lib.load(None, ["model.d_model=32", "model.n_heads=4", "model.d_ff=48"]),
+                             topo, Space(tensor=(1,)))
+    assert {e for *_, e in dense} == {1}
+    plan = Plan(2, 1, 1, "full", 1, "xla", 4)
+    assert plan.overrides()["mesh.expert"] == 4 and plan.mesh == "2x1x1 expert 4"
+    cfg = _model_cfg("model.moe.num_experts=4").replace(**plan.overrides())
+    assert (cfg.mesh.data, cfg.mesh.expert) == (2, 4)
