@@ -434,6 +434,7 @@ def test_export_names_the_feature_transformers_cannot_express(tmp_path, capsys):
     (["model.kind=encoder_decoder", "model.positions=relative", "model.use_bias=true"],
      "model.use_bias=true in the encoder-decoder"),
     (["model.kind=encoder_decoder", "model.positions=relative", "model.n_kv_heads=2"], "model.n_kv_heads=2"),
+    (["model.moe.num_experts=4"], "model.moe.num_experts=4"),
 ])
 def test_a_model_transformers_cannot_express_is_named(overrides, feature):
     cfg = config_lib.load(None, overrides)

@@ -324,6 +324,10 @@ def supported() -> str:
 
 def family_of_model(m: ModelSection) -> Family:
     """The family a pretrax model exports to (ConfigError naming the feature none can express)."""
+    if m.moe.num_experts:
+        raise ConfigError(f"model.moe.num_experts={m.moe.num_experts} cannot be exported: transformers' "
+                          f"{', '.join(f.name for f in FAMILIES)} have no routed experts (Mixtral export is not "
+                          "written yet)")
     if pretrax_family_of(m).has_encoder:
         family = FAMILIES[2]
     elif m.positions == "learned":
