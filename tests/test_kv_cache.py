@@ -23,6 +23,8 @@ DECODERS = {
     "learned-post-norm": ["model.n_kv_heads=2", "model.positions=learned", "model.norm=layernorm",
                           "model.norm_position=post", "model.use_bias=true", "model.final_norm=false"],
     "no-positions-scanned": ["model.positions=none", "model.scan_layers=true"],
+    "alibi": ["model.positions=alibi"],
+    "xpos-gqa": ["model.positions=xpos", "model.n_kv_heads=2"],
     # routed experts in every other layer, scanned as (dense, routed) groups; dropless, as decoding routes
     "moe-grouped-scanned": ["model.n_layers=4", "model.moe.num_experts=4", "model.moe.every=2",
                             "model.moe.dropless=true", "model.scan_layers=true"],
@@ -51,7 +53,8 @@ def assert_same_steps(cached, recomputed, n):
 
 @pytest.mark.parametrize("name, mode", [("rope-gqa", None), ("rope-gqa", "S"), ("learned-post-norm", None),
                                         pytest.param("no-positions-scanned", "S", marks=pytest.mark.slow),
-                                        pytest.param("moe-grouped-scanned", None, marks=pytest.mark.slow)])
+                                        pytest.param("moe-grouped-scanned", None, marks=pytest.mark.slow),
+                                        ("alibi", "S"), ("xpos-gqa", None)])
 def test_decoder_cache_gives_the_recompute_paths_logits_and_tokens(tiny_cfg, name, mode):
     cfg = tiny_cfg(*DECODERS[name])
     setup, params = model_and_params(cfg)
@@ -74,12 +77,14 @@ def test_the_cache_keeps_kv_heads_and_is_stacked_over_layers(tiny_cfg):
     assert cache["k"].shape == cache["v"].shape == (2, 3, 32, 2, 8)  # (L, B, S, K, H): K = 2, not N = 4
 
 
-@pytest.mark.parametrize("scan,moe", [(False, False), pytest.param(True, False, marks=pytest.mark.slow),
-                                      pytest.param(True, True, marks=pytest.mark.slow)])
-def test_encoder_decoder_cache_gives_the_recompute_paths_logits_and_tokens(tiny_cfg, scan, moe):
+@pytest.mark.parametrize("scan,moe,alibi", [(False, False, False), pytest.param(True, False, False, marks=pytest.mark.slow),
+                                            pytest.param(True, True, False, marks=pytest.mark.slow),
+                                            (False, False, True)])
+def test_encoder_decoder_cache_gives_the_recompute_paths_logits_and_tokens(tiny_cfg, scan, moe, alibi):
     experts = ["model.moe.num_experts=4", "model.moe.every=2", "model.n_encoder_layers=2", "model.n_layers=2",
                "model.moe.dropless=true"] if moe else []
-    cfg = tiny_cfg(*ENC_DEC, "model.n_kv_heads=2", f"model.scan_layers={scan}", *experts)  # relative positions
+    positions = ["model.positions=alibi"] if alibi else []  # else T5's relative positions
+    cfg = tiny_cfg(*ENC_DEC, "model.n_kv_heads=2", f"model.scan_layers={scan}", *experts, *positions)
     setup, params = model_and_params(cfg)
     ids = [TOK.mode_token_id("[S2S]")] + TOK.encode("x = 1") + [TOK.eos_id]  # encoder padded to 48 after these
     kw = dict(bos_id=TOK.bos_id, pad_id=TOK.pad_id)

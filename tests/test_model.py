@@ -172,7 +172,9 @@ def test_grouped_query_model_equals_multi_head_model_with_repeated_kv_heads():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cfg", [GPT1_TINY, MODERN_TINY], ids=["learned", "rope"])
+@pytest.mark.parametrize("cfg", [GPT1_TINY, MODERN_TINY, dataclasses.replace(MODERN_TINY, positions="alibi"),
+                                 dataclasses.replace(MODERN_TINY, positions="xpos")],
+                         ids=["learned", "rope", "alibi", "xpos"])
 def test_packed_document_gives_the_same_logits_as_alone(cfg):
     model = make(cfg)
     doc1, doc2 = tokens_of(3, (1, 5)), tokens_of(4, (1, 7))

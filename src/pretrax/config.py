@@ -58,10 +58,12 @@ class ModelSection:
     head_dim: int = 0  # 0: d_model // n_heads
     d_ff: int = 1024
     max_seq_len: int = 0  # size of the learned position table; 0: data.seq_len
-    positions: Literal["rope", "learned", "relative", "none"] = "rope"  # relative: T5 bias (encoder_decoder)
+    # relative: T5 bias (encoder_decoder); alibi: linear bias on the scores (either kind); xpos: RoPE with decay
+    positions: Literal["rope", "learned", "relative", "none", "alibi", "xpos"] = "rope"
     relative_buckets: int = 32  # relative: buckets of the T5 relative position bias
     relative_max_distance: int = 128  # relative: distances beyond this share the last bucket
     rope_theta: float = 10000.0
+    xpos_scale_base: float = 512.0  # xpos: positions per factor zeta of decay (Sun et al. 2022)
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     norm_position: Literal["pre", "post"] = "pre"
     norm_eps: float = 1e-6
@@ -276,6 +278,8 @@ class Config:
 
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
+# xPos decays a rotary score by direction (queries up, keys down): defined for causal attention, not an encoder
+POSITIONS_BY_KIND = {"decoder": ("rope", "learned", "none", "alibi", "xpos"), "encoder_decoder": ("relative", "alibi")}
 
 
 # ---------------------------------------------------------------- loading
@@ -508,13 +512,15 @@ def validate(cfg: Config) -> None:
         )
     if m.n_heads % m.kv_heads:
         raise ConfigError(f"model.n_heads ({m.n_heads}) must be a multiple of model.n_kv_heads ({m.kv_heads})")
-    if (m.positions == "relative") != (m.kind == "encoder_decoder"):
+    if m.positions not in POSITIONS_BY_KIND[m.kind]:
         raise ConfigError(
             f"model.positions={m.positions!r} does not fit model.kind={m.kind!r}: the encoder-decoder uses "
-            "'relative' (T5 bias), the decoder 'rope', 'learned' or 'none'"
+            "'relative' (T5 bias) or 'alibi', the decoder 'rope', 'learned', 'none', 'alibi' or 'xpos'"
         )
-    if m.positions == "rope" and m.head_size % 2:
+    if m.positions in ("rope", "xpos") and m.head_size % 2:
         raise ConfigError(f"rotary positions need an even head size, got {m.head_size}")
+    if not m.xpos_scale_base > 0:
+        raise ConfigError(f"config key 'model.xpos_scale_base' must be > 0, got {m.xpos_scale_base}")
     if m.positions == "learned" and m.max_seq_len and m.max_seq_len < cfg.data.seq_len:
         raise ConfigError(
             f"model.max_seq_len ({m.max_seq_len}) is shorter than data.seq_len ({cfg.data.seq_len})"

@@ -18,11 +18,11 @@ from pretrax.config import ModelSection
 from pretrax.models.attention_backends import AttentionMask, attend, xla_attention
 from pretrax.models.layers import RESIDUAL, Einsum, residual_std
 from pretrax.models.parametrization import STANDARD, Parametrization
-from pretrax.models.positions import apply_rope
+from pretrax.models.positions import rotate_qk
 
 
 class Attention(nnx.Module):
-    """Project to queries, keys and values, rotate them (RoPE), attend, project back."""
+    """Project to queries, keys and values, rotate them (RoPE, xPos), attend, project back."""
 
     def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD):
         D, N, K, H, p = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size, parametrization
@@ -43,7 +43,7 @@ class Attention(nnx.Module):
         self.query_chunk = cfg.attention_query_chunk
         self.dropout = cfg.dropout  # on the attention probabilities, when a dropout key is given
 
-    def __call__(self, x: jax.Array, mask: AttentionMask, rope: tuple[jax.Array, jax.Array] | None = None, *,
+    def __call__(self, x: jax.Array, mask: AttentionMask, rope: tuple[jax.Array, ...] | None = None, *,
                  kv: jax.Array | None = None, bias: jax.Array | None = None,
                  dropout_key: jax.Array | None = None) -> jax.Array:
         """x: (B, T, D) queries' inputs; kv: (B, S, D) keys' and values' inputs (default x:
@@ -51,15 +51,15 @@ class Attention(nnx.Module):
         dropout_key: drop attention probabilities with rate model.dropout (None: no dropout)."""
         kv = x if kv is None else kv
         q, k, v = self.query(x), self.key(kv), self.value(kv)  # (B, T, N, H), (B, S, K, H), (B, S, K, H)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if rope is not None:  # RoPE's angles, or xPos's (with its scales)
+            q, k = rotate_qk(q, k, rope)
         drop = (self.dropout, dropout_key) if dropout_key is not None and self.dropout > 0 else None
         out = attend(q, k, v, mask, bias=bias, scale=self.scale, backend=self.backend, dropout=drop,
                      query_chunk=self.query_chunk)  # (B, T, N, H)
         out = checkpoint_name(out, "attention_out")
         return self.out(out)  # (B, T, D)
 
-    def decode(self, x: jax.Array, cache: dict, mask: jax.Array, rope: tuple[jax.Array, jax.Array] | None = None, *,
+    def decode(self, x: jax.Array, cache: dict, mask: jax.Array, rope: tuple[jax.Array, ...] | None = None, *,
                start: jax.Array | None = None, bias: jax.Array | None = None) -> tuple[jax.Array, dict]:
         """Attention of T new queries x (B, T, D) over a KV cache {"k", "v"}: (B, S, K, H) each.
 
@@ -73,7 +73,7 @@ class Attention(nnx.Module):
         if start is not None:
             k, v = self.key(x), self.value(x)  # (B, T, K, H)
             if rope is not None:
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+                q, k = rotate_qk(q, k, rope)
             cache = {name: jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype), start, 1)
                      for name, new in (("k", k), ("v", v))}
         out = xla_attention(q, cache["k"], cache["v"], mask, bias, self.scale)  # (B, T, N, H)

@@ -3,6 +3,8 @@
   GPT-1 (Radford et al., 2018): learned positions, post-LayerNorm, GELU, biases,
       tied embeddings, no final norm.
   modern (LLaMA-like): pre-RMSNorm, RoPE, SwiGLU, no biases, a final norm.
+  Other positions (model.positions): none, ALiBi (a fixed linear bias on every layer's
+  scores, computed once per pass), xPos (RoPE whose scores decay with distance).
 
 tokens -> embedding (+ learned positions) -> n_layers x Block -> (final norm) -> logits.
 The parametrization (sp | mup, see parametrization.py) sets the init scales and the
@@ -30,7 +32,7 @@ from pretrax.models.layer_stack import REMAT_POLICIES, make_layers, run_layers  
 from pretrax.models.layers import RESIDUAL, Embed, Unembed, dropout, make_norm, record, split_key
 from pretrax.models.moe import feed_forward, is_routed, layer_group, make_feed_forward
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
-from pretrax.models.positions import LearnedPositions, rope_angles
+from pretrax.models.positions import LearnedPositions, alibi_bias, alibi_slopes, rope_angles, xpos_angles
 from pretrax.parallel.activations import constrain
 
 
@@ -48,15 +50,18 @@ class Block(nnx.Module):
         self.mlp_norm = make_norm(cfg, rngs)
         self.mlp = make_feed_forward(cfg, routed, rngs=rngs, parametrization=parametrization)
 
-    def __call__(self, x: jax.Array, mask: AttentionMask, rope=None, dropout_key=None) -> tuple[jax.Array, dict]:
+    def __call__(self, x: jax.Array, mask: AttentionMask, rope=None, bias=None,
+                 dropout_key=None) -> tuple[jax.Array, dict]:
+        """rope: RoPE's or xPos's angles; bias: ALiBi's (B, N, T, T) score bias (None without)."""
         k_probs, k_attn, k_mlp = split_key(dropout_key, 3)  # Nones without a key: no dropout
-        x, _, stats = self._layer(x, lambda h: (self.attn(h, mask, rope, dropout_key=k_probs), None),
+        x, _, stats = self._layer(x, lambda h: (self.attn(h, mask, rope, bias=bias, dropout_key=k_probs), None),
                                   mask.q_segments > 0, k_attn, k_mlp)
         return x, stats
 
-    def decode(self, x: jax.Array, cache: dict, mask: jax.Array, rope, start: jax.Array) -> tuple[jax.Array, dict]:
+    def decode(self, x: jax.Array, cache: dict, mask: jax.Array, rope, start: jax.Array,
+               bias=None) -> tuple[jax.Array, dict]:
         """The layer over new tokens x (B, T, D) at positions start.., reading and extending its KV cache."""
-        x, cache, _ = self._layer(x, lambda h: self.attn.decode(h, cache, mask, rope, start=start), None,
+        x, cache, _ = self._layer(x, lambda h: self.attn.decode(h, cache, mask, rope, start=start, bias=bias), None,
                                   decoding=True)
         return x, cache
 
@@ -134,7 +139,7 @@ class Decoder(nnx.Module):
 
         embed_key, blocks_key = split_key(dropout_key, 2)
         x, rope = self._embed(tokens, positions, embed_key)
-        x, stats = self._run_blocks(x, mask, rope, blocks_key)
+        x, stats = self._run_blocks(x, mask, rope, self._bias(positions, positions), blocks_key)
         h = self._final(x)
         return (h, {"blocks": stats} if stats else {}) if with_aux else h
 
@@ -153,8 +158,10 @@ class Decoder(nnx.Module):
         B, T = tokens.shape
         positions = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
         x, rope = self._embed(tokens, positions)
-        mask = kv_cache.slot_mask(start, T, cache["k"].shape[2], prefix)  # (1, T, S)
-        x, cache = kv_cache.run_layers(self.blocks, self.cfg.scan_layers, x, cache, mask, rope, start,
+        S = cache["k"].shape[2]
+        mask = kv_cache.slot_mask(start, T, S, prefix)  # (1, T, S)
+        bias = self._bias(positions, jnp.arange(S, dtype=jnp.int32)[None])  # ALiBi: new positions against every slot
+        x, cache = kv_cache.run_layers(self.blocks, self.cfg.scan_layers, x, cache, mask, rope, start, bias,
                                        group=layer_group(self.cfg))
         return self._logits(x), cache
 
@@ -165,10 +172,18 @@ class Decoder(nnx.Module):
             x = x + self.positions(positions)
         x = dropout(x, self.cfg.dropout, key)
         x = constrain(record(self, "embed", scale(x, self.parametrization.input_mult)), RESIDUAL)
-        rope = None
-        if self.cfg.positions == "rope":  # (sin, cos), computed once and shared by every layer
-            rope = rope_angles(positions, self.cfg.head_size, self.cfg.rope_theta)
+        rope, c = None, self.cfg
+        if c.positions == "rope":  # (sin, cos), computed once and shared by every layer
+            rope = rope_angles(positions, c.head_size, c.rope_theta)
+        elif c.positions == "xpos":  # (sin, cos, query scale, key scale)
+            rope = xpos_angles(positions, c.head_size, c.rope_theta, c.xpos_scale_base)
         return x, rope
+
+    def _bias(self, q_positions: jax.Array, k_positions: jax.Array) -> jax.Array | None:
+        """ALiBi's score bias (B, N, T, S), computed once and shared by every layer; None for other positions."""
+        if self.cfg.positions != "alibi":
+            return None
+        return alibi_bias(q_positions, k_positions, alibi_slopes(self.cfg.n_heads))
 
     def _logits(self, x: jax.Array) -> jax.Array:
         return self.readout(self._final(x))
@@ -181,7 +196,7 @@ class Decoder(nnx.Module):
         logits = self.embed.attend(h) if self.unembed is None else self.unembed(h)  # (B, T, V) float32
         return record(self, "logits", scale(logits, self.parametrization.output_mult))
 
-    def _run_blocks(self, x: jax.Array, mask: AttentionMask, rope, key=None) -> tuple[jax.Array, dict]:
+    def _run_blocks(self, x: jax.Array, mask: AttentionMask, rope, bias, key=None) -> tuple[jax.Array, dict]:
         c = self.cfg
-        return run_layers(self.blocks, x, (mask, rope), n_layers=c.n_layers, scan=c.scan_layers, remat=c.remat,
+        return run_layers(self.blocks, x, (mask, rope, bias), n_layers=c.n_layers, scan=c.scan_layers, remat=c.remat,
                           dropout_key=key, group=layer_group(c))

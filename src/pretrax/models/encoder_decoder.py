@@ -8,7 +8,8 @@ a gated MLP (activation geglu for T5.1.1, swiglu for UL2) and, with
 positions: relative, a T5 relative position bias: one table per stack, turned
 into a bias once per forward pass and added to the self-attention scores of every
 layer of that stack (bidirectional buckets in the encoder, causal ones in the
-decoder). Cross-attention has no position bias. The input embedding is shared by
+decoder). positions: alibi puts ALiBi's fixed -m_h |i - j| there instead (no
+table). Cross-attention has no position bias. The input embedding is shared by
 the two stacks; the output layer is separate (tie_embeddings: false, T5.1.1 and
 UL2) or the same table.
 
@@ -59,6 +60,7 @@ from pretrax.models.layer_stack import LayerGroup, make_layers, run_layers, stac
 from pretrax.models.layers import RESIDUAL, Embed, Unembed, dropout, make_norm, record, split_key
 from pretrax.models.moe import feed_forward, is_routed, layer_group, make_feed_forward
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
+from pretrax.models.positions import alibi_bias, alibi_slopes
 from pretrax.models.relative_position import RelativePositionBias
 from pretrax.parallel.activations import constrain
 
@@ -137,6 +139,7 @@ class Stack(nnx.Module):
                  parametrization: Parametrization = STANDARD):
         cfg = dataclasses.replace(cfg, n_layers=n_layers)  # residual_std scales with this stack's depth
         self.cfg = cfg
+        self.alibi = cfg.positions == "alibi"  # ALiBi's linear bias instead of T5's learned one
         self.relpos = (RelativePositionBias(cfg.n_heads, num_buckets=cfg.relative_buckets,
                                             max_distance=cfg.relative_max_distance, bidirectional=bidirectional,
                                             std=cfg.init_std, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
@@ -152,23 +155,29 @@ class Stack(nnx.Module):
         without the bias, which is computed here once and appended (then one dropout key per layer).
         Returns (the final-normed output, the MoE layers' statistics stacked; {} when dense)."""
         bias = None
-        if self.relpos is not None:
+        if self.relpos is not None or self.alibi:
             if positions is None:  # the same bias for every row: compute it once, (1, N, T, T)
                 positions = jnp.arange(x.shape[1], dtype=jnp.int32)[None]
-            bias = self.relpos(positions, positions)  # (B or 1, N, T, T) float32
+            bias = self._bias(positions, positions)  # (B or 1, N, T, T) float32
         c = self.cfg
         x, stats = run_layers(self.blocks, x, (*args, bias), n_layers=c.n_layers, scan=c.scan_layers,
                               remat=c.remat, dropout_key=dropout_key, group=self.group)
         return self.final_norm(x), stats
+
+    def _bias(self, q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
+        """This stack's self-attention bias (B or 1, N, T, S): T5's learned buckets or ALiBi's -m |i - j|."""
+        if self.alibi:
+            return alibi_bias(q_positions, k_positions, alibi_slopes(self.cfg.n_heads))
+        return self.relpos(q_positions, k_positions)
 
     def decode(self, x: jax.Array, cache: dict, mask: jax.Array, cross_mask: jax.Array,
                start: jax.Array) -> tuple[jax.Array, dict]:
         """The decoder stack's decoding path: x (B, T, D) at positions start..; cache {"self", "cross"}
         stacked over layers. The relative bias is that of the new positions against every cached slot."""
         bias = None
-        if self.relpos is not None:  # (1, N, T, S); slots after a query are masked, whatever their bucket
+        if self.relpos is not None or self.alibi:  # (1, N, T, S); slots after a query are masked, whatever their bias
             slots = cache["self"]["k"].shape[2]
-            bias = self.relpos(start + jnp.arange(x.shape[1], dtype=jnp.int32)[None], jnp.arange(slots)[None])
+            bias = self._bias(start + jnp.arange(x.shape[1], dtype=jnp.int32)[None], jnp.arange(slots)[None])
         x, cache = kv_cache.run_layers(self.blocks, self.cfg.scan_layers, x, cache, mask, cross_mask, bias, start,
                                        group=self.group)
         return self.final_norm(x), cache
@@ -181,8 +190,9 @@ class EncoderDecoder(nnx.Module):
                  parametrization: ParametrizationSection | None = None):
         if vocab_size < 1:
             raise ConfigError(f"the encoder-decoder needs a vocabulary size >= 1, got {vocab_size} (model.vocab_size)")
-        if cfg.positions not in ("relative", "none"):
-            raise ConfigError(f"the encoder-decoder supports positions 'relative' or 'none', got {cfg.positions!r}")
+        if cfg.positions not in ("relative", "none", "alibi"):
+            raise ConfigError(f"the encoder-decoder supports positions 'relative', 'alibi' or 'none', got "
+                              f"{cfg.positions!r}")
         if cfg.norm_position != "pre":
             raise ConfigError("the encoder-decoder is pre-norm only (model.norm_position: pre)")
         if cfg.n_encoder_layers < 0 or cfg.relative_buckets < 2 or cfg.relative_max_distance < 1:

@@ -1,11 +1,15 @@
-"""Position information: a learned table added to the embeddings (GPT-1), or
-rotary embeddings applied to queries and keys (RoPE, Su et al. 2021).
+"""Position information: a learned table added to the embeddings (GPT-1), rotary
+embeddings applied to queries and keys (RoPE, Su et al. 2021), RoPE with xPos's
+exponential decay (Sun et al. 2022), or ALiBi's linear bias on the attention scores
+(Press et al. 2022).
 
-Both take explicit positions (B, T), so a packed row restarts positions at every
+All take explicit positions (B, T), so a packed row restarts positions at every
 document and each document sees the positions it would see alone.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -47,3 +51,50 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # (B, T, N, H/2) each
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x.dtype)
+
+
+def alibi_slopes(n_heads: int) -> jax.Array:
+    """ALiBi's per-head slopes m_h (float32, (N,)): the geometric sequence 2^(-8h/N), h = 1..N, for N a power
+    of two; otherwise those of the largest power of two below N, then every other slope of twice that
+    (the paper's code, ofirpress/attention_with_linear_biases)."""
+    def powers(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (h + 1) for h in range(n)]
+
+    low = 2 ** math.floor(math.log2(n_heads))
+    slopes = powers(low) if low == n_heads else powers(low) + powers(2 * low)[0::2][: n_heads - low]
+    return jnp.asarray(slopes, jnp.float32)
+
+
+def alibi_bias(q_positions: jax.Array, k_positions: jax.Array, slopes: jax.Array) -> jax.Array:
+    """-m_h |i - j| for query position i, key position j: float32 (B, N, T, S) from positions (B, T), (B, S).
+
+    Causal attention only ever sees j <= i, where this is the paper's -m (i - j); written with |i - j| it is
+    also the bias of a bidirectional span (an encoder, a prefix-LM prefix), as the paper's encoder variants use.
+    """
+    distance = jnp.abs(q_positions[:, :, None] - k_positions[:, None, :]).astype(jnp.float32)  # (B, T, S)
+    return -slopes[None, :, None, None] * distance[:, None]
+
+
+XPOS_GAMMA = 0.4  # xPos's gamma: pair i decays by zeta_i = (2i / H + gamma) / (1 + gamma) per scale_base positions
+
+
+def xpos_angles(positions: jax.Array, head_dim: int, theta: float, scale_base: float) -> tuple[jax.Array, ...]:
+    """RoPE's (sin, cos) and xPos's scales (B, T, 1, H/2): queries x zeta^(n / scale_base), keys x
+    zeta^(-n / scale_base), so the score of positions n and m carries zeta^((n - m) / scale_base): a decay with
+    distance, strongest for the fast-turning pairs. In float32 the key scale overflows past about 2^16
+    positions within one document (zeta_0 = 0.4 / 1.4)."""
+    sin, cos = rope_angles(positions, head_dim, theta)
+    zeta = (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim + XPOS_GAMMA) / (1 + XPOS_GAMMA)  # (H/2,)
+    power = positions.astype(jnp.float32)[..., None] / scale_base  # (B, T, 1)
+    up = (zeta ** power)[:, :, None, :]  # (B, T, 1, H/2)
+    return sin, cos, up, 1.0 / up
+
+
+def rotate_qk(q: jax.Array, k: jax.Array, angles: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+    """RoPE (angles = (sin, cos)) or xPos (angles = (sin, cos, query scale, key scale)) applied to q and k."""
+    q, k = apply_rope(q, *angles[:2]), apply_rope(k, *angles[:2])
+    if len(angles) == 4:
+        up, down = (jnp.concatenate([s, s], axis=-1) for s in angles[2:])  # both members of a pair
+        q, k = (q.astype(jnp.float32) * up).astype(q.dtype), (k.astype(jnp.float32) * down).astype(k.dtype)
+    return q, k
