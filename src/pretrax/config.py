@@ -84,6 +84,8 @@ class ModelSection:
     # xla attention: queries per block, so that the float32 T x S scores (and their gradient) exist one block
     # at a time; the same numbers (each row's softmax still spans every key). 0: all T at once
     attention_query_chunk: int = 1024
+    # sliding-window (local) self-attention: a query sees the keys less than this many positions away; 0: all
+    attention_window: int = 0
     moe: MoeSection = field(default_factory=MoeSection)
 
     @property
@@ -478,6 +480,7 @@ def validate(cfg: Config) -> None:
         "model.head_dim": cfg.model.head_dim,
         "model.max_seq_len": cfg.model.max_seq_len,
         "model.attention_query_chunk": cfg.model.attention_query_chunk,
+        "model.attention_window": cfg.model.attention_window,
         "train.loss_chunk": cfg.train.loss_chunk,
         "optim.weight_decay": cfg.optim.weight_decay,
         "optim.clip_norm": cfg.optim.clip_norm,
@@ -519,6 +522,9 @@ def validate(cfg: Config) -> None:
         )
     if m.positions in ("rope", "xpos") and m.head_size % 2:
         raise ConfigError(f"rotary positions need an even head size, got {m.head_size}")
+    if m.attention_window > cfg.data.seq_len:
+        raise ConfigError(f"model.attention_window ({m.attention_window}) is longer than the sequence "
+                          f"(data.seq_len={cfg.data.seq_len}); use at most {cfg.data.seq_len}, or 0 for full attention")
     if not m.xpos_scale_base > 0:
         raise ConfigError(f"config key 'model.xpos_scale_base' must be > 0, got {m.xpos_scale_base}")
     if m.positions == "learned" and m.max_seq_len and m.max_seq_len < cfg.data.seq_len:

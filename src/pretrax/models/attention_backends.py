@@ -35,7 +35,8 @@ _SPLASH_NO_BIAS = "model.attention=splash cannot add the T5 relative position bi
 @dataclass(frozen=True)
 class AttentionMask:
     """Query t may attend to key s iff they share a segment id and, when causal, s <= t,
-    except that a prefix-LM prefix (prefix[t] and prefix[s] both true) sees all of itself.
+    except that a prefix-LM prefix (prefix[t] and prefix[s] both true) sees all of itself;
+    with a window w > 0 (sliding-window attention, self-attention only) also |t - s| < w.
 
     q_segments: int (B, T); kv_segments: int (B, S); prefix: bool (B, T) or None (self-attention
     only; the initial run of each document). Segment 0 is padding; it still attends to itself,
@@ -46,11 +47,12 @@ class AttentionMask:
     kv_segments: jax.Array
     prefix: jax.Array | None = None
     causal: bool = field(default=True, metadata={"static": True})
+    window: int = field(default=0, metadata={"static": True})
 
     @classmethod
     def self_attention(cls, segment_ids: jax.Array, *, causal: bool = True,
-                       prefix: jax.Array | None = None) -> AttentionMask:
-        return cls(segment_ids, segment_ids, None if prefix is None else prefix.astype(bool), causal)
+                       prefix: jax.Array | None = None, window: int = 0) -> AttentionMask:
+        return cls(segment_ids, segment_ids, None if prefix is None else prefix.astype(bool), causal, window)
 
     @classmethod
     def cross_attention(cls, q_segments: jax.Array, kv_segments: jax.Array) -> AttentionMask:
@@ -64,6 +66,9 @@ class AttentionMask:
     def dense(self) -> jax.Array:
         """(B, T, S) bool: may query t attend to key s?"""
         allowed = self.same_segment()
+        if self.window:
+            T, S = self.q_segments.shape[1], self.kv_segments.shape[1]
+            allowed = allowed & local(jnp.arange(T)[:, None], jnp.arange(S)[None, :], self.window)[None]
         if self.causal:
             T, S = self.q_segments.shape[1], self.kv_segments.shape[1]
             causal = jnp.tril(jnp.ones((T, S), dtype=bool))[None]  # (1, T, S)
@@ -71,6 +76,11 @@ class AttentionMask:
                 causal = causal | (self.prefix[:, :, None] & self.prefix[:, None, :])  # (B, T, S)
             allowed = allowed & causal
         return allowed
+
+
+def local(q_index: jax.Array, k_index: jax.Array, window: int) -> jax.Array:
+    """Within a sliding window of `window` positions: |t - s| < window (causality is the mask's other half)."""
+    return jnp.abs(q_index - k_index) < window
 
 
 def chunked_xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
@@ -129,16 +139,19 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMas
     and is_causal lets the kernel skip the upper triangle. implementation="xla" sends the same
     arguments through jax's own path, which is how a CPU test checks them.
     """
+    window = None
     if mask.causal and mask.prefix is None:
         allowed, is_causal = mask.same_segment(), True
+        if mask.window:  # cuDNN's own sliding window: the kernel skips the blocks outside it
+            window = (mask.window - 1, 0)
     else:
         allowed, is_causal = mask.dense(), False
     return jax.nn.dot_product_attention(
         q, k, v, bias=None if bias is None else bias.astype(q.dtype), mask=allowed[:, None],  # (B, 1, T, S)
-        scale=scale, is_causal=is_causal, implementation=implementation)
+        scale=scale, is_causal=is_causal, local_window_size=window, implementation=implementation)
 
 
-def _problem(backend: str, platform: str, dtype: str, has_bias: bool) -> str | None:
+def _problem(backend: str, platform: str, dtype: str, has_bias: bool, window: int = 0) -> str | None:
     if backend not in BACKENDS:
         return f"model.attention={backend} is not a backend"
     if backend == "cudnn" and platform != "gpu":
@@ -147,16 +160,19 @@ def _problem(backend: str, platform: str, dtype: str, has_bias: bool) -> str | N
         return f"model.attention=cudnn needs model.dtype=bfloat16 (cuDNN has no {dtype} flash attention)"
     if backend == "splash" and has_bias:
         return _SPLASH_NO_BIAS
+    if backend == "splash" and window:
+        return "model.attention=splash does not take model.attention_window yet (its local mask is not wired)"
     return None
 
 
-def check_backend(backend: str, *, platform: str, dtype: str, has_bias: bool) -> None:
+def check_backend(backend: str, *, platform: str, dtype: str, has_bias: bool, window: int = 0) -> None:
     """Raise a one-line ConfigError if `backend` cannot run here: platform is jax.default_backend()
-    ("cpu", "gpu", "tpu"), dtype the compute dtype's name, has_bias whether scores get a position bias.
+    ("cpu", "gpu", "tpu"), dtype the compute dtype's name, has_bias whether scores get a position bias,
+    window model.attention_window.
     """
-    problem = _problem(backend, platform, dtype, has_bias)
+    problem = _problem(backend, platform, dtype, has_bias, window)
     if problem is not None:
-        valid = [b for b in BACKENDS if _problem(b, platform, dtype, has_bias) is None]
+        valid = [b for b in BACKENDS if _problem(b, platform, dtype, has_bias, window) is None]
         raise ConfigError(f"{problem}; valid here: {', '.join(valid)}")
 
 
@@ -177,6 +193,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, bia
     if backend == "splash":
         if bias is not None:
             raise ConfigError(f"{_SPLASH_NO_BIAS}; use xla or cudnn")
+        if mask.window:
+            raise ConfigError("model.attention=splash does not take model.attention_window yet; use xla or cudnn")
         prefix = mask.prefix if mask.causal else None  # as in dense(): a prefix only lifts causality
         return splash.attention(q, k, v, mask.q_segments, mask.kv_segments, prefix, causal=mask.causal, scale=scale)
     raise ValueError(f"unknown attention backend {backend!r}; valid: {', '.join(BACKENDS)}")

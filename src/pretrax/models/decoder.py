@@ -135,7 +135,8 @@ class Decoder(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         if segment_ids is None:
             segment_ids = jnp.ones((B, T), jnp.int32)
-        mask = AttentionMask.self_attention(segment_ids, prefix=bidirectional)  # causal, prefix-LM, packed
+        mask = AttentionMask.self_attention(segment_ids, prefix=bidirectional,  # causal, prefix-LM, packed
+                                            window=self.cfg.attention_window)
 
         embed_key, blocks_key = split_key(dropout_key, 2)
         x, rope = self._embed(tokens, positions, embed_key)
@@ -159,7 +160,7 @@ class Decoder(nnx.Module):
         positions = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
         x, rope = self._embed(tokens, positions)
         S = cache["k"].shape[2]
-        mask = kv_cache.slot_mask(start, T, S, prefix)  # (1, T, S)
+        mask = kv_cache.slot_mask(start, T, S, prefix, self.cfg.attention_window)  # (1, T, S)
         bias = self._bias(positions, jnp.arange(S, dtype=jnp.int32)[None])  # ALiBi: new positions against every slot
         x, cache = kv_cache.run_layers(self.blocks, self.cfg.scan_layers, x, cache, mask, rope, start, bias,
                                        group=layer_group(self.cfg))

@@ -235,7 +235,8 @@ class EncoderDecoder(nnx.Module):
         with_aux: (encoded, the encoder's MoE statistics)."""
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
-        mask = AttentionMask.self_attention(segment_ids, causal=False)  # bidirectional within a segment
+        mask = AttentionMask.self_attention(segment_ids, causal=False,  # bidirectional within a segment
+                                            window=self.cfg.attention_window)
         embed_key, stack_key = split_key(dropout_key, 2)
         x = dropout(self.embed(tokens), self.cfg.dropout, embed_key)
         x = constrain(record(self, "encoder_embed", scale(x, self.parametrization.input_mult)), RESIDUAL)
@@ -252,7 +253,7 @@ class EncoderDecoder(nnx.Module):
             encoder_segment_ids = jnp.ones((B, S), jnp.int32)
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
-        mask = AttentionMask.self_attention(segment_ids)  # causal within a segment
+        mask = AttentionMask.self_attention(segment_ids, window=self.cfg.attention_window)  # causal, in a segment
         # decoder segment k reads encoder segment k. A decoder row with no matching encoder
         # token (padding) gets a uniform average over masked scores: finite, unused.
         cross_mask = AttentionMask.cross_attention(segment_ids, encoder_segment_ids)
@@ -290,7 +291,8 @@ class EncoderDecoder(nnx.Module):
         (B, T, V), the cache with these positions written)."""
         T = tokens.shape[1]
         x = constrain(scale(self.embed(tokens), self.parametrization.input_mult), RESIDUAL)
-        mask = kv_cache.slot_mask(start, T, cache["self"]["k"].shape[2])  # (1, T, S) causal
+        mask = kv_cache.slot_mask(start, T, cache["self"]["k"].shape[2],  # (1, T, S) causal
+                                  window=self.cfg.attention_window)
         cross_mask = jnp.broadcast_to(cache["encoder_segment_ids"][:, None, :] == 1,
                                       (tokens.shape[0], T, cache["encoder_segment_ids"].shape[1]))  # (B, T, S_enc)
         x, layers = self.decoder.decode(x, {"self": cache["self"], "cross": cache["cross"]}, mask, cross_mask, start)

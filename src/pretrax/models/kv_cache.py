@@ -23,16 +23,19 @@ def empty(cfg: ModelSection, n_layers: int, batch: int, length: int) -> dict:
     return {"k": jnp.zeros(shape, jnp.dtype(cfg.dtype)), "v": jnp.zeros(shape, jnp.dtype(cfg.dtype))}
 
 
-def slot_mask(start: jax.Array, length: int, slots: int, prefix: jax.Array | int = 0) -> jax.Array:
+def slot_mask(start: jax.Array, length: int, slots: int, prefix: jax.Array | int = 0,
+              window: int = 0) -> jax.Array:
     """(1, T, S) bool: may the query at position start + t read cache slot s (= position s)?
 
     Causal (s <= start + t), except that the first `prefix` positions (a prefix-LM prompt,
-    filled in one pass) all see each other, as the training mask lets them. Slots past the
-    query are never read, so whatever they hold (zeros, padding of the prefill) is harmless.
+    filled in one pass) all see each other, as the training mask lets them; with a sliding
+    window also |start + t - s| < window. Slots past the query are never read, so whatever
+    they hold (zeros, padding of the prefill) is harmless.
     """
     q = start + jnp.arange(length)[:, None]  # (T, 1)
     s = jnp.arange(slots)[None, :]  # (1, S)
-    return ((s <= q) | ((q < prefix) & (s < prefix)))[None]
+    allowed = (s <= q) | ((q < prefix) & (s < prefix))
+    return (allowed & (jnp.abs(q - s) < window) if window else allowed)[None]
 
 
 def _decode_block(block, x: jax.Array, cache, *args):

@@ -1,0 +1,88 @@
+"""Sliding-window (local) attention, model.attention_window: a query sees keys less than w positions away,
+on top of the causal, prefix-LM and packing rules; checked against a numpy mask, through the model, the cuDNN
+call's arguments (jax's own implementation on CPU) and cached decoding."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pretrax import config as config_lib
+from pretrax.config import ModelSection
+from pretrax.errors import ConfigError
+from pretrax.models.attention_backends import AttentionMask, cudnn_attention, xla_attention
+from pretrax.models.decoder import Decoder
+
+T, W = 12, 4
+
+
+def numpy_mask(segments, window, causal=True, prefix=None):
+    B, T = segments.shape
+    out = np.zeros((B, T, T), bool)
+    for b in range(B):
+        for t in range(T):
+            for s in range(T):
+                ok = segments[b, t] == segments[b, s] and abs(t - s) < window
+                if causal:
+                    in_prefix = prefix is not None and prefix[b, t] and prefix[b, s]
+                    ok = ok and (s <= t or in_prefix)
+                out[b, t, s] = ok
+    return out
+
+
+@pytest.mark.parametrize("causal,with_prefix", [(True, False), (False, False), (True, True)])
+def test_the_mask_is_the_window_and_the_other_rules(causal, with_prefix):
+    segments = np.array([[1] * 7 + [2] * 5, [1] * 12], np.int32)
+    prefix = np.array([[1] * 3 + [0] * 9, [1] * 6 + [0] * 6], bool) if with_prefix else None
+    mask = AttentionMask.self_attention(jnp.asarray(segments), causal=causal,
+                                        prefix=None if prefix is None else jnp.asarray(prefix), window=W)
+    np.testing.assert_array_equal(np.asarray(mask.dense()), numpy_mask(segments, W, causal, prefix))
+
+
+def test_cudnn_call_with_its_own_window_equals_the_reference():
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, T, 4, 8)), jnp.float32) for _ in range(3))
+    segments = jnp.asarray(np.array([[1] * 7 + [2] * 5, [1] * 12], np.int32))
+    mask = AttentionMask.self_attention(segments, window=W)
+    want = xla_attention(q, k, v, mask.dense())
+    got = cudnn_attention(q, k, v, mask, implementation="xla")  # the arguments cuDNN would get
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def _logits(model, tokens):
+    return np.asarray(model(jnp.asarray(tokens)))
+
+
+def test_a_one_layer_model_sees_exactly_its_window():
+    cfg = ModelSection(d_model=32, n_layers=1, n_heads=4, d_ff=64, attention_window=W)
+    model = Decoder(cfg, vocab_size=64, max_seq_len=T, rngs=nnx.Rngs(0))
+    tokens = np.random.default_rng(1).integers(0, 64, (1, T)).astype(np.int32)
+    base = _logits(model, tokens)
+    far = tokens.copy()
+    far[0, 2] = (far[0, 2] + 1) % 64  # W positions before 6: outside its window
+    out = _logits(model, far)
+    np.testing.assert_array_equal(out[0, 6:], base[0, 6:])  # positions 6.. never see position 2
+    assert not np.allclose(out[0, 2:6], base[0, 2:6])  # positions 2..5 do
+    full = Decoder(dataclasses.replace(cfg, attention_window=0), vocab_size=64, max_seq_len=T, rngs=nnx.Rngs(0))
+    whole = Decoder(dataclasses.replace(cfg, attention_window=T), vocab_size=64, max_seq_len=T, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(_logits(whole, tokens), _logits(full, tokens))  # a window of T is full attention
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["model.attention_window=-1"], "'model.attention_window' must be >= 0"),
+    (["model.attention_window=600", "data.seq_len=512"], "model.attention_window (600) is longer than the sequence"),
+])
+def test_bad_windows_are_one_line(overrides, words):
+    with pytest.raises(ConfigError) as e:
+        config_lib.load(None, overrides)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_splash_refuses_a_window_it_cannot_express_yet():
+    from pretrax.train.state import check_attention
+
+    with pytest.raises(ConfigError, match="does not take model.attention_window"):
+        check_attention(config_lib.load(None, ["model.attention=splash", "model.attention_window=64"]), "tpu")
