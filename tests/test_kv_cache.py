@@ -25,6 +25,7 @@ DECODERS = {
     "no-positions-scanned": ["model.positions=none", "model.scan_layers=true"],
     "alibi": ["model.positions=alibi"],
     "window": ["model.attention_window=8"],  # sliding-window attention: the cache's old slots fall out of view
+    "window-global-scanned": ["model.attention_window=8", "model.global_every=2", "model.scan_layers=true"],
     "xpos-gqa": ["model.positions=xpos", "model.n_kv_heads=2"],
     # routed experts in every other layer, scanned as (dense, routed) groups; dropless, as decoding routes
     "moe-grouped-scanned": ["model.n_layers=4", "model.moe.num_experts=4", "model.moe.every=2",
@@ -55,7 +56,8 @@ def assert_same_steps(cached, recomputed, n):
 @pytest.mark.parametrize("name, mode", [("rope-gqa", None), ("rope-gqa", "S"), ("learned-post-norm", None),
                                         pytest.param("no-positions-scanned", "S", marks=pytest.mark.slow),
                                         pytest.param("moe-grouped-scanned", None, marks=pytest.mark.slow),
-                                        ("alibi", "S"), ("xpos-gqa", None), ("window", "S")])
+                                        ("alibi", "S"), ("xpos-gqa", None), ("window", "S"),
+                                        pytest.param("window-global-scanned", None, marks=pytest.mark.slow)])
 def test_decoder_cache_gives_the_recompute_paths_logits_and_tokens(tiny_cfg, name, mode):
     cfg = tiny_cfg(*DECODERS[name])
     setup, params = model_and_params(cfg)

@@ -86,3 +86,37 @@ def test_splash_refuses_a_window_it_cannot_express_yet():
 
     with pytest.raises(ConfigError, match="does not take model.attention_window"):
         check_attention(config_lib.load(None, ["model.attention=splash", "model.attention_window=64"]), "tpu")
+
+
+def test_global_layers_interleave_with_local_ones_and_the_scanned_stack_agrees():
+    """global_every=2: layers 1, 3 attend in full, 0, 2 in a window; scanned as (local, global) pairs, the same
+    logits as the listed layers with the same weights."""
+    cfg = config_lib.load(None, ["model.d_model=32", "model.n_layers=4", "model.n_heads=4", "model.d_ff=64",
+                                 f"data.seq_len={T}", f"model.attention_window={W}", "model.global_every=2"]).model
+    listed = Decoder(cfg, vocab_size=64, max_seq_len=T, rngs=nnx.Rngs(0))
+    assert [[b.window for b in g.layers] for g in listed.blocks] == [[W, 0], [W, 0]]
+    scanned = Decoder(dataclasses.replace(cfg, scan_layers=True), vocab_size=64, max_seq_len=T, rngs=nnx.Rngs(1))
+    flat = dict(nnx.to_flat_state(nnx.state(listed, nnx.Param)))
+
+    def fill(path, var):
+        if "blocks" not in path:
+            return var.replace(flat[path][...])
+        i = path.index("blocks")
+        return var.replace(jnp.stack([flat[path[:i + 1] + (g,) + path[i + 1:]][...] for g in range(2)]))
+
+    nnx.update(scanned, nnx.from_flat_state([(p, fill(p, v)) for p, v in
+                                             nnx.to_flat_state(nnx.state(scanned, nnx.Param))]))
+    tokens = np.random.default_rng(2).integers(0, 64, (2, T)).astype(np.int32)
+    np.testing.assert_allclose(_logits(scanned, tokens), _logits(listed, tokens), rtol=2e-5, atol=2e-6)
+    local_only = Decoder(dataclasses.replace(cfg, global_every=0), vocab_size=64, max_seq_len=T, rngs=nnx.Rngs(0))
+    assert not np.allclose(_logits(local_only, tokens), _logits(listed, tokens))  # the global layers see further
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["model.global_every=2"], "model.global_every=2 interleaves full-attention layers"),
+    (["model.attention_window=8", "model.global_every=3"], "model.n_layers (4) must be a multiple of model.global_every (3)"),
+])
+def test_bad_interleaving_is_one_line(overrides, words):
+    with pytest.raises(ConfigError) as e:
+        config_lib.load(None, overrides)
+    assert words in str(e.value) and "\n" not in str(e.value)

@@ -86,6 +86,7 @@ class ModelSection:
     attention_query_chunk: int = 1024
     # sliding-window (local) self-attention: a query sees the keys less than this many positions away; 0: all
     attention_window: int = 0
+    global_every: int = 0  # with attention_window: every k-th layer attends in full (Gemma 2: 2); 0: every layer local
     moe: MoeSection = field(default_factory=MoeSection)
 
     @property
@@ -481,6 +482,7 @@ def validate(cfg: Config) -> None:
         "model.max_seq_len": cfg.model.max_seq_len,
         "model.attention_query_chunk": cfg.model.attention_query_chunk,
         "model.attention_window": cfg.model.attention_window,
+        "model.global_every": cfg.model.global_every,
         "train.loss_chunk": cfg.train.loss_chunk,
         "optim.weight_decay": cfg.optim.weight_decay,
         "optim.clip_norm": cfg.optim.clip_norm,
@@ -525,6 +527,13 @@ def validate(cfg: Config) -> None:
     if m.attention_window > cfg.data.seq_len:
         raise ConfigError(f"model.attention_window ({m.attention_window}) is longer than the sequence "
                           f"(data.seq_len={cfg.data.seq_len}); use at most {cfg.data.seq_len}, or 0 for full attention")
+    if m.global_every and not m.attention_window:
+        raise ConfigError(f"model.global_every={m.global_every} interleaves full-attention layers with sliding-window "
+                          "ones, but model.attention_window is 0 (every layer is full); set a window")
+    if m.global_every and (m.n_layers % m.global_every or (m.n_encoder_layers or m.n_layers) % m.global_every):
+        raise ConfigError(f"model.n_layers ({m.n_layers}) must be a multiple of model.global_every ({m.global_every})"
+                          + (f", and so must model.n_encoder_layers ({m.n_encoder_layers})"
+                             if m.kind == "encoder_decoder" and m.n_encoder_layers else ""))
     if not m.xpos_scale_base > 0:
         raise ConfigError(f"config key 'model.xpos_scale_base' must be > 0, got {m.xpos_scale_base}")
     if m.positions == "learned" and m.max_seq_len and m.max_seq_len < cfg.data.seq_len:

@@ -18,6 +18,7 @@ query heads that share one key/value head in grouped-query attention.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import jax
@@ -58,6 +59,10 @@ class AttentionMask:
     def cross_attention(cls, q_segments: jax.Array, kv_segments: jax.Array) -> AttentionMask:
         """Decoder segment k reads encoder segment k (no causality across two sequences)."""
         return cls(q_segments, kv_segments, None, False)
+
+    def with_window(self, window: int) -> AttentionMask:
+        """This mask with a layer's own sliding window (0: full attention)."""
+        return self if window == self.window else dataclasses.replace(self, window=window)
 
     def same_segment(self) -> jax.Array:
         """(B, T, S) bool: do query t and key s share a segment?"""

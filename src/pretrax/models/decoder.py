@@ -30,7 +30,8 @@ from pretrax.models.attention import Attention
 from pretrax.models.attention_backends import AttentionMask
 from pretrax.models.layer_stack import REMAT_POLICIES, make_layers, run_layers  # noqa: F401 (REMAT_POLICIES)
 from pretrax.models.layers import RESIDUAL, Embed, Unembed, dropout, make_norm, record, split_key
-from pretrax.models.moe import feed_forward, is_routed, layer_group, make_feed_forward
+from pretrax.models.layer_kinds import attention_window, is_routed, layer_group
+from pretrax.models.moe import feed_forward, make_feed_forward
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.positions import LearnedPositions, alibi_bias, alibi_slopes, rope_angles, xpos_angles
 from pretrax.parallel.activations import constrain
@@ -41,7 +42,8 @@ class Block(nnx.Module):
     stream. Returns (x, the MLP's statistics: empty unless routed)."""
 
     def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD,
-                 routed: bool = False):
+                 routed: bool = False, window: int = 0):
+        self.window = window  # this layer's sliding window (model.attention_window; 0 on global layers)
         self.pre_norm = cfg.norm_position == "pre"
         self.branch_mult = parametrization.branch_mult  # depth transfer; 1 otherwise
         self.dropout = cfg.dropout
@@ -54,6 +56,7 @@ class Block(nnx.Module):
                  dropout_key=None) -> tuple[jax.Array, dict]:
         """rope: RoPE's or xPos's angles; bias: ALiBi's (B, N, T, T) score bias (None without)."""
         k_probs, k_attn, k_mlp = split_key(dropout_key, 3)  # Nones without a key: no dropout
+        mask = mask.with_window(self.window)
         x, _, stats = self._layer(x, lambda h: (self.attn(h, mask, rope, bias=bias, dropout_key=k_probs), None),
                                   mask.q_segments > 0, k_attn, k_mlp)
         return x, stats
@@ -61,6 +64,7 @@ class Block(nnx.Module):
     def decode(self, x: jax.Array, cache: dict, mask: jax.Array, rope, start: jax.Array,
                bias=None) -> tuple[jax.Array, dict]:
         """The layer over new tokens x (B, T, D) at positions start.., reading and extending its KV cache."""
+        mask = kv_cache.within_window(mask, start, self.window)
         x, cache, _ = self._layer(x, lambda h: self.attn.decode(h, cache, mask, rope, start=start, bias=bias), None,
                                   decoding=True)
         return x, cache
@@ -104,7 +108,8 @@ class Decoder(nnx.Module):
                                            dtype=dtype, rngs=rngs)
                           if cfg.positions == "learned" else None)
         # scan_layers: one Block whose weights have a leading (L,) axis; otherwise a list
-        self.blocks = make_layers(lambda r, i: Block(cfg, rngs=r, parametrization=p, routed=is_routed(cfg, i)),
+        self.blocks = make_layers(lambda r, i: Block(cfg, rngs=r, parametrization=p, routed=is_routed(cfg, i),
+                                                     window=attention_window(cfg, i)),
                                   cfg.n_layers, scan=cfg.scan_layers, rngs=rngs, group=layer_group(cfg))
         self.final_norm = make_norm(cfg, rngs) if cfg.final_norm else None
         self.unembed = (None if cfg.tie_embeddings else
@@ -135,8 +140,7 @@ class Decoder(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         if segment_ids is None:
             segment_ids = jnp.ones((B, T), jnp.int32)
-        mask = AttentionMask.self_attention(segment_ids, prefix=bidirectional,  # causal, prefix-LM, packed
-                                            window=self.cfg.attention_window)
+        mask = AttentionMask.self_attention(segment_ids, prefix=bidirectional)  # causal, prefix-LM, packed
 
         embed_key, blocks_key = split_key(dropout_key, 2)
         x, rope = self._embed(tokens, positions, embed_key)
@@ -160,7 +164,7 @@ class Decoder(nnx.Module):
         positions = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
         x, rope = self._embed(tokens, positions)
         S = cache["k"].shape[2]
-        mask = kv_cache.slot_mask(start, T, S, prefix, self.cfg.attention_window)  # (1, T, S)
+        mask = kv_cache.slot_mask(start, T, S, prefix)  # (1, T, S); each layer applies its own window
         bias = self._bias(positions, jnp.arange(S, dtype=jnp.int32)[None])  # ALiBi: new positions against every slot
         x, cache = kv_cache.run_layers(self.blocks, self.cfg.scan_layers, x, cache, mask, rope, start, bias,
                                        group=layer_group(self.cfg))

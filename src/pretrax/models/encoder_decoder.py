@@ -58,7 +58,8 @@ from pretrax.models.attention import Attention
 from pretrax.models.attention_backends import AttentionMask
 from pretrax.models.layer_stack import LayerGroup, make_layers, run_layers, stack
 from pretrax.models.layers import RESIDUAL, Embed, Unembed, dropout, make_norm, record, split_key
-from pretrax.models.moe import feed_forward, is_routed, layer_group, make_feed_forward
+from pretrax.models.layer_kinds import attention_window, is_routed, layer_group
+from pretrax.models.moe import feed_forward, make_feed_forward
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.positions import alibi_bias, alibi_slopes
 from pretrax.models.relative_position import RelativePositionBias
@@ -70,7 +71,8 @@ class EncoderBlock(nnx.Module):
     residual stream. Returns (x, the MLP's statistics: empty unless routed)."""
 
     def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD,
-                 routed: bool = False):
+                 routed: bool = False, window: int = 0):
+        self.window = window  # this layer's sliding window (0: full attention)
         self.branch_mult = parametrization.branch_mult  # depth transfer; 1 otherwise
         self.dropout = cfg.dropout
         self.attn_norm = make_norm(cfg, rngs)
@@ -81,6 +83,7 @@ class EncoderBlock(nnx.Module):
     def __call__(self, x: jax.Array, mask: AttentionMask, bias: jax.Array | None,
                  dropout_key=None) -> tuple[jax.Array, dict]:
         k_probs, k_attn, k_mlp = split_key(dropout_key, 3)  # Nones without a key: no dropout
+        mask = mask.with_window(self.window)
         x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, bias=bias, dropout_key=k_probs), k_attn)
         y, stats = feed_forward(self.mlp, self.mlp_norm(x), mask.q_segments > 0)
         return x + self.branch("mlp", y, k_mlp), stats
@@ -96,7 +99,8 @@ class DecoderBlock(nnx.Module):
     Returns (x, the MLP's statistics)."""
 
     def __init__(self, cfg: ModelSection, *, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD,
-                 routed: bool = False):
+                 routed: bool = False, window: int = 0):
+        self.window = window  # this layer's sliding window over the decoder's own tokens (0: full)
         self.branch_mult = parametrization.branch_mult
         self.dropout = cfg.dropout
         self.attn_norm = make_norm(cfg, rngs)
@@ -109,6 +113,7 @@ class DecoderBlock(nnx.Module):
     def __call__(self, x: jax.Array, encoded: jax.Array, mask: AttentionMask, cross_mask: AttentionMask,
                  bias: jax.Array | None, dropout_key=None) -> tuple[jax.Array, dict]:
         k_probs, k_attn, k_cross_probs, k_cross, k_mlp = split_key(dropout_key, 5)
+        mask = mask.with_window(self.window)
         x = x + self.branch("attn", self.attn(self.attn_norm(x), mask, bias=bias, dropout_key=k_probs), k_attn)
         x = x + self.branch("cross", self.cross(self.cross_norm(x), cross_mask, kv=encoded, dropout_key=k_cross_probs),
                             k_cross)
@@ -119,6 +124,7 @@ class DecoderBlock(nnx.Module):
                start: jax.Array) -> tuple[jax.Array, dict]:
         """The decoding path: new tokens x (B, T, D) at positions start.., self-attention over the layer's
         cache["self"] (extended here), cross-attention over cache["cross"] (the encoder's, fixed)."""
+        mask = kv_cache.within_window(mask, start, self.window)
         y, self_kv = self.attn.decode(self.attn_norm(x), cache["self"], mask, start=start, bias=bias)
         x = x + self.branch("attn", y)
         x = x + self.branch("cross", self.cross.decode(self.cross_norm(x), cache["cross"], cross_mask)[0])
@@ -144,9 +150,9 @@ class Stack(nnx.Module):
                                             max_distance=cfg.relative_max_distance, bidirectional=bidirectional,
                                             std=cfg.init_std, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
                        if cfg.positions == "relative" else None)
-        self.group = layer_group(cfg)  # layers per scanned unit: MoE layers alternating with dense ones
+        self.group = layer_group(cfg)  # layers per scanned unit: routed / dense, local / global layers alternating
         self.blocks = make_layers(lambda r, i: block_type(cfg, rngs=r, parametrization=parametrization,
-                                                          routed=is_routed(cfg, i)),
+                                                          routed=is_routed(cfg, i), window=attention_window(cfg, i)),
                                   n_layers, scan=cfg.scan_layers, rngs=rngs, group=self.group)
         self.final_norm = make_norm(cfg, rngs)
 
@@ -235,8 +241,7 @@ class EncoderDecoder(nnx.Module):
         with_aux: (encoded, the encoder's MoE statistics)."""
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
-        mask = AttentionMask.self_attention(segment_ids, causal=False,  # bidirectional within a segment
-                                            window=self.cfg.attention_window)
+        mask = AttentionMask.self_attention(segment_ids, causal=False)  # bidirectional within a segment
         embed_key, stack_key = split_key(dropout_key, 2)
         x = dropout(self.embed(tokens), self.cfg.dropout, embed_key)
         x = constrain(record(self, "encoder_embed", scale(x, self.parametrization.input_mult)), RESIDUAL)
@@ -253,7 +258,7 @@ class EncoderDecoder(nnx.Module):
             encoder_segment_ids = jnp.ones((B, S), jnp.int32)
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
-        mask = AttentionMask.self_attention(segment_ids, window=self.cfg.attention_window)  # causal, in a segment
+        mask = AttentionMask.self_attention(segment_ids)  # causal within a segment
         # decoder segment k reads encoder segment k. A decoder row with no matching encoder
         # token (padding) gets a uniform average over masked scores: finite, unused.
         cross_mask = AttentionMask.cross_attention(segment_ids, encoder_segment_ids)
@@ -291,8 +296,7 @@ class EncoderDecoder(nnx.Module):
         (B, T, V), the cache with these positions written)."""
         T = tokens.shape[1]
         x = constrain(scale(self.embed(tokens), self.parametrization.input_mult), RESIDUAL)
-        mask = kv_cache.slot_mask(start, T, cache["self"]["k"].shape[2],  # (1, T, S) causal
-                                  window=self.cfg.attention_window)
+        mask = kv_cache.slot_mask(start, T, cache["self"]["k"].shape[2])  # (1, T, S) causal; windows per layer
         cross_mask = jnp.broadcast_to(cache["encoder_segment_ids"][:, None, :] == 1,
                                       (tokens.shape[0], T, cache["encoder_segment_ids"].shape[1]))  # (B, T, S_enc)
         x, layers = self.decoder.decode(x, {"self": cache["self"], "cross": cache["cross"]}, mask, cross_mask, start)

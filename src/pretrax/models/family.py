@@ -15,7 +15,7 @@ from typing import Any
 import jax
 
 from pretrax.config import DataSection, ModelSection
-from pretrax.models.moe import routed_layers
+from pretrax.models.layer_kinds import routed_layers
 from pretrax.sizes import encoder_decoder_lengths
 
 # Decoder-only rows: tokens, next-token targets, packing (segments, positions), which targets

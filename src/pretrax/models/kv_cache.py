@@ -23,19 +23,25 @@ def empty(cfg: ModelSection, n_layers: int, batch: int, length: int) -> dict:
     return {"k": jnp.zeros(shape, jnp.dtype(cfg.dtype)), "v": jnp.zeros(shape, jnp.dtype(cfg.dtype))}
 
 
-def slot_mask(start: jax.Array, length: int, slots: int, prefix: jax.Array | int = 0,
-              window: int = 0) -> jax.Array:
+def slot_mask(start: jax.Array, length: int, slots: int, prefix: jax.Array | int = 0) -> jax.Array:
     """(1, T, S) bool: may the query at position start + t read cache slot s (= position s)?
 
     Causal (s <= start + t), except that the first `prefix` positions (a prefix-LM prompt,
-    filled in one pass) all see each other, as the training mask lets them; with a sliding
-    window also |start + t - s| < window. Slots past the query are never read, so whatever
-    they hold (zeros, padding of the prefill) is harmless.
+    filled in one pass) all see each other, as the training mask lets them. Slots past the
+    query are never read, so whatever they hold (zeros, padding of the prefill) is harmless.
     """
     q = start + jnp.arange(length)[:, None]  # (T, 1)
     s = jnp.arange(slots)[None, :]  # (1, S)
-    allowed = (s <= q) | ((q < prefix) & (s < prefix))
-    return (allowed & (jnp.abs(q - s) < window) if window else allowed)[None]
+    return ((s <= q) | ((q < prefix) & (s < prefix)))[None]
+
+
+def within_window(mask: jax.Array, start: jax.Array, window: int) -> jax.Array:
+    """A slot mask (1, T, S) narrowed to a sliding window: |start + t - s| < window (0: unchanged)."""
+    if not window:
+        return mask
+    T, S = mask.shape[1:]
+    q = start + jnp.arange(T)[:, None]
+    return mask & (jnp.abs(q - jnp.arange(S)[None, :]) < window)[None]
 
 
 def _decode_block(block, x: jax.Array, cache, *args):

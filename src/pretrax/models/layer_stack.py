@@ -6,7 +6,8 @@ sends x through them: rematerialised as model.remat says, then nnx.scan over the
 or a Python loop over the list, with one dropout key per layer sliced the same way in both, so the
 two layouts compute the same numbers. (The KV-cache decoding path is kv_cache.run_layers.)
 
-Layers of two kinds (dense, and every k-th routed: model.moe.every) are scanned as groups: a
+Layers of two kinds (dense and routed: model.moe.every; local and global attention: model.global_every;
+models/layer_kinds.py) are scanned as groups: a
 `LayerGroup` of k consecutive layers is the unit that is stacked and scanned (L/k times), as the
 layer is otherwise. A block returns (x, statistics); the statistics of every unit (an MoE layer's
 expert load, empty for dense blocks) come back stacked on a leading (units,) axis.

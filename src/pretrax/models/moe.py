@@ -159,22 +159,6 @@ class MoE(nnx.Module):
 
 
 
-def layer_group(cfg: ModelSection) -> int:
-    """Layers per scanned unit: model.moe.every when MoE layers alternate with dense ones, else 1."""
-    return cfg.moe.every if cfg.moe.num_experts and cfg.moe.every > 1 else 1
-
-
-def is_routed(cfg: ModelSection, position: int) -> bool:
-    """Whether the layer at `position` of its group (layer_stack.make_layers) has routed experts: the last."""
-    return cfg.moe.num_experts > 0 and position == layer_group(cfg) - 1
-
-
-def routed_layers(cfg: ModelSection, n_layers: int) -> list[int]:
-    """Indices (from 0) of a stack's MoE layers, in the order their statistics are stacked."""
-    group = layer_group(cfg)
-    return [i for i in range(n_layers) if cfg.moe.num_experts and i % group == group - 1]
-
-
 def make_feed_forward(cfg: ModelSection, routed: bool, *, rngs: nnx.Rngs,
                       parametrization: Parametrization = STANDARD) -> MLP | MoE:
     return (MoE if routed else MLP)(cfg, rngs=rngs, parametrization=parametrization)
