@@ -48,7 +48,10 @@ def _prefix(segments, lengths_per_row):
 
 
 def _mask(kind):
-    """(mask, T, S) for each kind of attention the models use."""
+    """(mask, T, S) for each kind of attention the models use; '<kind>-window': with a sliding window."""
+    if kind.endswith("-window"):
+        mask, T, S = _mask(kind.removesuffix("-window"))
+        return mask.with_window(40), T, S  # narrower than every document: the band cuts inside them
     T = 256
     seg = _segments([[100, 90], [150, 106]], T)  # row 0 ends in 66 padding tokens
     if kind == "causal":
@@ -90,7 +93,8 @@ def _assert_close(got, want, tol):
 
 # (mask kind, kv heads of 4 query heads, scale): multi-head, grouped-query (K=2), multi-query
 # (K=1), and scales other than the default 1/sqrt(64) = 0.125
-CASES = [("causal", 4, None), ("prefix", 2, 0.3), ("encoder", 1, None), ("cross", 2, 0.05)]
+CASES = [("causal", 4, None), ("prefix", 2, 0.3), ("encoder", 1, None), ("cross", 2, 0.05),
+         ("causal-window", 2, None), ("prefix-window", 4, None), ("encoder-window", 1, 0.3)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

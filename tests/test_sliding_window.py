@@ -1,6 +1,7 @@
 """Sliding-window (local) attention, model.attention_window: a query sees keys less than w positions away,
 on top of the causal, prefix-LM and packing rules; checked against a numpy mask, through the model, the cuDNN
-call's arguments (jax's own implementation on CPU) and cached decoding."""
+call's arguments (jax's own implementation on CPU) and cached decoding. (Each backend against the reference
+with windows, splash's LocalMask included: tests/test_attention_backends.py.)"""
 
 import dataclasses
 
@@ -79,13 +80,6 @@ def test_bad_windows_are_one_line(overrides, words):
     with pytest.raises(ConfigError) as e:
         config_lib.load(None, overrides)
     assert words in str(e.value) and "\n" not in str(e.value)
-
-
-def test_splash_refuses_a_window_it_cannot_express_yet():
-    from pretrax.train.state import check_attention
-
-    with pytest.raises(ConfigError, match="does not take model.attention_window"):
-        check_attention(config_lib.load(None, ["model.attention=splash", "model.attention_window=64"]), "tpu")
 
 
 def test_global_layers_interleave_with_local_ones_and_the_scanned_stack_agrees():

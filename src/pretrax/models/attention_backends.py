@@ -8,7 +8,7 @@ fused kernels can build their masks blockwise) and gives the same result:
   cudnn   cuDNN's fused flash attention through jax.nn.dot_product_attention: GPU only,
           bfloat16/float16 only; any mask, any bias.
   splash  the Pallas splash-attention kernel (models/splash.py): built for TPU, runs
-          interpreted (slowly: tests only) elsewhere; any mask, no bias.
+          interpreted (slowly: tests only) elsewhere; any mask (sliding windows included), no bias.
 
 `check_backend` refuses a combination that cannot run, with a one-line ConfigError.
 
@@ -156,7 +156,7 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMas
         scale=scale, is_causal=is_causal, local_window_size=window, implementation=implementation)
 
 
-def _problem(backend: str, platform: str, dtype: str, has_bias: bool, window: int = 0) -> str | None:
+def _problem(backend: str, platform: str, dtype: str, has_bias: bool) -> str | None:
     if backend not in BACKENDS:
         return f"model.attention={backend} is not a backend"
     if backend == "cudnn" and platform != "gpu":
@@ -165,19 +165,16 @@ def _problem(backend: str, platform: str, dtype: str, has_bias: bool, window: in
         return f"model.attention=cudnn needs model.dtype=bfloat16 (cuDNN has no {dtype} flash attention)"
     if backend == "splash" and has_bias:
         return _SPLASH_NO_BIAS
-    if backend == "splash" and window:
-        return "model.attention=splash does not take model.attention_window yet (its local mask is not wired)"
     return None
 
 
-def check_backend(backend: str, *, platform: str, dtype: str, has_bias: bool, window: int = 0) -> None:
+def check_backend(backend: str, *, platform: str, dtype: str, has_bias: bool) -> None:
     """Raise a one-line ConfigError if `backend` cannot run here: platform is jax.default_backend()
-    ("cpu", "gpu", "tpu"), dtype the compute dtype's name, has_bias whether scores get a position bias,
-    window model.attention_window.
+    ("cpu", "gpu", "tpu"), dtype the compute dtype's name, has_bias whether scores get a position bias.
     """
-    problem = _problem(backend, platform, dtype, has_bias, window)
+    problem = _problem(backend, platform, dtype, has_bias)
     if problem is not None:
-        valid = [b for b in BACKENDS if _problem(b, platform, dtype, has_bias, window) is None]
+        valid = [b for b in BACKENDS if _problem(b, platform, dtype, has_bias) is None]
         raise ConfigError(f"{problem}; valid here: {', '.join(valid)}")
 
 
@@ -198,8 +195,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, bia
     if backend == "splash":
         if bias is not None:
             raise ConfigError(f"{_SPLASH_NO_BIAS}; use xla or cudnn")
-        if mask.window:
-            raise ConfigError("model.attention=splash does not take model.attention_window yet; use xla or cudnn")
         prefix = mask.prefix if mask.causal else None  # as in dense(): a prefix only lifts causality
-        return splash.attention(q, k, v, mask.q_segments, mask.kv_segments, prefix, causal=mask.causal, scale=scale)
+        return splash.attention(q, k, v, mask.q_segments, mask.kv_segments, prefix, causal=mask.causal, scale=scale,
+                                window=mask.window)
     raise ValueError(f"unknown attention backend {backend!r}; valid: {', '.join(BACKENDS)}")

@@ -6,6 +6,8 @@ is built from those here:
   - packed documents and padding: segment ids, as they are;
   - grouped-query attention: the kernel reads kv head n // G for query head n itself;
   - prefix-LM: two calls merged per query (see `_prefix_lm`), about 3x a causal call;
+  - a sliding window (model.attention_window): the kernel's own LocalMask, (w - 1) keys back (and
+    ahead, when not causal), so the tiles outside the band are skipped;
   - a mesh: the kernel is a Pallas call XLA cannot partition, so under a multi-device
     sharding context it runs per shard in shard_map (batch and heads split, lengths whole);
   - tiles: the largest of 512/256/128 that divides each length (other lengths are refused).
@@ -39,14 +41,17 @@ def block_sizes(T: int, S: int) -> tuple[int, int]:
 
 
 @functools.cache
-def _kernel(causal: bool, N: int, T: int, S: int, interpret: bool):
+def _kernel(causal: bool, N: int, T: int, S: int, interpret: bool, window: int = 0):
     """The kernel for one example: (N, T, H) queries against (K, S, H) keys and values.
 
     Cached, so each shape's block tables are built once rather than once per layer; built
     eagerly, so the cache holds constants rather than the tracers of whichever jit came first.
     """
     bq, bkv = block_sizes(T, S)
-    one = sa.CausalMask((T, S)) if causal else sa.FullMask((T, S))
+    if window:  # |t - s| < window, and s <= t when causal
+        one = sa.LocalMask((T, S), window_size=(window - 1, 0 if causal else window - 1), offset=0)
+    else:
+        one = sa.CausalMask((T, S)) if causal else sa.FullMask((T, S))
     sizes = sa.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq, block_kv_dkv=bkv,
                           block_kv_dkv_compute=bkv, use_fused_bwd_kernel=True)
     with jax.ensure_compile_time_eval():
@@ -55,17 +60,17 @@ def _kernel(causal: bool, N: int, T: int, S: int, interpret: bool):
 
 
 def _call(causal: bool, q: jax.Array, k: jax.Array, v: jax.Array, q_codes: jax.Array,
-          kv_codes: jax.Array, *, interpret: bool) -> jax.Array:
+          kv_codes: jax.Array, *, interpret: bool, window: int = 0) -> jax.Array:
     """q: (B, N, T, H); k, v: (B, K, S, H); codes: int (B, T), (B, S). Query t sees key s iff
-    their codes match (and s <= t if causal)."""
+    their codes match (and s <= t if causal, and |t - s| < window if a window is given)."""
     N, T, S = q.shape[1], q.shape[2], k.shape[2]
-    kernel = _kernel(causal, N, T, S, interpret)
+    kernel = _kernel(causal, N, T, S, interpret, window)
     one = lambda q, k, v, qc, kc: kernel(q, k, v, sa.SegmentIds(qc, kc))
     return jax.vmap(one)(q, k, v, q_codes.astype(jnp.int32), kv_codes.astype(jnp.int32))  # (B, N, T, H)
 
 
 def _prefix_lm(q: jax.Array, k: jax.Array, v: jax.Array, segments: jax.Array, prefix: jax.Array, *,
-               interpret: bool) -> jax.Array:
+               interpret: bool, window: int = 0) -> jax.Array:
     """Causal attention, except that a prefix query sees the whole prefix of its document.
 
     Since the prefix is the initial run of each document, a prefix query may see exactly the
@@ -74,34 +79,35 @@ def _prefix_lm(q: jax.Array, k: jax.Array, v: jax.Array, segments: jax.Array, pr
     of its document (never empty: it holds the query itself; the result is discarded). The
     causal call covers everyone else. Cost: a full call is twice a causal one, so ~3x.
     """
-    causal = _call(True, q, k, v, segments, segments, interpret=interpret)
+    causal = _call(True, q, k, v, segments, segments, interpret=interpret, window=window)
     codes = jnp.where(prefix, segments, -1 - segments)  # (B, T)
-    full = _call(False, q, k, v, codes, codes, interpret=interpret)
+    full = _call(False, q, k, v, codes, codes, interpret=interpret, window=window)
     return jnp.where(prefix[:, None, :, None], full, causal)  # (B, N, T, H)
 
 
 def _local(q, k, v, q_segments, kv_segments, *prefix, causal: bool, scale: float | None,
-           interpret: bool) -> jax.Array:
+           interpret: bool, window: int = 0) -> jax.Array:
     """Attention on arrays that are all on hand (one device or one shard); shapes as in `attention`."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q = (q.astype(jnp.float32) * scale).astype(q.dtype)  # the kernel applies no scale
     q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))  # (B, N, T, H), (B, K, S, H), (B, K, S, H)
     if prefix:
-        out = _prefix_lm(q, k, v, q_segments, prefix[0], interpret=interpret)
+        out = _prefix_lm(q, k, v, q_segments, prefix[0], interpret=interpret, window=window)
     else:
-        out = _call(causal, q, k, v, q_segments, kv_segments, interpret=interpret)
+        out = _call(causal, q, k, v, q_segments, kv_segments, interpret=interpret, window=window)
     return out.transpose(0, 2, 1, 3)  # (B, T, N, H)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segments: jax.Array, kv_segments: jax.Array,
-              prefix: jax.Array | None, *, causal: bool, scale: float | None) -> jax.Array:
+              prefix: jax.Array | None, *, causal: bool, scale: float | None, window: int = 0) -> jax.Array:
     """q: (B, T, N, H); k, v: (B, S, K, H); segments: int (B, T), (B, S); prefix: bool (B, T) or
-    None (causal self-attention only). Returns (B, T, N, H), as xla_attention with the same mask."""
+    None (causal self-attention only); window: a sliding window (0: none). Returns (B, T, N, H), as
+    xla_attention with the same mask."""
     prefix_args = () if prefix is None else (prefix,)
     ctx = activations.current()
     # the devices the step is built for (a TPU topology compiled from a CPU host counts as TPU)
     platform = ctx.mesh.devices.flat[0].platform if ctx is not None else jax.default_backend()
-    run = functools.partial(_local, causal=causal, scale=scale, interpret=platform != "tpu")
+    run = functools.partial(_local, causal=causal, scale=scale, interpret=platform != "tpu", window=window)
     if ctx is None or ctx.mesh.size == 1:
         return run(q, k, v, q_segments, kv_segments, *prefix_args)
     # Lengths stay whole (each query needs every key); batch and heads split as the rules say.

@@ -79,8 +79,7 @@ def make_setup(cfg: Config, mesh: Mesh, vocab_size: int) -> TrainSetup:
 def check_attention(cfg: Config, platform: str) -> None:
     """Refuse, before anything is built, a model.attention backend that cannot run on `platform`."""
     m = cfg.model
-    check_backend(m.attention, platform=platform, dtype=m.dtype, has_bias=m.positions in ("relative", "alibi"),
-                  window=m.attention_window)
+    check_backend(m.attention, platform=platform, dtype=m.dtype, has_bias=m.positions in ("relative", "alibi"))
     if m.attention == "splash" and platform != "tpu":
         log.warning("model.attention=splash on %s runs the TPU kernel interpreted: correct but very slow "
                     "(for tests); model.attention=xla is the fast choice here", platform)
