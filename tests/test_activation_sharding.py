@@ -45,7 +45,7 @@ def test_fsdp_train_step_holds_no_whole_batch_activation(tiny_cfg, kind):
 
 @pytest.mark.devices(8)
 def test_constrain_lays_out_by_the_rules_table():
-    mesh = make_mesh(type("M", (), {"data": 2, "fsdp": 2, "expert": 1, "tensor": 2})())
+    mesh = make_mesh(type("M", (), {"data": 2, "fsdp": 2, "expert": 1, "context": 1, "tensor": 2})())
     rules = {"batch": ["data", "fsdp"], "length": None, "act_embed": None, "mlp": "tensor"}
     x = jnp.ones((8, 4, 6))
     assert activations.constrain(x, ("batch", "length", "act_embed")) is x  # no context: untouched

@@ -73,8 +73,8 @@ def test_multi_slice_mesh_puts_the_dcn_axis_across_slices(monkeypatch):
     devices = topology_devices(parse_topology("v5e-8"), 2)
     cfg = config_lib.load(None, TINY + ["mesh.dcn_data=2", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"])
     mesh = make_mesh(cfg.mesh, devices)
-    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "expert": 1, "tensor": 2}
-    slice_of = np.vectorize(lambda d: d.slice_index)(mesh.devices)[:, :, 0]  # (data, fsdp, tensor)
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "expert": 1, "context": 1, "tensor": 2}
+    slice_of = np.vectorize(lambda d: d.slice_index)(mesh.devices)[:, :, 0, 0]  # (data, fsdp, tensor)
     for row in range(4):
         assert (slice_of[row] == row // 2).all()  # the outer factor of 'data' is the slice
     for s in (0, 1):
@@ -87,7 +87,7 @@ def test_compile_two_slices_reports_memory_and_flops_and_fits():
     assert result.returncode == 0, result.stderr[-3000:]
     r = json.loads(result.stdout)
     assert (r["topology"], r["slices"], r["chips"], r["device_kind"]) == ("v5e-4", 2, 8, "TPU v5 lite")
-    assert r["mesh"] == {"data": 8, "fsdp": 1, "expert": 1, "tensor": 1}  # mesh.data=-1 per slice, times 2 slices
+    assert r["mesh"] == {"data": 8, "fsdp": 1, "expert": 1, "context": 1, "tensor": 1}  # mesh.data=-1 per slice, times 2 slices
 
     from pretrax.flops import step_flops
     from pretrax.train.state import make_setup, model_vocab_size, param_count

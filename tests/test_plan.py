@@ -38,7 +38,7 @@ def test_encoder_decoder_sizes_take_seq_len_for_the_lengths_left_at_zero():
 def test_the_plan_lays_out_the_run_and_prints_it():
     cfg = load(None, DECODER + ["mesh.data=2", "mesh.fsdp=2"])
     plan = make_plan(cfg, devices=jax.devices()[:4], tokenizer=load_tokenizer("bytes"))
-    assert dict(plan.mesh.shape) == {"data": 2, "fsdp": 2, "expert": 1, "tensor": 1}
+    assert dict(plan.mesh.shape) == {"data": 2, "fsdp": 2, "expert": 1, "context": 1, "tensor": 1}
     assert (plan.data_parallel, plan.per_device_batch) == (4, 1.0)  # 8 rows / 2 micro-batches / 4 ways
     assert plan.setup.vocab_size == plan.vocab_size == 384
     assert plan.flops.tokens == 8 * 32 and plan.params == sum(r.size for r in plan.setup.param_groups.rows)

@@ -17,9 +17,9 @@ def test_eight_devices():
     assert jax.device_count() == 8
 
 
-@pytest.mark.parametrize("sizes, expected", [((-1, 1, 1), (8, 1, 1, 1)), ((2, -1, 1), (2, 4, 1, 1)),
-                                                  ((2, 2, 2), (2, 2, 1, 2))])
-def test_mesh_shape(tiny_cfg, sizes, expected):  # (data, fsdp, expert, tensor); expert 1 for a dense model
+@pytest.mark.parametrize("sizes, expected", [((-1, 1, 1), (8, 1, 1, 1, 1)), ((2, -1, 1), (2, 4, 1, 1, 1)),
+                                                  ((2, 2, 2), (2, 2, 1, 1, 2))])
+def test_mesh_shape(tiny_cfg, sizes, expected):  # (data, fsdp, expert, context, tensor)
     cfg = tiny_cfg(*[f"mesh.{a}={s}" for a, s in zip(("data", "fsdp", "tensor"), sizes)])
     assert resolve_mesh_shape(cfg.mesh, 8) == expected
 
@@ -32,7 +32,7 @@ def test_mesh_product_mismatch_is_refused(tiny_cfg):
 
 @pytest.mark.devices(8)
 def test_rules_use_each_mesh_axis_once_and_skip_uneven_dims():
-    mesh = make_mesh(type("M", (), {"data": 1, "fsdp": 4, "expert": 1, "tensor": 2})())
+    mesh = make_mesh(type("M", (), {"data": 1, "fsdp": 4, "expert": 1, "context": 1, "tensor": 2})())
     rules = {"embed": "fsdp", "mlp": "tensor", "vocab": "tensor", "heads": "tensor"}
     assert logical_to_mesh_spec(("embed", "mlp"), rules, (64, 128), mesh) == P("fsdp", "tensor")
     assert logical_to_mesh_spec(("heads", "mlp"), rules, (4, 8), mesh) == P("tensor")  # tensor used once

@@ -191,7 +191,8 @@ def state_bytes(cfg: Config, vocab: int) -> int:
     from pretrax.parallel.mesh import make_mesh
     from pretrax.train.state import make_setup
 
-    one = cfg.replace(**{"mesh.data": 1, "mesh.fsdp": 1, "mesh.expert": 1, "mesh.tensor": 1, "mesh.dcn_data": 1,
+    one = cfg.replace(**{"mesh.data": 1, "mesh.fsdp": 1, "mesh.expert": 1, "mesh.context": 1, "mesh.tensor": 1,
+                         "mesh.dcn_data": 1,
                          "model.attention": "xla"})  # the backend changes no state
     setup = make_setup(one, make_mesh(one.mesh, jax.devices()[:1]), vocab)
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(setup.abstract_state()))

@@ -228,7 +228,7 @@ DEFAULT_RULES: dict[str, Any] = {
     "heads": "tensor",
     "kv_heads": "tensor",
     "head_dim": None,
-    "length": None,
+    "length": "context",  # the sequence axis of activations and batches: split only by context parallelism
     "layers": None,
     "norm": None,
     "relpos_buckets": None,
@@ -253,6 +253,7 @@ class MeshSection:
     fsdp: int = 1
     tensor: int = 1
     expert: int = 1  # splits the experts of MoE layers (and the batch elsewhere): expert parallelism
+    context: int = 1  # splits the sequence (context parallelism): attention gathers the keys and values
     dcn_data: int = 1  # TPU slices: an outer data axis over DCN; data, fsdp and tensor are then per slice
     rules: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RULES))
 
@@ -280,7 +281,7 @@ class Config:
         return from_dict(self.to_dict(), [f"{k}={_dump_value(v)}" for k, v in overrides.items()])
 
 
-MESH_AXES = ("data", "fsdp", "expert", "tensor")
+MESH_AXES = ("data", "fsdp", "expert", "context", "tensor")
 # xPos decays a rotary score by direction (queries up, keys down): defined for causal attention, not an encoder
 POSITIONS_BY_KIND = {"decoder": ("rope", "learned", "none", "alibi", "xpos"), "encoder_decoder": ("relative", "alibi")}
 
@@ -560,7 +561,16 @@ def validate(cfg: Config) -> None:
     if cfg.mesh.dcn_data < 1:
         raise ConfigError(f"config key 'mesh.dcn_data' must be a positive integer (slices), got {cfg.mesh.dcn_data}")
     if sum(getattr(cfg.mesh, a) == -1 for a in MESH_AXES) > 1:
-        raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.expert, mesh.tensor may be -1")
+        raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.expert, mesh.context, mesh.tensor may be -1")
+    if cfg.mesh.context > 1:
+        lengths = {"data.seq_len": cfg.data.seq_len}
+        if m.kind == "encoder_decoder":
+            lengths = {"data.inputs_len": cfg.data.inputs_len or cfg.data.seq_len,
+                       "data.targets_len": cfg.data.targets_len or cfg.data.seq_len}
+        for key, length in lengths.items():
+            if length % cfg.mesh.context:
+                raise ConfigError(f"mesh.context={cfg.mesh.context} splits the sequence, but {key}={length} is not "
+                                  f"divisible by it; use a length that is a multiple of {cfg.mesh.context}")
     for logical, target in cfg.mesh.rules.items():
         targets = target if isinstance(target, (list, tuple)) else [target]
         for t in targets:

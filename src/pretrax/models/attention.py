@@ -19,6 +19,11 @@ from pretrax.models.attention_backends import AttentionMask, attend, xla_attenti
 from pretrax.models.layers import RESIDUAL, Einsum, residual_std
 from pretrax.models.parametrization import STANDARD, Parametrization
 from pretrax.models.positions import rotate_qk
+from pretrax.parallel.activations import constrain
+
+
+# keys and values with the sequence whole; the same layout as their projections' unless the length is split
+WHOLE_KV = ("batch", None, "kv_heads", "head_dim")
 
 
 class Attention(nnx.Module):
@@ -51,6 +56,8 @@ class Attention(nnx.Module):
         dropout_key: drop attention probabilities with rate model.dropout (None: no dropout)."""
         kv = x if kv is None else kv
         q, k, v = self.query(x), self.key(kv), self.value(kv)  # (B, T, N, H), (B, S, K, H), (B, S, K, H)
+        # every query needs every key: with the sequence split (mesh.context) keys and values are gathered
+        k, v = constrain(k, WHOLE_KV), constrain(v, WHOLE_KV)
         if rope is not None:  # RoPE's angles, or xPos's (with its scales)
             q, k = rotate_qk(q, k, rope)
         drop = (self.dropout, dropout_key) if dropout_key is not None and self.dropout > 0 else None

@@ -1,9 +1,9 @@
-"""Build the (data, fsdp, expert, tensor) device mesh from the config.
+"""Build the (data, fsdp, expert, context, tensor) device mesh from the config.
 
 One size may be -1, meaning "all devices the other axes leave over". A mesh
 whose product is not the device count is refused before anything runs.
 
-Several TPU slices (mesh.dcn_data > 1): data, fsdp, expert and tensor describe the
+Several TPU slices (mesh.dcn_data > 1): data, fsdp, expert, context and tensor describe the
 mesh inside one slice (fast ICI links); the slices add an outer factor to the
 data axis, so only the data-parallel gradient reduction crosses the slower
 data-centre network (DCN), and the batch rule needs no change.
@@ -35,13 +35,13 @@ def resolve_mesh_shape(mesh_cfg: MeshSection, num_devices: int) -> tuple[int, ..
     if math.prod(sizes) != num_devices:
         raise ConfigError(
             f"mesh {'x'.join(map(str, sizes))} ({_describe(mesh_cfg)}) has {math.prod(sizes)} devices but "
-            f"{num_devices} are available; make mesh.data * mesh.fsdp * mesh.expert * mesh.tensor = {num_devices} or set one to -1"
+            f"{num_devices} are available; make mesh.data * mesh.fsdp * mesh.expert * mesh.context * mesh.tensor = {num_devices} or set one to -1"
         )
     return tuple(sizes)
 
 
 def make_mesh(mesh_cfg: MeshSection, devices: list | None = None) -> Mesh:
-    """A Mesh over all (or the given) devices with axes (data, fsdp, expert, tensor)."""
+    """A Mesh over all (or the given) devices with axes (data, fsdp, expert, context, tensor)."""
     devices = list(jax.devices()) if devices is None else list(devices)
     # Auto axes: shardings are given at the jit boundary and XLA propagates them
     # inside. (At pod scale XLA may then keep a whole fsdp group's batch on every
