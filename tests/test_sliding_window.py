@@ -72,16 +72,6 @@ def test_a_one_layer_model_sees_exactly_its_window():
     np.testing.assert_array_equal(_logits(whole, tokens), _logits(full, tokens))  # a window of T is full attention
 
 
-@pytest.mark.parametrize("overrides,words", [
-    (["model.attention_window=-1"], "'model.attention_window' must be >= 0"),
-    (["model.attention_window=600", "data.seq_len=512"], "model.attention_window (600) is longer than the sequence"),
-])
-def test_bad_windows_are_one_line(overrides, words):
-    with pytest.raises(ConfigError) as e:
-        config_lib.load(None, overrides)
-    assert words in str(e.value) and "\n" not in str(e.value)
-
-
 def test_global_layers_interleave_with_local_ones_and_the_scanned_stack_agrees():
     """global_every=2: layers 1, 3 attend in full, 0, 2 in a window; scanned as (local, global) pairs, the same
     logits as the listed layers with the same weights."""
@@ -107,10 +97,12 @@ def test_global_layers_interleave_with_local_ones_and_the_scanned_stack_agrees()
 
 
 @pytest.mark.parametrize("overrides,words", [
+    (["model.attention_window=-1"], "'model.attention_window' must be >= 0"),
+    (["model.attention_window=600", "data.seq_len=512"], "model.attention_window (600) is longer than the sequence"),
     (["model.global_every=2"], "model.global_every=2 interleaves full-attention layers"),
     (["model.attention_window=8", "model.global_every=3"], "model.n_layers (4) must be a multiple of model.global_every (3)"),
 ])
-def test_bad_interleaving_is_one_line(overrides, words):
+def test_bad_windows_and_interleaving_are_one_line(overrides, words):
     with pytest.raises(ConfigError) as e:
         config_lib.load(None, overrides)
     assert words in str(e.value) and "\n" not in str(e.value)

@@ -115,23 +115,22 @@ def _summed_loss(graphdef, params, batch, num_denoisers: int, z_loss: float = 0.
         logits, aux = logits_of(nnx.merge(graphdef, params), batch, key, with_aux=True)  # (B, T, V) float32
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]) * mask
     stats = {"count": jnp.sum(mask)}
-    extra = 0.0  # what the loss adds to the cross-entropy (summed over tokens, as the cross-entropy is)
-    if aux:  # MoE layers: their balance and router z-losses, once per target token of the batch
-        stats.update(router_stats(aux, stats["count"]))
-        stats["router_loss"] = router_losses(moe, aux) * stats["count"]
-        extra = stats["router_loss"]
     if num_denoisers:
         which = jax.nn.one_hot(batch["denoiser"], num_denoisers, dtype=losses.dtype)  # (B, T, K)
         stats["denoiser_loss"] = jnp.einsum("BT,BTK->K", losses, which)
         stats["denoiser_tokens"] = jnp.einsum("BT,BTK->K", mask, which)
-    if z_loss == 0:
-        if not aux:
-            return jnp.sum(losses), stats
-        stats["cross_entropy"] = jnp.sum(losses)
-        return stats["cross_entropy"] + extra, stats
-    stats["cross_entropy"] = jnp.sum(losses)
-    stats["z_loss"] = jnp.sum(z_loss_terms(logits, z_loss) * mask)
-    return stats["cross_entropy"] + stats["z_loss"] + extra, stats
+    if z_loss == 0 and not aux:
+        return jnp.sum(losses), stats
+    # what the loss adds to the cross-entropy, summed over tokens as the cross-entropy is
+    total = stats["cross_entropy"] = jnp.sum(losses)
+    if z_loss:
+        stats["z_loss"] = jnp.sum(z_loss_terms(logits, z_loss) * mask)
+        total = total + stats["z_loss"]
+    if aux:  # MoE layers: their balance and router z-losses, once per target token of the batch
+        stats.update(router_stats(aux, stats["count"]))
+        stats["router_loss"] = router_losses(moe, aux) * stats["count"]
+        total = total + stats["router_loss"]
+    return total, stats
 
 
 def _grads(setup: TrainSetup, params: Any, batch: dict, key=None) -> tuple[jax.Array, dict, Any]:
