@@ -89,6 +89,9 @@ CASES = [
      "model.attention=cudnn needs a GPU (this run's devices are cpu); valid here: xla, splash"),
     ("splash with the T5 position bias", ["train", "configs/ul2_tiny_encdec.yaml", "model.attention=splash"], 2,
      "model.attention=splash cannot add the T5 relative position bias"),
+    ("attention dropout with ring attention", ["train", "configs/tiny.yaml", *TINY, "model.attention=ring",
+                                                "model.dropout=0.1"], 2,
+     "model.dropout drops attention probabilities, which model.attention=ring never forms whole"),
     ("splash with lengths its tiles do not divide", ["train", "configs/tiny.yaml", *TINY, "model.attention=splash"], 2,
      "model.attention=splash needs sequence lengths divisible by 128"),
     # using a run

@@ -80,7 +80,7 @@ class ModelSection:
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype
     scan_layers: bool = False  # one compiled layer body scanned L times (fast compiles for deep models)
     remat: Literal["none", "full", "dots", "attention"] = "none"  # rematerialise each layer in the backward pass
-    attention: Literal["xla", "cudnn", "splash"] = "xla"  # backend: models/attention_backends.py
+    attention: Literal["xla", "cudnn", "splash", "ring"] = "xla"  # backend: models/attention_backends.py
     # xla attention: queries per block, so that the float32 T x S scores (and their gradient) exist one block
     # at a time; the same numbers (each row's softmax still spans every key). 0: all T at once
     attention_query_chunk: int = 1024
@@ -622,7 +622,7 @@ def validate_training_recipe(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {cfg.model.dropout}")
     if cfg.model.dropout > 0 and cfg.model.attention != "xla":
         raise ConfigError(f"model.dropout drops attention probabilities, which model.attention={cfg.model.attention} "
-                          "(a fused kernel) never forms; use model.attention=xla or model.dropout=0")
+                          "never forms whole; use model.attention=xla or model.dropout=0")
 
 
 def validate_moe(m: ModelSection, mesh: MeshSection) -> None:

@@ -56,8 +56,8 @@ class Attention(nnx.Module):
         dropout_key: drop attention probabilities with rate model.dropout (None: no dropout)."""
         kv = x if kv is None else kv
         q, k, v = self.query(x), self.key(kv), self.value(kv)  # (B, T, N, H), (B, S, K, H), (B, S, K, H)
-        # every query needs every key: with the sequence split (mesh.context) keys and values are gathered
-        k, v = constrain(k, WHOLE_KV), constrain(v, WHOLE_KV)
+        if self.backend != "ring":  # every query needs every key: under a split sequence (mesh.context) keys and
+            k, v = constrain(k, WHOLE_KV), constrain(v, WHOLE_KV)  # values are gathered; the ring passes them round
         if rope is not None:  # RoPE's angles, or xPos's (with its scales)
             q, k = rotate_qk(q, k, rope)
         drop = (self.dropout, dropout_key) if dropout_key is not None and self.dropout > 0 else None

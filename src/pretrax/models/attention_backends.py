@@ -9,6 +9,9 @@ fused kernels can build their masks blockwise) and gives the same result:
           bfloat16/float16 only; any mask, any bias.
   splash  the Pallas splash-attention kernel (models/splash.py): built for TPU, runs
           interpreted (slowly: tests only) elsewhere; any mask (sliding windows included), no bias.
+  ring    under a split sequence (mesh.context), keys and values passed around the devices with a running
+          softmax and causal load balancing (models/ring_attention.py); any mask, any position bias;
+          the xla backend when the sequence is not split.
 
 `check_backend` refuses a combination that cannot run, with a one-line ConfigError.
 
@@ -27,8 +30,11 @@ import jax.numpy as jnp
 from pretrax.errors import ConfigError
 from pretrax.models import splash
 from pretrax.models.layers import dropout as drop
+from pretrax.models.ring_attention import ring_attention
+from pretrax.models.score_bias import ScoreBias, bias_array
+from pretrax.parallel import activations
 
-BACKENDS = ("xla", "cudnn", "splash")
+BACKENDS = ("xla", "cudnn", "splash", "ring")
 _SPLASH_NO_BIAS = "model.attention=splash cannot add the T5 relative position bias (model.positions=relative)"
 
 
@@ -70,15 +76,26 @@ class AttentionMask:
 
     def dense(self) -> jax.Array:
         """(B, T, S) bool: may query t attend to key s?"""
-        allowed = self.same_segment()
+        return self.rows(self.q_segments, self.prefix, 0)
+
+    def rows(self, q_segments: jax.Array, q_prefix: jax.Array | None, start: jax.Array | int) -> jax.Array:
+        """(B, Tq, S) bool: rows start..start+Tq-1 of dense(), for queries with these segment ids (B, Tq)
+        and prefix flags (B, Tq) (None when the mask has no prefix): one block of queries at a time."""
+        Tq, S = q_segments.shape[1], self.kv_segments.shape[1]
+        return self.pairs(q_segments, q_prefix, start + jnp.arange(Tq), self.kv_segments, self.prefix, jnp.arange(S))
+
+    def pairs(self, q_segments: jax.Array, q_prefix: jax.Array | None, q_index: jax.Array,
+              kv_segments: jax.Array, kv_prefix: jax.Array | None, k_index: jax.Array) -> jax.Array:
+        """(B, Tq, Sk) bool for any block of queries against any block of keys: their segment ids (B, Tq),
+        (B, Sk), prefix flags (None when the mask has no prefix) and places in the sequence (Tq,), (Sk,)."""
+        q_index, k_index = q_index[:, None], k_index[None, :]
+        allowed = q_segments[:, :, None] == kv_segments[:, None, :]
         if self.window:
-            T, S = self.q_segments.shape[1], self.kv_segments.shape[1]
-            allowed = allowed & local(jnp.arange(T)[:, None], jnp.arange(S)[None, :], self.window)[None]
+            allowed = allowed & local(q_index, k_index, self.window)[None]
         if self.causal:
-            T, S = self.q_segments.shape[1], self.kv_segments.shape[1]
-            causal = jnp.tril(jnp.ones((T, S), dtype=bool))[None]  # (1, T, S)
+            causal = (k_index <= q_index)[None]  # (1, Tq, Sk)
             if self.prefix is not None:
-                causal = causal | (self.prefix[:, :, None] & self.prefix[:, None, :])  # (B, T, S)
+                causal = causal | (q_prefix[:, :, None] & kv_prefix[:, None, :])  # (B, Tq, Sk)
             allowed = allowed & causal
         return allowed
 
@@ -88,40 +105,48 @@ def local(q_index: jax.Array, k_index: jax.Array, window: int) -> jax.Array:
     return jnp.abs(q_index - k_index) < window
 
 
-def chunked_xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                          bias: jax.Array | None = None, scale: float | None = None, *, chunk: int) -> jax.Array:
+def chunked_xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask,
+                          bias: ScoreBias | jax.Array | None = None, scale: float | None = None, *,
+                          chunk: int) -> jax.Array:
     """xla_attention one block of `chunk` queries at a time (when it divides T): each query row's softmax
     runs over all S keys as before, so the numbers are the same, but the float32 (B, K, G, T, S) scores
     and their gradient exist one block at a time. Each block is rematerialised, so that the backward pass
     keeps only its inputs rather than every block's probabilities (about 2 x 8 GiB per v5p chip for
-    Llama-3-8B at 4 x 4096 tokens)."""
+    Llama-3-8B at 4 x 4096 tokens). The mask's rows, and a ScoreBias's (T5's buckets, ALiBi), are made
+    inside the block too: no (B, T, S) mask or (B, N, T, S) bias exists whole."""
     B, T, N, H = q.shape
     if not chunk or T <= chunk or T % chunk:
-        return xla_attention(q, k, v, mask, bias, scale)
+        return xla_attention(q, k, v, mask.dense(), bias, scale)
     n = T // chunk
 
-    def blocks(x, axis):  # (..., T, ...) -> (n, ..., chunk, ...), the T axis at `axis`
-        return jnp.moveaxis(x.reshape(x.shape[:axis] + (n, chunk) + x.shape[axis + 1:]), axis, 0)
+    def blocks(x, axis=1):  # (..., T, ...) -> (n, ..., chunk, ...), the T axis at `axis`
+        return None if x is None else jnp.moveaxis(x.reshape(x.shape[:axis] + (n, chunk) + x.shape[axis + 1:]),
+                                                   axis, 0)
+
+    lazy = isinstance(bias, ScoreBias)
+    bias_blocks = blocks(bias.q_positions) if lazy else blocks(bias, 2)  # query positions, or (B', N, T, S)
 
     def one(args):
-        qc, mc, bc = args
-        return xla_attention(qc, k, v, mc, bc, scale)  # (B, chunk, N, H)
+        i, qc, segments, prefix, bc = args
+        rows = mask.rows(segments, prefix, i * chunk)  # (B, chunk, S)
+        return xla_attention(qc, k, v, rows, bias.rows(bc) if lazy else bc, scale)  # (B, chunk, N, H)
 
-    bias_blocks = None if bias is None else blocks(bias, 2)  # (B', N, T, S)
-    out = jax.lax.map(jax.checkpoint(one), (blocks(q, 1), blocks(mask, 1), bias_blocks))  # (n, B, chunk, N, H)
+    xs = (jnp.arange(n), blocks(q), blocks(mask.q_segments), blocks(mask.prefix), bias_blocks)
+    out = jax.lax.map(jax.checkpoint(one), xs)  # (n, B, chunk, N, H)
     return jnp.moveaxis(out, 0, 1).reshape(B, T, N, H)
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                  bias: jax.Array | None = None, scale: float | None = None,
+                  bias: ScoreBias | jax.Array | None = None, scale: float | None = None,
                   dropout: tuple[float, jax.Array] | None = None) -> jax.Array:
     """The reference. q: (B, T, N, H); k, v: (B, S, K, H); mask: (B, T, S) bool; bias: optional
-    float (B or 1, N, T, S) added to the scaled scores (T5's relative position bias); scale:
+    float (B or 1, N, T, S) added to the scaled scores (T5's relative position bias, ALiBi), or a
+    ScoreBias that gives it; scale:
     default 1/sqrt(H) (muP passes sqrt(base H) / H). Returns (B, T, N, H). Query head n reads
     kv head n // G. Scores and softmax are float32.
     """
     B, T, N, H = q.shape
-    K = k.shape[2]
+    K, bias = k.shape[2], bias_array(bias)
     q = q.reshape(B, T, K, N // K, H)  # (B, T, K, G, H): group query heads by their kv head
     scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
     scores = scores * (H**-0.5 if scale is None else scale)
@@ -137,7 +162,8 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     return out.reshape(B, T, N, H)
 
 
-def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, bias: jax.Array | None = None,
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask,
+                    bias: ScoreBias | jax.Array | None = None,
                     scale: float | None = None, *, implementation: str = "cudnn") -> jax.Array:
     """cuDNN flash attention; shapes as in xla_attention. The boolean mask reaches cuDNN as an
     additive bias; for a plain causal mask only the (B, 1, T, S) segment part goes that way
@@ -151,6 +177,7 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMas
             window = (mask.window - 1, 0)
     else:
         allowed, is_causal = mask.dense(), False
+    bias = bias_array(bias)
     return jax.nn.dot_product_attention(
         q, k, v, bias=None if bias is None else bias.astype(q.dtype), mask=allowed[:, None],  # (B, 1, T, S)
         scale=scale, is_causal=is_causal, local_window_size=window, implementation=implementation)
@@ -178,20 +205,26 @@ def check_backend(backend: str, *, platform: str, dtype: str, has_bias: bool) ->
         raise ConfigError(f"{problem}; valid here: {', '.join(valid)}")
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, bias: jax.Array | None = None,
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
+           bias: ScoreBias | jax.Array | None = None,
            scale: float | None = None, backend: str = "xla",
            dropout: tuple[float, jax.Array] | None = None, query_chunk: int = 0) -> jax.Array:
     """Attention by `backend` (one of BACKENDS); shapes as in xla_attention. dropout (rate, key): xla only
     (the fused kernels never form the probabilities; config validation refuses the pair). query_chunk:
     xla without dropout, queries per block (chunked_xla_attention; 0: all at once)."""
     if backend == "xla" and dropout is None and query_chunk:
-        return chunked_xla_attention(q, k, v, mask.dense(), bias, scale, chunk=query_chunk)
+        return chunked_xla_attention(q, k, v, mask, bias, scale, chunk=query_chunk)
     if backend == "xla":
         return xla_attention(q, k, v, mask.dense(), bias, scale, dropout)
     if dropout is not None:
         raise ConfigError(f"model.dropout needs model.attention=xla; {backend} has no attention dropout")
     if backend == "cudnn":
         return cudnn_attention(q, k, v, mask, bias, scale)
+    if backend == "ring":
+        return ring_attention(q, k, v, mask, bias, scale, activations.current(),
+                              lambda q, k, v, mask, bias, scale: attend(q, k, v, mask, bias=bias, scale=scale,
+                                                                        query_chunk=query_chunk),
+                              query_chunk=query_chunk)
     if backend == "splash":
         if bias is not None:
             raise ConfigError(f"{_SPLASH_NO_BIAS}; use xla or cudnn")

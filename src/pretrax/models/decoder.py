@@ -33,7 +33,8 @@ from pretrax.models.layers import RESIDUAL, Embed, Unembed, dropout, make_norm, 
 from pretrax.models.layer_kinds import attention_window, is_routed, layer_group
 from pretrax.models.moe import feed_forward, make_feed_forward
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
-from pretrax.models.positions import LearnedPositions, alibi_bias, alibi_slopes, rope_angles, xpos_angles
+from pretrax.models.positions import LearnedPositions, alibi, rope_angles, xpos_angles
+from pretrax.models.score_bias import ScoreBias
 from pretrax.parallel.activations import constrain
 
 
@@ -184,11 +185,11 @@ class Decoder(nnx.Module):
             rope = xpos_angles(positions, c.head_size, c.rope_theta, c.xpos_scale_base)
         return x, rope
 
-    def _bias(self, q_positions: jax.Array, k_positions: jax.Array) -> jax.Array | None:
-        """ALiBi's score bias (B, N, T, S), computed once and shared by every layer; None for other positions."""
+    def _bias(self, q_positions: jax.Array, k_positions: jax.Array) -> ScoreBias | None:
+        """ALiBi's score bias (B, N, T, S), computed by each layer's attention; None for other positions."""
         if self.cfg.positions != "alibi":
             return None
-        return alibi_bias(q_positions, k_positions, alibi_slopes(self.cfg.n_heads))
+        return alibi(q_positions, k_positions, self.cfg.n_heads)
 
     def _logits(self, x: jax.Array) -> jax.Array:
         return self.readout(self._final(x))

@@ -61,8 +61,9 @@ from pretrax.models.layers import RESIDUAL, Embed, Unembed, dropout, make_norm, 
 from pretrax.models.layer_kinds import attention_window, is_routed, layer_group
 from pretrax.models.moe import feed_forward, make_feed_forward
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
-from pretrax.models.positions import alibi_bias, alibi_slopes
+from pretrax.models.positions import alibi
 from pretrax.models.relative_position import RelativePositionBias
+from pretrax.models.score_bias import ScoreBias
 from pretrax.parallel.activations import constrain
 
 
@@ -158,22 +159,23 @@ class Stack(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array | None, *args, dropout_key=None) -> tuple[jax.Array, dict]:
         """x (B, T, D); positions (B, T) or None (0..T-1 in every row); args: the block's inputs after x,
-        without the bias, which is computed here once and appended (then one dropout key per layer).
+        without the bias, which is made here (a ScoreBias each layer evaluates) and appended (then one dropout
+        key per layer).
         Returns (the final-normed output, the MoE layers' statistics stacked; {} when dense)."""
         bias = None
         if self.relpos is not None or self.alibi:
-            if positions is None:  # the same bias for every row: compute it once, (1, N, T, T)
+            if positions is None:  # the same bias for every row: (1, N, T, T)
                 positions = jnp.arange(x.shape[1], dtype=jnp.int32)[None]
-            bias = self._bias(positions, positions)  # (B or 1, N, T, T) float32
+            bias = self._bias(positions, positions)  # (B or 1, N, T, T), computed by each layer's attention
         c = self.cfg
         x, stats = run_layers(self.blocks, x, (*args, bias), n_layers=c.n_layers, scan=c.scan_layers,
                               remat=c.remat, dropout_key=dropout_key, group=self.group)
         return self.final_norm(x), stats
 
-    def _bias(self, q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
+    def _bias(self, q_positions: jax.Array, k_positions: jax.Array) -> ScoreBias:
         """This stack's self-attention bias (B or 1, N, T, S): T5's learned buckets or ALiBi's -m |i - j|."""
         if self.alibi:
-            return alibi_bias(q_positions, k_positions, alibi_slopes(self.cfg.n_heads))
+            return alibi(q_positions, k_positions, self.cfg.n_heads)
         return self.relpos(q_positions, k_positions)
 
     def decode(self, x: jax.Array, cache: dict, mask: jax.Array, cross_mask: jax.Array,

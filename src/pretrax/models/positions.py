@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pretrax.models.layers import param
+from pretrax.models.score_bias import ScoreBias
 
 
 class LearnedPositions(nnx.Module):
@@ -74,6 +75,11 @@ def alibi_bias(q_positions: jax.Array, k_positions: jax.Array, slopes: jax.Array
     """
     distance = jnp.abs(q_positions[:, :, None] - k_positions[:, None, :]).astype(jnp.float32)  # (B, T, S)
     return -slopes[None, :, None, None] * distance[:, None]
+
+
+def alibi(q_positions: jax.Array, k_positions: jax.Array, n_heads: int) -> ScoreBias:
+    """ALiBi's bias of query positions (B, T) against key positions (B, S), unevaluated (alibi_bias)."""
+    return ScoreBias(q_positions, k_positions, alibi_slopes(n_heads), alibi_bias)
 
 
 XPOS_GAMMA = 0.4  # xPos's gamma: pair i decays by zeta_i = (2i / H + gamma) / (1 + gamma) per scale_base positions
