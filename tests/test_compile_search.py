@@ -118,18 +118,33 @@ def test_nothing_fits_names_the_smallest_plan_seen():
                                                  "(of 16 GiB HBM), on mesh 1x4x1 remat full accum 1 attention xla")
 
 
+def test_context_ways_are_tried_and_ring_attention_only_where_the_sequence_is_split():
+    r = fake_search(context="1,2", attention="xla,ring", remat="none", grad_accum="1")
+    tried = sorted((p["plan"]["context"], p["plan"]["attention"], p["plan"]["fsdp"])
+                   for p in r["plans"] + r["not_fitting"])
+    # v5e-4, tensor 1: fsdp 1, 2, 4 with the sequence whole; fsdp 1, 2 with it split in two (xla and ring each)
+    assert tried == [(1, "xla", 1), (1, "xla", 2), (1, "xla", 4), (2, "ring", 1), (2, "ring", 2), (2, "xla", 1),
+                     (2, "xla", 2)]
+    assert r["counts"]["space"] == len(tried)
+    assert "context 2" in format_search(r)
+
+
 def test_bad_search_spaces_are_one_line_errors():
     cfg = config_lib.load(TINY_CONFIG, TINY)
     cases = [("v5e-3", {}, r"unknown TPU topology 'v5e-3'; valid: "),
              ("v5e-4", dict(tensor="3"), r"--tensor 3 does not divide the 4 chips of a v5e-4 slice; valid: 1, 2, 4"),
              ("v5e-8", dict(tensor="8"), r"--tensor 8 does not divide model.n_heads=4"),
              ("v5e-4", dict(data="4", fsdp="4"), r"no mesh in the search space has data x fsdp x tensor = 4"),
-             ("v5e-4", dict(grad_accum="3"), r"--grad-accum 3 does not divide train.batch_size=8")]
+             ("v5e-4", dict(grad_accum="3"), r"--grad-accum 3 does not divide train.batch_size=8"),
+             ("v5e-4", dict(context="3"), r"--context 3 does not divide the 4 chips of a v5e-4 slice"),
+             ("v5e-4", dict(attention="ring"), r"--attention ring passes keys and values around a context axis")]
     for topology, space, message in cases:
         with pytest.raises(ConfigError, match=message):
             search(cfg, topology, space=parse_space(**space), evaluate_fn=fake_evaluate)
     with pytest.raises(ConfigError, match="--remat 'some' is not one of none, dots, attention, full"):
         parse_space(remat="none,some")
+    with pytest.raises(ConfigError, match=r"--context 4 does not divide the sequence lengths \(data.seq_len=30\)"):
+        search(cfg.replace(**{"data.seq_len": 30}), "v5e-4", space=parse_space(context="4"), evaluate_fn=fake_evaluate)
     with pytest.raises(ConfigError, match="--tensor takes positive integers"):
         parse_space(tensor="0")
 

@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", action="store_true", help="try meshes, remat, grad_accum and attention backends; "
                    "print the plans that fit, fastest first by a roofline estimate (exit 3 if none fits)")
     for flag, what in (("data", "data ways"), ("fsdp", "fsdp ways"), ("tensor", "tensor ways"),
-                       ("expert", "expert ways (an MoE model)"),
+                       ("expert", "expert ways (an MoE model)"), ("context", "context ways (the sequence split)"),
                        ("remat", "remat policies"), ("grad-accum", "micro-batch counts"),
                        ("attention", "attention backends")):
         p.add_argument(f"--{flag}", default=None, metavar="A,B", help=f"--search: only these {what}")
@@ -687,7 +687,7 @@ def cmd_compile(args) -> int:
     from pretrax.compile import compile_for_topology, exit_code, format_report
     from pretrax.errors import PretraxError
 
-    restricted = [f for f in ("data", "fsdp", "tensor", "expert", "remat", "grad_accum", "attention")
+    restricted = [f for f in ("data", "fsdp", "tensor", "expert", "context", "remat", "grad_accum", "attention")
                   if getattr(args, f)]
     if restricted and not args.search:
         raise PretraxError(f"--{restricted[0].replace('_', '-')} restricts a --search; add --search")
@@ -697,7 +697,7 @@ def cmd_compile(args) -> int:
         from pretrax import compile_search as cs
 
         space = cs.parse_space(args.data, args.fsdp, args.tensor, args.remat, args.grad_accum, args.attention,
-                               args.expert)
+                               args.expert, args.context)
         found = cs.search(config_lib.load(args.config, args.overrides), args.topology, args.num_slices, space,
                           args.max_compiles, args.jobs)
         print(json.dumps(found) if args.json else cs.format_search(found))

@@ -1,7 +1,8 @@
 """`pretrax compile CONFIG --topology T --search`: the plans that fit a TPU slice, fastest first.
 
-A plan is a mesh (data x fsdp x tensor per slice, and x expert for an MoE model), a remat policy, a number of micro-batches
-(train.grad_accum) and an attention backend. Each candidate is compiled by libtpu as
+A plan is a mesh (data x fsdp x tensor per slice, x expert for an MoE model, x context where --context asks to split
+the sequence), a remat policy, a number of micro-batches (train.grad_accum) and an attention backend (ring only
+with the sequence split). Each candidate is compiled by libtpu as
 `pretrax compile` does; those that fit are ranked by a roofline bound on their step time
 (pretrax.roofline) from the compiler's own cost analysis.
 
@@ -41,7 +42,7 @@ from pretrax.roofline import LIMITS, combine, program_cost, scaled, step_time
 
 GIB = 2**30
 REMATS = ("none", "dots", "attention", "full")  # least to most recompute
-ATTENTIONS = ("xla", "splash")  # the TPU backends (cudnn is GPU only)
+ATTENTIONS = ("xla", "splash", "ring")  # the TPU backends (cudnn is GPU only; ring needs a context axis)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +54,17 @@ class Plan:
     grad_accum: int
     attention: str
     expert: int = 1  # ways the experts of an MoE model are split (1 for a dense model)
+    context: int = 1  # ways the sequence is split
 
     def overrides(self) -> dict[str, Any]:
         return {"mesh.data": self.data, "mesh.fsdp": self.fsdp, "mesh.tensor": self.tensor, "mesh.expert": self.expert,
-                "model.remat": self.remat, "train.grad_accum": self.grad_accum, "model.attention": self.attention}
+                "mesh.context": self.context, "model.remat": self.remat, "train.grad_accum": self.grad_accum,
+                "model.attention": self.attention}
 
     @property
     def mesh(self) -> str:
-        return f"{self.data}x{self.fsdp}x{self.tensor}" + (f" expert {self.expert}" if self.expert > 1 else "")
+        return (f"{self.data}x{self.fsdp}x{self.tensor}" + (f" expert {self.expert}" if self.expert > 1 else "")
+                + (f" context {self.context}" if self.context > 1 else ""))
 
     def label(self) -> str:
         return f"mesh {self.mesh} remat {self.remat} accum {self.grad_accum} attention {self.attention}"
@@ -77,11 +81,12 @@ class Space:
     grad_accum: tuple[int, ...] | None = None
     attention: tuple[str, ...] | None = None
     expert: tuple[int, ...] | None = None
+    context: tuple[int, ...] | None = None  # None: the sequence whole (1)
 
 
 def parse_space(data: str | None = None, fsdp: str | None = None, tensor: str | None = None,
                 remat: str | None = None, grad_accum: str | None = None, attention: str | None = None,
-                expert: str | None = None) -> Space:
+                expert: str | None = None, context: str | None = None) -> Space:
     """The CLI's comma lists (`--tensor 1,2,4`) as a Space; one-line ConfigErrors for bad values."""
     def ints(flag, text):
         if text is None:
@@ -105,19 +110,19 @@ def parse_space(data: str | None = None, fsdp: str | None = None, tensor: str | 
 
     return Space(ints("data", data), ints("fsdp", fsdp), ints("tensor", tensor),
                  names("remat", remat, REMATS) or REMATS, ints("grad-accum", grad_accum),
-                 names("attention", attention, ATTENTIONS), ints("expert", expert))
+                 names("attention", attention, ATTENTIONS), ints("expert", expert), ints("context", context))
 
 
 # ---------------------------------------------------------------- the candidates
 
 
-def candidate_meshes(cfg: Config, topo: Topology, space: Space) -> list[tuple[int, int, int, int]]:
-    """(data, fsdp, tensor, expert) per slice multiplying to the slice's chips, tensor dividing the (kv) heads and
-    d_ff, expert dividing model.moe.num_experts (1 for a dense model)."""
+def candidate_meshes(cfg: Config, topo: Topology, space: Space) -> list[tuple[int, int, int, int, int]]:
+    """(data, fsdp, tensor, expert, context) per slice multiplying to the slice's chips, tensor dividing the (kv)
+    heads and d_ff, expert dividing model.moe.num_experts (1 for a dense model), context the sequence lengths."""
     n, m = topo.chips, cfg.model
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     for flag, values in (("data", space.data), ("fsdp", space.fsdp), ("tensor", space.tensor),
-                         ("expert", space.expert)):
+                         ("expert", space.expert), ("context", space.context)):
         for v in values or ():
             if n % v:
                 raise ConfigError(f"--{flag} {v} does not divide the {n} chips of a {topo.name} slice; "
@@ -131,24 +136,43 @@ def candidate_meshes(cfg: Config, topo: Topology, space: Space) -> list[tuple[in
         if v > 1 and (not m.moe.num_experts or m.moe.num_experts % v):
             raise ConfigError(f"--expert {v} does not divide model.moe.num_experts={m.moe.num_experts}; expert "
                               "parallelism splits the experts of an MoE model")
+    lengths = sequence_lengths(cfg)
+    for v in space.context or ():
+        if any(length % v for length in lengths.values()):
+            raise ConfigError(f"--context {v} does not divide the sequence lengths "
+                              f"({', '.join(f'{k}={x}' for k, x in lengths.items())}); context parallelism splits them")
     experts = [e for e in divisors if m.moe.num_experts and m.moe.num_experts % e == 0] or [1]
     meshes = []
-    for t, f, e in itertools.product(divisors, divisors, experts):
-        if n % (t * f * e):
+    for t, f, e, c in itertools.product(divisors, divisors, experts, space.context or (1,)):
+        if n % (t * f * e * c):
             continue
-        d = n // (t * f * e)
+        d = n // (t * f * e * c)
         if m.n_heads % t or kv % t or m.d_ff % t or m.d_model % f:
             continue
         if all(vals is None or v in vals
                for v, vals in ((d, space.data), (f, space.fsdp), (t, space.tensor), (e, space.expert))):
-            meshes.append((d, f, t, e))
+            meshes.append((d, f, t, e, c))
     if not meshes:
         axes = "data x fsdp x tensor" + (" x expert" if m.moe.num_experts else "")
         raise ConfigError(f"no mesh in the search space has {axes} = {n} chips of {topo.name} with tensor dividing "
                           f"the heads; widen --{axes.replace(' x ', '/--')}")
-    # least communication first: fewest tensor ways (activations cross chips in every layer), then least fsdp,
-    # then the most expert ways (each expert's weights on fewer chips)
-    return sorted(meshes, key=lambda dfte: (dfte[2], dfte[1], -dfte[3]))
+    # least communication first: fewest tensor ways (activations cross chips in every layer), then fewest context
+    # ways (keys and values cross chips in every layer), then least fsdp, then the most expert ways (each expert's
+    # weights on fewer chips)
+    return sorted(meshes, key=lambda dftec: (dftec[2], dftec[4], dftec[1], -dftec[3]))
+
+
+def sequence_lengths(cfg: Config) -> dict[str, int]:
+    """The lengths a context axis must divide: data.seq_len, or an encoder-decoder's two."""
+    d = cfg.data
+    if cfg.model.kind == "encoder_decoder":
+        return {"data.inputs_len": d.inputs_len or d.seq_len, "data.targets_len": d.targets_len or d.seq_len}
+    return {"data.seq_len": d.seq_len}
+
+
+def attentions_for(mesh: tuple[int, ...], attentions: list[str]) -> list[str]:
+    """The backends worth a compile on this mesh: ring only with the sequence split (else it is xla)."""
+    return [a for a in attentions if a != "ring" or mesh[4] > 1]
 
 
 def candidate_accums(cfg: Config, space: Space) -> list[int]:
@@ -173,9 +197,9 @@ def candidate_attentions(cfg: Config, space: Space) -> list[str]:
     return [a for a in usable if not space.attention or a in space.attention]
 
 
-def weight_ways(cfg: Config, d: int, f: int, t: int, e: int = 1) -> int:
+def weight_ways(cfg: Config, d: int, f: int, t: int, e: int = 1, c: int = 1) -> int:
     """The most chips any weight is split over: the mesh axes the weight axes' rules name."""
-    sizes = {"data": d, "fsdp": f, "tensor": t, "expert": e}
+    sizes = {"data": d, "fsdp": f, "tensor": t, "expert": e, "context": c}
     used = set()
     for logical, target in cfg.mesh.rules.items():
         if logical in ("batch", "length") or logical.startswith("act_"):
@@ -307,14 +331,14 @@ def _since(start: float) -> float:
 class _Chain:
     """One (mesh, attention, grad_accum): its remat ladder, tried in order until one fits."""
 
-    mesh: tuple[int, int, int, int]  # data, fsdp, tensor, expert
+    mesh: tuple[int, int, int, int, int]  # data, fsdp, tensor, expert, context
     attention: str
     accum: int
     remats: list[str]
 
     def plan(self) -> Plan:
-        d, f, t, e = self.mesh
-        return Plan(d, f, t, self.remats[0], self.accum, self.attention, e)
+        d, f, t, e, c = self.mesh
+        return Plan(d, f, t, self.remats[0], self.accum, self.attention, e, c)
 
 
 def search(cfg: Config, topology: str, num_slices: int | None = None, space: Space = Space(),
@@ -342,11 +366,13 @@ def search(cfg: Config, topology: str, num_slices: int | None = None, space: Spa
     attentions = candidate_attentions(cfg, space)
     if not attentions:
         raise ConfigError("no attention backend in --attention can run this model on TPU")
+    if not any(attentions_for(m, attentions) for m in meshes):
+        raise ConfigError("--attention ring passes keys and values around a context axis: add --context C with C > 1")
     vocab = resolve_sizes(cfg, config_tokenizer(cfg.data).vocab_size).vocab_size
     flops = step_flops(cfg, vocab)
     chips = topo.chips * slices
     state = state_bytes(cfg, vocab)
-    space_size = len(meshes) * len(attentions) * len(space.remat) * len(accums)
+    space_size = sum(len(attentions_for(m, attentions)) for m in meshes) * len(space.remat) * len(accums)
     counts = {"space": space_size, "compiled": 0, "cost_compiles": 0, "refused": 0,
               "pruned_state": 0, "pruned_remat": 0, "pruned_accum": 0, "pruned_batch": 0, "budget": 0}
 
@@ -356,7 +382,7 @@ def search(cfg: Config, topology: str, num_slices: int | None = None, space: Spa
     viable = []
     for mesh in meshes:
         if state / weight_ways(cfg, *mesh) > topo.hbm_gib * GIB:
-            counts["pruned_state"] += len(attentions) * len(space.remat) * len(accums)
+            counts["pruned_state"] += len(attentions_for(mesh, attentions)) * len(space.remat) * len(accums)
         else:
             viable.append(mesh)
 
@@ -366,10 +392,11 @@ def search(cfg: Config, topology: str, num_slices: int | None = None, space: Spa
     try:
         for i, accum in enumerate(accums):
             if any(r["status"] == "fits" for r in results):
-                counts["pruned_accum"] += len(viable) * len(attentions) * len(space.remat) * (len(accums) - i)
+                counts["pruned_accum"] += (sum(len(attentions_for(m, attentions)) for m in viable) * len(space.remat)
+                                           * (len(accums) - i))
                 break
             chains = deque()
-            for mesh, attention in itertools.product(viable, attentions):
+            for mesh, attention in ((m, a) for m in viable for a in attentions_for(m, attentions)):
                 if batch_ok(mesh, accum):
                     chains.append(_Chain(mesh, attention, accum, list(space.remat)))
                 else:
