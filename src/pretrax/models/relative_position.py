@@ -68,11 +68,10 @@ class BucketedBias:
         rel = key_positions[:, None, :] - query_positions[:, :, None]  # (B, T, S)
         buckets = relative_position_bucket(rel, bidirectional=self.bidirectional, num_buckets=self.num_buckets,
                                            max_distance=self.max_distance)
-        # gathered from the (N, buckets) transpose: heads lead, keys last. Gathered with heads last, (B, T, S, N)
-        # and its gradient are padded from N = 16 heads to a 128-lane tile on TPU: 8x their size (4 GiB per chip
-        # of ul2_20b's at 4096 inputs, `pretrax compile --top-buffers`)
-        bias = jnp.take(table.astype(jnp.float32).T, buckets, axis=1)  # (N, B, T, S)
-        return jnp.moveaxis(bias, 0, 1)  # (B, N, T, S)
+        # XLA's gather puts the 16 heads last whichever way round the table is, and the TPU pads them to a
+        # 128-wide tile: this gather's gradient is the largest temporary of ul2_20b at 4096 inputs (docs/benchmarks.md)
+        bias = jnp.take(table.astype(jnp.float32), buckets, axis=0)  # (B, T, S, N)
+        return jnp.transpose(bias, (0, 3, 1, 2))  # (B, N, T, S)
 
 
 class RelativePositionBias(nnx.Module):
