@@ -182,12 +182,13 @@ BIAS = "model.attention=splash cannot add the T5 relative position bias (model.p
 
 @pytest.mark.parametrize("args,message", [
     (("cudnn", "cpu", "bfloat16", False),
-     "model.attention=cudnn needs a GPU (this run's devices are cpu); valid here: xla, splash"),
+     "model.attention=cudnn needs a GPU (this run's devices are cpu); valid here: xla, splash, ring"),
     (("cudnn", "gpu", "float32", False),
-     "model.attention=cudnn needs model.dtype=bfloat16 (cuDNN has no float32 flash attention); valid here: xla, splash"),
-    (("splash", "tpu", "bfloat16", True), BIAS + "; valid here: xla"),
-    (("splash", "gpu", "bfloat16", True), BIAS + "; valid here: xla, cudnn"),
-    (("flash", "tpu", "float32", False), "model.attention=flash is not a backend; valid here: xla, splash"),
+     "model.attention=cudnn needs model.dtype=bfloat16 (cuDNN has no float32 flash attention); "
+     "valid here: xla, splash, ring"),
+    (("splash", "tpu", "bfloat16", True), BIAS + "; valid here: xla, ring"),
+    (("splash", "gpu", "bfloat16", True), BIAS + "; valid here: xla, cudnn, ring"),
+    (("flash", "tpu", "float32", False), "model.attention=flash is not a backend; valid here: xla, splash, ring"),
 ])
 def test_check_backend_refuses_in_one_line(args, message):
     backend, platform, dtype, has_bias = args

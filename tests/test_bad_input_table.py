@@ -86,7 +86,7 @@ CASES = [
      "mode_token '[XYZ]'"),
     # attention backends (speed issue)
     ("cuDNN attention on a CPU", ["train", "configs/tiny.yaml", *TINY, "model.attention=cudnn"], 2,
-     "model.attention=cudnn needs a GPU (this run's devices are cpu); valid here: xla, splash"),
+     "model.attention=cudnn needs a GPU (this run's devices are cpu); valid here: xla, splash, ring"),
     ("splash with the T5 position bias", ["train", "configs/ul2_tiny_encdec.yaml", "model.attention=splash"], 2,
      "model.attention=splash cannot add the T5 relative position bias"),
     ("attention dropout with ring attention", ["train", "configs/tiny.yaml", *TINY, "model.attention=ring",

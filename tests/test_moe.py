@@ -380,11 +380,11 @@ def test_compile_search_tries_expert_ways_that_divide_the_experts():
 
     topo = parse_topology("v5p-16")  # 8 chips
     meshes = candidate_meshes(_model_cfg("model.moe.num_experts=4"), topo, Space(tensor=(1,)))
-    assert {e for _, _, _, e in meshes} == {1, 2, 4}  # 8 chips, but only 4 experts to split
-    assert all(d * f * t * e == 8 for d, f, t, e in meshes)
+    assert {e for _, _, _, e, _ in meshes} == {1, 2, 4}  # 8 chips, but only 4 experts to split
+    assert all(d * f * t * e * c == 8 and c == 1 for d, f, t, e, c in meshes)  # the sequence whole: no --context
     dense = candidate_meshes(config_lib.load(None, ["model.d_model=32", "model.n_heads=4", "model.d_ff=48"]),
                              topo, Space(tensor=(1,)))
-    assert {e for *_, e in dense} == {1}
+    assert {e for _, _, _, e, _ in dense} == {1}
     plan = Plan(2, 1, 1, "full", 1, "xla", 4)
     assert plan.overrides()["mesh.expert"] == 4 and plan.mesh == "2x1x1 expert 4"
     cfg = _model_cfg("model.moe.num_experts=4").replace(**plan.overrides())
