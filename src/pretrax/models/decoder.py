@@ -34,7 +34,7 @@ from pretrax.models.layer_kinds import attention_window, is_routed, layer_group
 from pretrax.models.moe import feed_forward, make_feed_forward
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.positions import LearnedPositions, alibi, rope_angles, xpos_angles
-from pretrax.models.score_bias import ScoreBias
+from pretrax.models.score_bias import ScoreBias, bias_array
 from pretrax.parallel.activations import constrain
 
 
@@ -166,7 +166,8 @@ class Decoder(nnx.Module):
         x, rope = self._embed(tokens, positions)
         S = cache["k"].shape[2]
         mask = kv_cache.slot_mask(start, T, S, prefix)  # (1, T, S); each layer applies its own window
-        bias = self._bias(positions, jnp.arange(S, dtype=jnp.int32)[None])  # ALiBi: new positions against every slot
+        # ALiBi: new positions against every slot, evaluated once per decoding step and shared by the layers
+        bias = bias_array(self._bias(positions, jnp.arange(S, dtype=jnp.int32)[None]))
         x, cache = kv_cache.run_layers(self.blocks, self.cfg.scan_layers, x, cache, mask, rope, start, bias,
                                        group=layer_group(self.cfg))
         return self._logits(x), cache

@@ -63,7 +63,7 @@ from pretrax.models.moe import feed_forward, make_feed_forward
 from pretrax.models.parametrization import STANDARD, Parametrization, resolve, scale
 from pretrax.models.positions import alibi
 from pretrax.models.relative_position import RelativePositionBias
-from pretrax.models.score_bias import ScoreBias
+from pretrax.models.score_bias import ScoreBias, bias_array
 from pretrax.parallel.activations import constrain
 
 
@@ -185,7 +185,8 @@ class Stack(nnx.Module):
         bias = None
         if self.relpos is not None or self.alibi:  # (1, N, T, S); slots after a query are masked, whatever their bias
             slots = cache["self"]["k"].shape[2]
-            bias = self._bias(start + jnp.arange(x.shape[1], dtype=jnp.int32)[None], jnp.arange(slots)[None])
+            bias = bias_array(self._bias(start + jnp.arange(x.shape[1], dtype=jnp.int32)[None],
+                                         jnp.arange(slots)[None]))  # once per decoding step, shared by the layers
         x, cache = kv_cache.run_layers(self.blocks, self.cfg.scan_layers, x, cache, mask, cross_mask, bias, start,
                                        group=self.group)
         return self.final_norm(x), cache
