@@ -9,16 +9,17 @@ the T5 relative position buckets.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 from flax import nnx
 
-from pretrax.config import Config
+from pretrax.config import Config, ModelSection, ParametrizationSection
 from pretrax.data.tokenizer import config_tokenizer
 from pretrax.flops import step_flops
+from pretrax.models import make_model, max_positions
 from pretrax.sizes import resolve_sizes
-from pretrax.train.state import build_model
 
 EMBEDDING_NAMES = {"embed", "unembed", "positions", "relpos"}  # parameter path names of those tables
 
@@ -26,7 +27,7 @@ EMBEDDING_NAMES = {"embed", "unembed", "positions", "relpos"}  # parameter path 
 def point_counts(cfg: Config) -> dict[str, int | float]:
     sizes = resolve_sizes(cfg, config_tokenizer(cfg.data).vocab_size)
     vocab = sizes.vocab_size
-    params = nnx.state(nnx.eval_shape(lambda: build_model(cfg, vocab, 0)), nnx.Param)
+    params = _param_shapes(cfg.model, cfg.parametrization, vocab, max_positions(cfg))
     total = embedding = 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         size = math.prod(leaf.shape)
@@ -37,3 +38,12 @@ def point_counts(cfg: Config) -> dict[str, int | float]:
     per_token = step_flops(cfg, vocab, params).per_token  # both model kinds; attention as train.mfu_attention counts it
     return {"params": total, "params_non_embedding": total - embedding, "tokens": tokens,
             "flops": per_token * tokens}
+
+
+@functools.lru_cache(maxsize=256)
+def _param_shapes(model: ModelSection, parametrization: ParametrizationSection, vocab: int, max_len: int):
+    """The parameters' shapes (nnx.State of ShapeDtypeStructs). Cached: the points of a learning-rate or
+    seed sweep share one model, and tracing its constructor is most of a 64-point dry run's time."""
+    return nnx.state(nnx.eval_shape(lambda: make_model(model, vocab_size=vocab, max_seq_len=max_len,
+                                                       rngs=nnx.Rngs(params=0), parametrization=parametrization)),
+                     nnx.Param)
