@@ -12,6 +12,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+from conftest import cpu_xla_flags
 
 from pretrax.cli import main
 
@@ -24,12 +25,11 @@ OVERRIDES = ["model.n_layers=1", "model.n_heads=4", "model.d_model=128", "model.
 
 
 def coordcheck(out, *extra) -> str:
-    """`pretrax coordcheck` in its own process, whose stdout it returns. Compiled with XLA's default
-    optimisation: these runs are compute-bound (width 512), where the suite's opt-level-0 compiles
-    (tests/conftest.py) cost more time than they save."""
+    """`pretrax coordcheck` in its own process, whose stdout it returns; compiled as the suite compiles
+    (tests/conftest.py: 24 s for the dense check against 30 s with XLA's defaults, 2026-12-03)."""
     config = out / "tiny.yaml"
     config.write_text(f"run:\n  dir: {out / 'run'}\n")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {**os.environ, "XLA_FLAGS": cpu_xla_flags(8)}
     proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "pretrax"), "coordcheck", str(config),
                            *OVERRIDES, *extra, "--widths", ",".join(map(str, WIDTHS)), "--steps", str(STEPS),
                            "--seeds", "4", "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
