@@ -18,6 +18,7 @@ complete, and never left half deleted (retire_old). docs/reliability.md lists th
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -50,9 +51,23 @@ RETIRED = ".retired"  # in checkpoints/: steps being deleted (renamed here first
 # saves: each device's share is a separate eager slice, compiled once per device and shape, about 0.8 s of
 # a small run's first two saves on 8 CPU devices. Arrays of 4 MiB or more per replica are still split.
 MIN_REPLICA_SLICE_BYTES = 4 << 20
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
-    override=True)
+
+
+def _register_array_handler() -> None:
+    """Replace Orbax's jax.Array handler by one with MIN_REPLICA_SLICE_BYTES, without the absl warning
+    ("Type handler registry type ... overriding ...") the override would print at every start."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
+            override=True)
+    finally:
+        absl_logger.setLevel(level)
+
+
+_register_array_handler()
 
 
 def damaged_dir(run_dir: str) -> str:

@@ -1,0 +1,42 @@
+"""How a checkpoint write treats small replicated arrays: each is written whole by one replica, so a save
+compiles no per-device slices (Orbax's replica-parallel split did, per device and shape), and setting that up
+prints nothing."""
+
+import logging
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from pretrax.parallel.mesh import make_mesh
+from pretrax.train import checkpoint
+
+
+def test_importing_the_checkpoint_module_prints_nothing():
+    proc = subprocess.run([sys.executable, "-c", "import pretrax.train.checkpoint"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+
+
+@pytest.mark.devices(8)
+def test_a_save_of_small_replicated_arrays_compiles_nothing_and_restores(tiny_cfg, tmp_path, caplog):
+    cfg = tiny_cfg("mesh.data=8", run_dir=str(tmp_path / "run"))
+    replicated = NamedSharding(make_mesh(cfg.mesh), P())
+    state = {f"w{i}": jax.device_put(jnp.arange(16 + i, dtype=jnp.float32), replicated) for i in range(4)}
+    jax.block_until_ready(state)
+    manager = checkpoint.open_manager(cfg.run.dir, cfg.checkpoint)
+    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+        checkpoint.save(manager, 1, state, {"position": 3}, cfg)
+        checkpoint.wait(manager)
+    compiles = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+    assert compiles == []
+    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated) for k, v in state.items()}
+    restored, data = checkpoint.restore(manager, 1, abstract)
+    assert data == {"position": 3}
+    for k, v in state.items():
+        np.testing.assert_array_equal(np.asarray(restored[k]), np.asarray(v))
