@@ -35,18 +35,24 @@ from pretrax import storage
 REMOTE_FLUSH_S = 30.0  # at most this long between rewrites of a gs:// metrics.jsonl
 
 
+# Modules tensorboardX imports at module level only to write to their own storage (a torch tensor check,
+# s3:// and gs:// event files) where they are installed: torch (2.4 s and the CUDA libraries), google-cloud-storage
+# (0.5 s, through the gcs extra). pretrax hands it Python floats and a local directory (a gs:// run's events are
+# uploaded through pretrax.storage), so in a training process that has not imported them they are kept out.
+_TENSORBOARDX_UNUSED = ("torch", "google.cloud.storage", "boto3")
+
+
 def summary_writer_class():
-    """tensorboardX's SummaryWriter, imported without torch. tensorboardX imports torch at module level,
-    where it is installed (the hf extra), only to recognise torch tensors: 2.4 s and the CUDA libraries
-    loaded into every training process, which logs Python floats. Where torch is already imported, as is."""
-    if "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
-        return SummaryWriter
-    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
+    """tensorboardX's SummaryWriter, imported without the modules in _TENSORBOARDX_UNUSED that are not
+    already imported (tensorboardX expects the ImportError a None entry in sys.modules raises)."""
+    blocked = [name for name in _TENSORBOARDX_UNUSED if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None
     try:
         from tensorboardX import SummaryWriter
     finally:
-        del sys.modules["torch"]
+        for name in blocked:
+            del sys.modules[name]
     return SummaryWriter
 
 
