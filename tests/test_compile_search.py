@@ -208,6 +208,37 @@ def test_scanned_layers_cost_matches_the_unscanned_model():
     assert corrected["ici_bytes_by_kind"]["all-gather"] > 0
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")  # compile-only devices cannot load
+def test_attention_and_loss_in_blocks_are_counted_once_per_block():
+    """Chunked attention and loss are loops too (4 blocks of 8 positions here): the search's cost traces them
+    unrolled, so the scanned, chunked plan costs what the unscanned, chunked program unrolled by hand costs, and
+    more than the unchunked model by the blocks' recompute (counted once per loop, it came out below it)."""
+    from pretrax.compile_search import _compile, _devices, step_cost
+    from pretrax.models.block_map import unrolled
+    from pretrax.parallel.topologies import parse_topology
+    from pretrax.roofline import program_cost
+
+    cfg = config_lib.load(TINY_CONFIG, TINY + ["model.n_layers=3", "model.scan_layers=true", "mesh.data=1",
+                                               "mesh.fsdp=4", "model.attention_query_chunk=8", "train.loss_chunk=8"])
+    with pytest.MonkeyPatch.context() as mp:  # the libtpu variables topology_devices sets, undone after
+        for var, value in {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_WORKER_HOSTNAMES": "localhost",
+                           "TPU_ACCELERATOR_TYPE": "v5litepod-4"}.items():
+            mp.setenv(var, value)
+        devices = _devices(parse_topology("v5e-4"), 1)
+        corrected, compiles = step_cost(cfg, devices)
+        unscanned = cfg.replace(**{"model.scan_layers": False})
+        with unrolled():
+            by_hand = program_cost(_compile(unscanned, devices))
+        looped = program_cost(_compile(unscanned, devices))
+        whole = program_cost(_compile(unscanned.replace(**{"model.attention_query_chunk": 0,
+                                                            "train.loss_chunk": 0}), devices))
+    assert compiles == 2
+    assert corrected["flops"] == pytest.approx(by_hand["flops"], rel=1e-4)
+    assert whole["flops"] < corrected["flops"] < 1.5 * whole["flops"]
+    assert looped["flops"] < whole["flops"]  # what a loop counted once gave
+
+
 def test_search_bad_input_exits_2_with_one_line():
     result = pretrax_compile("--topology", "v5e-4", "--search", "--tensor", "3")
     assert result.returncode == 2

@@ -16,10 +16,11 @@ A full product is hundreds of compiles of minutes each, so the search prunes:
     then least fsdp: the least communication), and what the cap leaves out is counted.
 Compiles run in --jobs worker processes (spawned: a forked JAX process is not safe).
 
-Scanned layers (model.scan_layers) and grad_accum are while loops, whose body XLA's cost
-analysis counts once. A fitting plan's costs therefore come from two (three for an encoder-
-decoder of unequal depths) cheap compiles of the same plan unscanned at depth 1 and 2 with one
-micro-batch: total = accum x (cost(1) + (L - 1) x (cost(2) - cost(1))).
+Scanned layers (model.scan_layers), grad_accum and the blocks of chunked attention and loss
+(model.attention_query_chunk, train.loss_chunk) are while loops, whose body XLA's cost analysis
+counts once. A fitting plan's costs therefore come from two (three for an encoder-decoder of
+unequal depths) cheap compiles of the same plan unscanned at depth 1 and 2 with one micro-batch
+and its blocks unrolled: total = accum x (cost(1) + (L - 1) x (cost(2) - cost(1))).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import itertools
 import math
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -252,24 +254,34 @@ def depth_keys(cfg: Config) -> dict[str, int]:
     return family_of(cfg.model).depth_keys(cfg.model)
 
 
+def has_loops(compiled) -> bool:
+    """Whether the compiled program holds a while loop, whose body its cost analysis counts once."""
+    return re.search(r" while\(", compiled.as_text()) is not None
+
+
 def step_cost(cfg: Config, devices: list, compiled=None) -> tuple[dict[str, Any], int]:
     """Per-chip FLOPs, HBM and ICI bytes of one whole step, loops unrolled by arithmetic; and the compiles it took.
 
-    Without loops (unscanned, one micro-batch) the plan's own program is exact. Otherwise the
-    same plan is compiled unscanned with one micro-batch at depth 1, and at depth 2 per stack:
-    total = accum x (cost(1) + sum over stacks of (L - 1) x (cost(2) - cost(1))). This counts
-    the optimizer update once per micro-batch (accum - 1 times too often).
+    Without loops (unscanned, one micro-batch, no attention or loss in blocks: no while loop in the
+    compiled program) the plan's own program is exact. Otherwise the same plan is compiled unscanned with one micro-batch, its blocks unrolled
+    (models.block_map), at depth 1, and at depth 2 per stack: total = accum x (cost(1) + sum over
+    stacks of (L - 1) x (cost(2) - cost(1))). This counts the optimizer update once per micro-batch
+    (accum - 1 times too often).
     """
+    from pretrax.models.block_map import unrolled
+
     accum = cfg.train.grad_accum
-    if compiled is not None and not cfg.model.scan_layers and accum == 1:
+    if compiled is not None and not has_loops(compiled):
         return program_cost(compiled), 0
     depths = depth_keys(cfg)
     micro = {"model.scan_layers": False, "train.grad_accum": 1, "train.batch_size": cfg.train.batch_size // accum}
     ones = {k: 1 for k in depths}
-    base = program_cost(_compile(cfg.replace(**micro, **ones), devices))
+    with unrolled():
+        base = program_cost(_compile(cfg.replace(**micro, **ones), devices))
     parts = []
     for key, depth in depths.items():
-        two = program_cost(_compile(cfg.replace(**micro, **{**ones, key: 2}), devices))
+        with unrolled():
+            two = program_cost(_compile(cfg.replace(**micro, **{**ones, key: 2}), devices))
         body = {k: two[k] - base[k] for k in ("flops", "hbm_bytes", "ici_bytes")}
         body["ici_bytes_by_kind"] = {k: two["ici_bytes_by_kind"][k] - v for k, v in base["ici_bytes_by_kind"].items()}
         parts.append((depth - 1, body))

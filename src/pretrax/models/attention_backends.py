@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from pretrax.errors import ConfigError
 from pretrax.models import splash
+from pretrax.models.block_map import block_map
 from pretrax.models.layers import dropout as drop
 from pretrax.models.ring_attention import ring_attention
 from pretrax.models.score_bias import ScoreBias, bias_array
@@ -132,7 +133,7 @@ def chunked_xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Attent
         return xla_attention(qc, k, v, rows, bias.rows(bc) if lazy else bc, scale)  # (B, chunk, N, H)
 
     xs = (jnp.arange(n), blocks(q), blocks(mask.q_segments), blocks(mask.prefix), bias_blocks)
-    out = jax.lax.map(jax.checkpoint(one), xs)  # (n, B, chunk, N, H)
+    out = block_map(jax.checkpoint(one), xs)  # (n, B, chunk, N, H)
     return jnp.moveaxis(out, 0, 1).reshape(B, T, N, H)
 
 

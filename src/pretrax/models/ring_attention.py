@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from pretrax.errors import ConfigError
+from pretrax.models.block_map import block_map
 from pretrax.models.score_bias import ScoreBias
 from pretrax.parallel.activations import ShardingContext
 
@@ -200,7 +201,7 @@ def _ring(rows: dict, weights, *, mask, bias_fn, scale: float, axis: str, ways: 
         else:
             axes = {"index": 0, "o": 3, "m": 3, "l": 3}  # where each row-indexed array keeps its rows (else 1)
             split = {name: None if x is None else _blocks(x, axes.get(name, 1), n) for name, x in rows.items()}
-            new = jax.lax.map(jax.checkpoint(lambda r: fold_rows(r, kb, k_index, r["o"], r["m"], r["l"])), split)
+            new = block_map(jax.checkpoint(lambda r: fold_rows(r, kb, k_index, r["o"], r["m"], r["l"])), split)
             new = tuple(_unblocks(x, 3) for x in new)
         if rows_from == 0:
             return new

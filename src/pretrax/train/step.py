@@ -24,6 +24,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pretrax.data.objectives import denoiser_names
+from pretrax.models.block_map import block_map
 from pretrax.models.family import family_of
 from pretrax.parallel.activations import sharding_context
 from pretrax.parallel.rules import batch_sharding
@@ -65,7 +66,7 @@ def token_losses(graphdef: Any, params: Any, batch: dict, chunk: int = 0, with_a
         hc, tc = h_and_targets
         return optax.softmax_cross_entropy_with_integer_labels(readout(hc), tc)  # (B, chunk)
 
-    losses = jax.lax.map(jax.checkpoint(one), (blocks(h), blocks(batch["targets"])))  # (n, B, chunk)
+    losses = block_map(jax.checkpoint(one), (blocks(h), blocks(batch["targets"])))  # (n, B, chunk)
     losses = losses.swapaxes(0, 1).reshape(B, T)
     return (losses, aux) if with_aux else losses
 
