@@ -186,34 +186,11 @@ def test_search_ranks_the_fitting_plans_by_the_roofline_estimate(searched):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")  # compile-only devices cannot load
-def test_scanned_layers_cost_matches_the_unscanned_model():
-    """XLA counts a scanned layer once; the search's depth-1/depth-2 correction gives the unscanned model's cost."""
-    from pretrax.compile_search import _compile, _devices, step_cost
-    from pretrax.parallel.topologies import parse_topology
-    from pretrax.roofline import program_cost
-
-    cfg = config_lib.load(TINY_CONFIG, TINY + ["model.n_layers=3", "model.scan_layers=true", "mesh.data=1",
-                                               "mesh.fsdp=4"])
-    with pytest.MonkeyPatch.context() as mp:  # the libtpu variables topology_devices sets, undone after
-        for var, value in {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_WORKER_HOSTNAMES": "localhost",
-                           "TPU_ACCELERATOR_TYPE": "v5litepod-4"}.items():
-            mp.setenv(var, value)
-        devices = _devices(parse_topology("v5e-4"), 1)
-        corrected, compiles = step_cost(cfg, devices)
-        unscanned = program_cost(_compile(cfg.replace(**{"model.scan_layers": False}), devices))
-    assert compiles == 2
-    assert corrected["flops"] == pytest.approx(unscanned["flops"], rel=1e-4)
-    assert corrected["hbm_bytes"] == pytest.approx(unscanned["hbm_bytes"], rel=1e-3)
-    assert corrected["ici_bytes"] == pytest.approx(unscanned["ici_bytes"], rel=1e-3)
-    assert corrected["ici_bytes_by_kind"]["all-gather"] > 0
-
-
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")  # compile-only devices cannot load
-def test_attention_and_loss_in_blocks_are_counted_once_per_block():
-    """Chunked attention and loss are loops too (4 blocks of 8 positions here): the search's cost traces them
-    unrolled, so the scanned, chunked plan costs what the unscanned, chunked program unrolled by hand costs, and
-    more than the unchunked model by the blocks' recompute (counted once per loop, it came out below it)."""
+def test_loops_cost_what_the_unrolled_program_costs():
+    """XLA counts a loop body once: a scanned layer, and a block of chunked attention or loss (4 blocks of 8
+    positions here). The search's depth-1/depth-2 correction over programs with their blocks unrolled gives the
+    cost of the unscanned program unrolled by hand, above the unchunked model's by the blocks' recompute (with
+    each block counted once per loop, it came out below it)."""
     from pretrax.compile_search import _compile, _devices, step_cost
     from pretrax.models.block_map import unrolled
     from pretrax.parallel.topologies import parse_topology
@@ -235,6 +212,10 @@ def test_attention_and_loss_in_blocks_are_counted_once_per_block():
                                                             "train.loss_chunk": 0}), devices))
     assert compiles == 2
     assert corrected["flops"] == pytest.approx(by_hand["flops"], rel=1e-4)
+    # bytes accessed depend on XLA's fusion choices, which differ a little between depths 1, 2 and 3 (1.2% here)
+    assert corrected["hbm_bytes"] == pytest.approx(by_hand["hbm_bytes"], rel=2e-2)
+    assert corrected["ici_bytes"] == pytest.approx(by_hand["ici_bytes"], rel=1e-3)
+    assert corrected["ici_bytes_by_kind"]["all-gather"] > 0
     assert whole["flops"] < corrected["flops"] < 1.5 * whole["flops"]
     assert looped["flops"] < whole["flops"]  # what a loop counted once gave
 
