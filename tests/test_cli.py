@@ -75,6 +75,7 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(trained_run, overri
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_run_dir_that_is_a_file(tmp_path):
     target = tmp_path / "afile"
     target.write_text("keep me")
@@ -88,6 +89,7 @@ def test_missing_config_file(tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
+@pytest.mark.slow
 def test_info_gpt1_parameter_count():
     proc = run_cli("info", "configs/gpt1.yaml")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -103,6 +105,7 @@ def test_generate_from_a_run(trained_run):
     assert len(proc.stdout) > len("import ")
 
 
+@pytest.mark.slow
 def test_generate_without_checkpoint(tmp_path):
     proc = run_cli("generate", str(tmp_path))
     assert proc.returncode == 2 and "no complete checkpoint" in proc.stderr and "Traceback" not in proc.stderr
@@ -115,6 +118,7 @@ def test_info_t5_1_1_base_parameter_count():
     assert "parameters: 247577856" in proc.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_encoder_decoder_rows_too_short_for_a_denoiser_are_refused_cleanly(tmp_path):
     proc = run_cli("train", "configs/ul2_tiny_encdec.yaml", "data.inputs_len=300", f"run.dir={tmp_path / 'r'}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -132,6 +136,7 @@ def test_generate_with_a_ul2_mode(trained_run):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_data_stats_json():
     import json
 

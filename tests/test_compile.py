@@ -117,6 +117,7 @@ def test_compile_too_big_for_hbm_exits_3_with_the_shortfall():
     assert shortfall > 10
 
 
+@pytest.mark.slow
 def test_compile_bad_input_exits_2_with_one_line():
     unknown = pretrax_compile(*TINY, "--topology", "v5e-3")
     assert unknown.returncode == 2

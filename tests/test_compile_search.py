@@ -220,6 +220,7 @@ def test_loops_cost_what_the_unrolled_program_costs():
     assert looped["flops"] < whole["flops"]  # what a loop counted once gave
 
 
+@pytest.mark.slow
 def test_search_bad_input_exits_2_with_one_line():
     result = pretrax_compile("--topology", "v5e-4", "--search", "--tensor", "3")
     assert result.returncode == 2

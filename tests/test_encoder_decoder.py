@@ -47,6 +47,7 @@ def toks(seed, n):
 # ---------------------------------------------------------------- size
 
 
+@pytest.mark.slow
 def test_t5_1_1_base_has_its_published_parameter_count():
     # embeddings 32128*768 = 24,674,304 (shared by both stacks' inputs) + untied output 768*32128 = 24,674,304
     # encoder layer: q,k,v,o 4*768*768 = 2,359,296 + gated MLP 3*768*2048 = 4,718,592 + 2 norms 1,536

@@ -127,6 +127,7 @@ def test_generate_until_stops_at_the_until_string(decoder):
     assert capped == TOK.decode(greedy[:3])
 
 
+@pytest.mark.slow
 def test_lm_evals_multiple_choice_accuracy_is_the_one_computed_from_scores(decoder):
     _, model = decoder
     metrics = evaluate_tasks(model.setup, model.params, model.tokenizer, ["pretrax_mc", "qa"], limit=15)

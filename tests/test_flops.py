@@ -62,6 +62,7 @@ def test_gpt1_step_flops_by_hand():
         assert got.per_token == 6 * matmul_params + 12 * share * L * N * H * T
 
 
+@pytest.mark.slow
 def test_t5_1_1_base_step_flops_by_hand():
     params = abstract_params("configs/t5_1_1_base.yaml", 32128)
     B, S, T, L, D, F, V, N, H = 16, 512, 114, 12, 768, 2048, 32128, 12, 64

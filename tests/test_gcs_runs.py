@@ -295,6 +295,7 @@ def test_a_sentencepiece_model_in_a_bucket_loads_as_the_local_one(gcs, tmp_path,
         load_tokenizer(remote.replace("t.model", "missing.model"))
 
 
+@pytest.mark.slow
 def test_scaling_fit_reads_a_results_file_in_a_bucket_and_writes_its_plot_there(gcs, tmp_path, capsys):
     """A pod sweep leaves results.csv in the bucket: `pretrax scaling fit gs://...` fits it where it is."""
     import csv

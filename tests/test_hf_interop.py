@@ -163,6 +163,7 @@ def max_diff(a, b) -> float:
 # the edit-test loop imports one model (Llama, the modern decoder); `make test` all five
 @pytest.mark.parametrize("name", [n if n == "llama" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in NAMES])
+@pytest.mark.slow
 def test_imported_logprobs_match_transformers(hf, name):
     hf_dir, model, run = hf[name]
     theirs = hf_logprobs(model, name)

@@ -145,6 +145,7 @@ def test_every_other_layer_is_routed_in_every_stack(kind):
     assert not any("layers.0.mlp.router" in p for p in paths)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["decoder", "encoder_decoder"])
 def test_scanned_groups_compute_what_the_layer_list_computes(kind):
     """every=2 with scan_layers: one scanned (dense, routed) pair of layers; with the list's weights
@@ -353,6 +354,7 @@ def test_encoder_decoder_with_routed_experts_trains_on_ul2_and_samples(tiny_cfg)
     assert isinstance(text, str) and len(tok.encode(text)) <= 8
 
 
+@pytest.mark.slow
 def test_mup_treats_experts_as_hidden_matrices_and_the_router_as_a_readout():
     from pretrax.plan import make_plan
     from pretrax.data.tokenizer import load_tokenizer

@@ -156,6 +156,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_saves(tmp_path):
     assert resumed.start_step == stopped and resumed.final_step == stopped + 1
 
 
+@pytest.mark.slow
 def test_unreachable_coordinator_is_a_one_line_error_after_the_timeout(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PRETRAX_COORDINATOR": f"127.0.0.1:{free_port()}",
            "PRETRAX_NUM_PROCESSES": "2", "PRETRAX_PROCESS_ID": "1", "PRETRAX_INIT_TIMEOUT": "2"}

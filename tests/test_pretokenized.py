@@ -92,6 +92,7 @@ def test_other_tokenizer_falls_back_to_text(data, stored, wanted, caplog):
     assert_same(batches(config(data["dirs"][stored], tokenizer)), batches(config(data["dirs"]["text"], tokenizer)))
 
 
+@pytest.mark.slow
 def test_fingerprint_read_back_in_a_fresh_process(data):
     code = (
         "import sys, tensorflow_datasets as tfds\n"

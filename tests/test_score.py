@@ -145,6 +145,7 @@ def test_score_errors_are_one_line(decoder_run, capsys, args, message):
     assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow
 def test_a_run_without_a_tokenizer_scores_ids_only(tmp_path, capsys):
     run_dir, _, _ = make_run(tmp_path / "ids", "data.tokenizer=none", "model.vocab_size=384")  # as `pretrax import`
     code, _, err = score(capsys, run_dir, "--text", "abc")

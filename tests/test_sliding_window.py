@@ -72,6 +72,7 @@ def test_a_one_layer_model_sees_exactly_its_window():
     np.testing.assert_array_equal(_logits(whole, tokens), _logits(full, tokens))  # a window of T is full attention
 
 
+@pytest.mark.slow
 def test_global_layers_interleave_with_local_ones_and_the_scanned_stack_agrees():
     """global_every=2: layers 1, 3 attend in full, 0, 2 in a window; scanned as (local, global) pairs, the same
     logits as the listed layers with the same weights."""

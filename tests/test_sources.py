@@ -233,6 +233,7 @@ def test_tfds_hash_heldout_of_one_split(prepared):
     assert train.fingerprint != heldout.fingerprint
 
 
+@pytest.mark.slow
 def test_tfds_found_by_name_in_a_fresh_process(prepared):
     code = (
         "import json, sys\n"

@@ -39,6 +39,7 @@ def test_task_scores_reach_the_metrics_rows_and_the_sweep_results(tmp_path):
     assert float(result["probe/cloze/acc"]) == scored[4]["probe/cloze/acc"]
 
 
+@pytest.mark.slow
 def test_an_unknown_task_is_refused_before_the_run_writes_anything(tmp_path):
     cfg = load(None, [*TINY, *TASKS, "eval.tasks=[qa,no_such_task]", f"run.dir={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match="no_such_task"):

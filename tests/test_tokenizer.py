@@ -183,6 +183,7 @@ def test_external_model_gets_sentinels_on_top(external):
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_external_model_without_pad_or_eos(text_dir, tmp_path):
     prefix = str(tmp_path / "default")  # SentencePiece's defaults: unk 0, bos 1, eos 2, no pad
     spm.SentencePieceTrainer.train(input=str(text_dir / "a.txt"), model_prefix=prefix, vocab_size=300, minloglevel=2)

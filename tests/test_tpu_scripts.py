@@ -458,6 +458,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_jax_under_slurm_keeps_every_gpu_listed_in_jax_local_device_ids():
     """What train.sbatch relies on: jax.distributed.initialize() under SLURM would pin the process to
     GPU SLURM_LOCALID; JAX_LOCAL_DEVICE_IDS overrides that. (One process each, so no peer is needed.)"""

@@ -59,6 +59,7 @@ def tiny_setup(tiny_cfg, *overrides):
 # ---------------------------------------------------------------- Adafactor
 
 
+@pytest.mark.slow
 def test_adafactor_state_is_factored_and_a_fraction_of_adams():
     # a real model's optimizer state, counted from shapes: Adam keeps two full moments (8 bytes a parameter),
     # Adafactor a row and a column statistic per matrix (attention kernels factored as D x (heads * head_dim));
