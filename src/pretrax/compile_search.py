@@ -263,10 +263,10 @@ def step_cost(cfg: Config, devices: list, compiled=None) -> tuple[dict[str, Any]
     """Per-chip FLOPs, HBM and ICI bytes of one whole step, loops unrolled by arithmetic; and the compiles it took.
 
     Without loops (unscanned, one micro-batch, no attention or loss in blocks: no while loop in the
-    compiled program) the plan's own program is exact. Otherwise the same plan is compiled unscanned with one micro-batch, its blocks unrolled
-    (models.block_map), at depth 1, and at depth 2 per stack: total = accum x (cost(1) + sum over
-    stacks of (L - 1) x (cost(2) - cost(1))). This counts the optimizer update once per micro-batch
-    (accum - 1 times too often).
+    compiled program) the plan's own program is exact. Otherwise the same plan is compiled unscanned
+    with one micro-batch, its blocks unrolled (models.block_map), at depth 1, and at depth 2 per
+    stack: total = accum x (cost(1) + sum over stacks of (L - 1) x (cost(2) - cost(1))). This counts
+    the optimizer update once per micro-batch (accum - 1 times too often).
     """
     from pretrax.models.block_map import unrolled
 
@@ -276,15 +276,15 @@ def step_cost(cfg: Config, devices: list, compiled=None) -> tuple[dict[str, Any]
     depths = depth_keys(cfg)
     micro = {"model.scan_layers": False, "train.grad_accum": 1, "train.batch_size": cfg.train.batch_size // accum}
     ones = {k: 1 for k in depths}
+    parts = []
     with unrolled():
         base = program_cost(_compile(cfg.replace(**micro, **ones), devices))
-    parts = []
-    for key, depth in depths.items():
-        with unrolled():
+        for key, depth in depths.items():
             two = program_cost(_compile(cfg.replace(**micro, **{**ones, key: 2}), devices))
-        body = {k: two[k] - base[k] for k in ("flops", "hbm_bytes", "ici_bytes")}
-        body["ici_bytes_by_kind"] = {k: two["ici_bytes_by_kind"][k] - v for k, v in base["ici_bytes_by_kind"].items()}
-        parts.append((depth - 1, body))
+            body = {k: two[k] - base[k] for k in ("flops", "hbm_bytes", "ici_bytes")}
+            body["ici_bytes_by_kind"] = {k: two["ici_bytes_by_kind"][k] - v
+                                         for k, v in base["ici_bytes_by_kind"].items()}
+            parts.append((depth - 1, body))
     return scaled(combine(base, parts), accum), 1 + len(parts)
 
 
