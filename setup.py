@@ -25,6 +25,9 @@ setup(
         "scipy",  # the scaling-law fit (L-BFGS-B)
         "threadpoolctl",  # one BLAS thread while fitting (10x faster on a 2-core box)
         "numpy",
+        # ml_dtypes 0.7.0 registers its NumPy ufunc loops in quadratic time: 1.2 s of every `import jax`
+        # (0.1 s with 0.6.0, measured on a 2-core VM; docs/benchmarks.md)
+        "ml_dtypes>=0.5,<0.7",
         "pyyaml",
         "tensorboardX",
         "tqdm",
