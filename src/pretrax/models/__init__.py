@@ -30,7 +30,8 @@ def count_params(cfg: ModelSection, vocab_size: int, max_seq_len: int) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def build_model(cfg: Config, vocab_size: int, seed: int) -> Decoder | EncoderDecoder:
-    """A run's model from its whole config (sizes, positions, parametrization), parameters drawn from seed."""
+def build_model(cfg: Config, vocab_size: int, seed: int | jax.Array) -> Decoder | EncoderDecoder:
+    """A run's model from its whole config (sizes, positions, parametrization), parameters drawn from seed
+    (an int, or the key jax.random.key(int) makes of it: the same draws)."""
     return make_model(cfg.model, vocab_size=vocab_size, max_seq_len=max_positions(cfg), rngs=nnx.Rngs(params=seed),
                       parametrization=cfg.parametrization)

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -87,20 +88,24 @@ def check_attention(cfg: Config, platform: str) -> None:
         splash.block_sizes(*family_of(m).attention_lengths(cfg.data))
 
 
-def _init(setup: TrainSetup, seed: int) -> dict:
-    model = build_model(setup.cfg, setup.vocab_size, seed)
+def _init(setup: TrainSetup, seed: jax.Array) -> dict:
+    key = jax.random.key(seed)  # the same key jax.random.key(int) and nnx.Rngs(int) make: the same draws
+    model = build_model(setup.cfg, setup.vocab_size, key)
     params = nnx.state(model, nnx.Param)
     return {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
         "opt_state": setup.tx.init(params),
-        "rng": jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)),
+        "rng": jax.random.key_data(jax.random.fold_in(key, 1)),
     }
 
 
 def init_state(setup: TrainSetup, seed: int) -> dict:
-    """A fresh state, every array created directly in its sharded place."""
-    return jax.jit(lambda: _init(setup, seed), out_shardings=setup.state_shardings)()
+    """A fresh state, every array created directly in its sharded place. The seed is an argument of the
+    program, not a constant in it: runs that differ only in their seed (a sweep over seeds) share one
+    compile, here and in a persistent compilation cache."""
+    init = jax.jit(lambda s: _init(setup, s), out_shardings=setup.state_shardings)
+    return init(np.uint32(seed % 2**32))  # what jax.random.key(seed) keeps of any int (64-bit off)
 
 
 def param_count(abstract_params: Any) -> int:
