@@ -190,7 +190,7 @@ def test_loops_cost_what_the_unrolled_program_costs():
     """XLA counts a loop body once: a scanned layer, and a block of chunked attention or loss (4 blocks of 8
     positions here). The search's depth-1/depth-2 correction over programs with their blocks unrolled gives the
     cost of the unscanned program unrolled by hand, above the unchunked model's by the blocks' recompute (with
-    each block counted once per loop, it came out below it)."""
+    each block counted once per loop, it came out below it: 15.8M against 23.7M FLOPs, 2026-12-03)."""
     from pretrax.compile_search import _compile, _devices, step_cost
     from pretrax.models.block_map import unrolled
     from pretrax.parallel.topologies import parse_topology
@@ -207,7 +207,6 @@ def test_loops_cost_what_the_unrolled_program_costs():
         unscanned = cfg.replace(**{"model.scan_layers": False})
         with unrolled():
             by_hand = program_cost(_compile(unscanned, devices))
-        looped = program_cost(_compile(unscanned, devices))
         whole = program_cost(_compile(unscanned.replace(**{"model.attention_query_chunk": 0,
                                                             "train.loss_chunk": 0}), devices))
     assert compiles == 2
@@ -217,7 +216,6 @@ def test_loops_cost_what_the_unrolled_program_costs():
     assert corrected["ici_bytes"] == pytest.approx(by_hand["ici_bytes"], rel=1e-3)
     assert corrected["ici_bytes_by_kind"]["all-gather"] > 0
     assert whole["flops"] < corrected["flops"] < 1.5 * whole["flops"]
-    assert looped["flops"] < whole["flops"]  # what a loop counted once gave
 
 
 @pytest.mark.slow
