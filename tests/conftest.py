@@ -8,6 +8,7 @@ XLA_FLAGS and JAX_PLATFORMS must be set before jax is first imported, which is w
 
 import os
 import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -100,6 +101,42 @@ def pytest_runtest_setup(item):
     if len(have) < need:
         pytest.skip(f"needs {need} devices (the CPU default simulates 8); this host has {len(have)} "
                     f"{have[0].platform}")
+
+
+def cli_in_process(*argv, capfd=None) -> subprocess.CompletedProcess:
+    """`pretrax ARGV` run by cli.main in this process, answered as subprocess.run answers: exit code, stdout,
+    stderr (warnings ignored, as PYTHONWARNINGS=ignore does for a child). It saves a process start, 2-3 s of
+    imports; tests of what only a process shows (signals, kill -9, exit codes of the console script, imports)
+    start one. capfd: pytest's fixture, so that output written to the file descriptors is seen too."""
+    import contextlib
+    import io
+    import warnings
+
+    from pretrax.cli import main
+
+    argv = [str(a) for a in argv]
+    out, err = io.StringIO(), io.StringIO()
+    if capfd is not None:
+        capfd.readouterr()
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+        warnings.simplefilter("ignore")
+        if capfd is None:
+            stack.enter_context(contextlib.redirect_stdout(out))
+            stack.enter_context(contextlib.redirect_stderr(err))
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    if capfd is not None:
+        captured = capfd.readouterr()
+        return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli_run(capfd):
+    """cli_run(*argv) -> CompletedProcess: `pretrax ARGV` in this process (cli_in_process), output captured."""
+    return lambda *argv: cli_in_process(*argv, capfd=capfd)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The command line as a user meets it: one-line errors with exit 2, nothing written damaged."""
+"""The command line as a user meets it: one-line errors with exit 2, nothing written damaged. One real
+`pretrax train` process; the rest run cli.main in this process (conftest.cli_in_process)."""
 
 import os
 import subprocess
@@ -9,17 +10,14 @@ import pytest
 from conftest import TINY
 
 
-def run_cli(*args, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "pretrax.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    return proc
-
-
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
+    """One real `pretrax train` process (the console entry point); the tests after it run cli.main in-process."""
     run_dir = tmp_path_factory.mktemp("cli") / "run"
-    proc = run_cli("train", "configs/tiny.yaml", *TINY, f"run.dir={run_dir}", "train.sample_tokens=20",
-                   "train.steps=4", "checkpoint.every=2")
+    argv = ["train", "configs/tiny.yaml", *TINY, f"run.dir={run_dir}", "train.sample_tokens=20", "train.steps=4",
+            "checkpoint.every=2"]
+    proc = subprocess.run([sys.executable, "-m", "pretrax.cli", *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc.stdout
 
@@ -64,10 +62,10 @@ def snapshot(root):
     ],
 )
 @pytest.mark.slow
-def test_bad_input_exits_2_with_one_line_and_touches_nothing(trained_run, overrides, message):
+def test_bad_input_exits_2_with_one_line_and_touches_nothing(trained_run, overrides, message, cli_run):
     run_dir, _ = trained_run
     before = snapshot(run_dir)
-    proc = run_cli("train", "configs/tiny.yaml", *TINY, f"run.dir={run_dir}", *overrides)
+    proc = cli_run("train", "configs/tiny.yaml", *TINY, f"run.dir={run_dir}", *overrides)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -75,72 +73,66 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(trained_run, overri
     assert snapshot(run_dir) == before
 
 
-@pytest.mark.slow
-def test_run_dir_that_is_a_file(tmp_path):
+def test_run_dir_that_is_a_file(tmp_path, cli_run):
     target = tmp_path / "afile"
     target.write_text("keep me")
-    proc = run_cli("train", "configs/tiny.yaml", *TINY, f"run.dir={target}")
+    proc = cli_run("train", "configs/tiny.yaml", *TINY, f"run.dir={target}")
     assert proc.returncode == 2 and "is a file" in proc.stderr and "Traceback" not in proc.stderr
     assert target.read_text() == "keep me"
 
 
-def test_missing_config_file(tmp_path):
-    proc = run_cli("train", str(tmp_path / "nope.yaml"))
+def test_missing_config_file(tmp_path, cli_run):
+    proc = cli_run("train", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
-@pytest.mark.slow
-def test_info_gpt1_parameter_count():
-    proc = run_cli("info", "configs/gpt1.yaml")
+def test_info_gpt1_parameter_count(cli_run):
+    proc = cli_run("info", "configs/gpt1.yaml")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "parameters: 116534784" in proc.stdout.splitlines()
 
 
 @pytest.mark.slow
-def test_generate_from_a_run(trained_run):
+def test_generate_from_a_run(trained_run, cli_run):
     run_dir, _ = trained_run
-    proc = run_cli("generate", str(run_dir), "--prompt", "import ", "--max-new-tokens", "16", "--top-k", "5")
+    proc = cli_run("generate", str(run_dir), "--prompt", "import ", "--max-new-tokens", "16", "--top-k", "5")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("import ")
     assert len(proc.stdout) > len("import ")
 
 
-@pytest.mark.slow
-def test_generate_without_checkpoint(tmp_path):
-    proc = run_cli("generate", str(tmp_path))
+def test_generate_without_checkpoint(tmp_path, cli_run):
+    proc = cli_run("generate", str(tmp_path))
     assert proc.returncode == 2 and "no complete checkpoint" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow  # a subprocess and a tfds build or a 248M-parameter model: out of make test-fast
-def test_info_t5_1_1_base_parameter_count():
-    proc = run_cli("info", "configs/t5_1_1_base.yaml")
+def test_info_t5_1_1_base_parameter_count(cli_run):
+    proc = cli_run("info", "configs/t5_1_1_base.yaml")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "parameters: 247577856" in proc.stdout.splitlines()
 
 
-@pytest.mark.slow
-def test_encoder_decoder_rows_too_short_for_a_denoiser_are_refused_cleanly(tmp_path):
-    proc = run_cli("train", "configs/ul2_tiny_encdec.yaml", "data.inputs_len=300", f"run.dir={tmp_path / 'r'}")
+def test_encoder_decoder_rows_too_short_for_a_denoiser_are_refused_cleanly(tmp_path, cli_run):
+    proc = cli_run("train", "configs/ul2_tiny_encdec.yaml", "data.inputs_len=300", f"run.dir={tmp_path / 'r'}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "data.inputs_len >= 363" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow
-def test_generate_with_a_ul2_mode(trained_run):
+def test_generate_with_a_ul2_mode(trained_run, cli_run):
     run_dir, _ = trained_run
-    proc = run_cli("generate", str(run_dir), "--prompt", "x = ", "--mode", "S", "--max-new-tokens", "8")
+    proc = cli_run("generate", str(run_dir), "--prompt", "x = ", "--mode", "S", "--max-new-tokens", "8")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("x = ")
-    bad = run_cli("generate", str(run_dir), "--prompt", "x", "--mode", "Q")
+    bad = cli_run("generate", str(run_dir), "--prompt", "x", "--mode", "Q")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
 
 
-@pytest.mark.slow
-def test_data_stats_json():
+def test_data_stats_json(cli_run):
     import json
 
-    proc = run_cli("data", "stats", "configs/ul2r_tiny_decoder.yaml", "--examples", "300", "--json")
+    proc = cli_run("data", "stats", "configs/ul2r_tiny_decoder.yaml", "--examples", "300", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     stats = json.loads(proc.stdout)
     assert stats["examples"] == 300

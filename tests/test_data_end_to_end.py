@@ -2,13 +2,11 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, cli_in_process
 from pretrax import config as config_lib
 from pretrax.data.pipeline import make_train_iterator
 from pretrax.train.loop import train
@@ -21,8 +19,7 @@ TEXT = [
 ]
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "pretrax.cli", *args], capture_output=True, text=True, timeout=300)
+cli = cli_in_process  # `pretrax ARGS` in this process (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +59,19 @@ def test_resume_gives_the_same_token_ids_for_batches_21_to_40(prepared, workers)
     _, data_dir = prepared
     cfg = config_lib.load(None, tfds_overrides(data_dir) + ["data.seq_len=64", "train.batch_size=4",
                                                             f"data.num_workers={workers}"])
-    straight = make_train_iterator(cfg)
-    batches = [next(straight) for _ in range(40)]
     first = make_train_iterator(cfg)
     for _ in range(20):
         next(first)
     state = json.loads(json.dumps(first.get_state()))
+    batches = [next(first) for _ in range(20)]  # what the uninterrupted iterator gives next
+    first.close()
     resumed = make_train_iterator(cfg)
     resumed.set_state(state)
-    for want in batches[20:]:
+    for want in batches:
         got = next(resumed)
         for key in want:
             np.testing.assert_array_equal(got[key], want[key])
+    resumed.close()
 
 
 @pytest.mark.slow  # 7 s: it prepares two tfds datasets first

@@ -62,3 +62,5 @@ def test_worker_processes_give_identical_batches_and_states():
     resumed.set_state(json.loads(json.dumps(parallel.get_state())))
     for w in want:
         np.testing.assert_array_equal(next(resumed)["inputs"], w["inputs"])
+    for it in (plain, parallel, resumed):
+        it.close()  # worker processes stop now, not at garbage collection

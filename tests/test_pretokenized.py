@@ -50,7 +50,10 @@ def config(data_dir, tokenizer, *extra):
 
 def batches(cfg, n=6):
     it = make_train_iterator(cfg)
-    return [next(it) for _ in range(n)]
+    try:
+        return [next(it) for _ in range(n)]
+    finally:
+        it.close()  # worker processes (data.num_workers) stop now, not at garbage collection
 
 
 def assert_same(a, b):
