@@ -5,14 +5,11 @@ consecutive widths within (1/1.2, 1.2)); under SP some layer clearly grows."""
 import csv
 import itertools
 import json
-import os
-import subprocess
-import sys
 from collections import defaultdict
 
 import numpy as np
 import pytest
-from conftest import cpu_xla_flags
+from conftest import cli_in_process
 
 from pretrax.cli import main
 
@@ -26,14 +23,12 @@ OVERRIDES = ["model.n_layers=1", "model.n_heads=4", "model.d_model=128", "model.
 
 
 def coordcheck(out, *extra, widths=WIDTHS) -> str:
-    """`pretrax coordcheck` in its own process, whose stdout it returns; compiled as the suite compiles
+    """`pretrax coordcheck` (cli.main in this process), whose stdout it returns; compiled as the suite compiles
     (tests/conftest.py: 24 s for the dense check against 30 s with XLA's defaults, 2026-12-03)."""
     config = out / "tiny.yaml"
     config.write_text(f"run:\n  dir: {out / 'run'}\n")
-    env = {**os.environ, "XLA_FLAGS": cpu_xla_flags(8)}
-    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "pretrax"), "coordcheck", str(config),
-                           *OVERRIDES, *extra, "--widths", ",".join(map(str, widths)), "--steps", str(STEPS),
-                           "--seeds", "4", "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    proc = cli_in_process("coordcheck", config, *OVERRIDES, *extra, "--widths", ",".join(map(str, widths)),
+                          "--steps", STEPS, "--seeds", 4, "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 

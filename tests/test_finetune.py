@@ -290,16 +290,13 @@ def test_bad_input_after_a_run_leaves_it_untouched(learned, pretrained, tmp_path
     code, err = cli(capsys, pretrained, task, "model.kind=encoder_decoder", "model.positions=relative")
     assert code == 2 and err.count("\n") == 1 and "fine-tuning supports decoder models" in err, err
     bad = write_task(str(tmp_path), labels=["code", "prose"], finetune=LEARN)
-    proc = subprocess.run([sys.executable, "-m", "pretrax.cli", "finetune", str(pretrained), bad],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
-    assert "is not one of the declared classes; valid: code, prose" in proc.stderr
+    code, err = cli(capsys, pretrained, bad)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert "is not one of the declared classes; valid: code, prose" in err
     # another task into the finished run's dir: refused, naming what differs
     other = write_task(str(tmp_path), finetune={**LEARN, "lm_weight": 0.25})
-    proc = subprocess.run([sys.executable, "-m", "pretrax.cli", "finetune", str(pretrained), other,
-                           "--out", result["out_dir"]], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 2 and "finetune.lm_weight differ" in proc.stderr, proc.stderr
+    code, err = cli(capsys, pretrained, other, "--out", result["out_dir"])
+    assert code == 2 and "finetune.lm_weight differ" in err, err
     assert snapshot(str(pretrained)) == before
 
 
