@@ -74,10 +74,12 @@ def pytest_sessionfinish(session):
 
 # The files that take longest (`pytest --durations`), handed out first: xdist's loadfile gives whole files to
 # the workers in collection order, and a long file collected last runs alone while the other worker idles.
-LONGEST_FIRST = ("test_sweep_worker.py", "test_gcs_runs.py", "test_reliability.py", "test_coordcheck.py",
-                 "test_multiprocess.py", "test_train.py", "test_first_run.py", "test_run_lock.py", "test_cli.py",
-                 "test_data_end_to_end.py", "test_encoder_decoder.py", "test_pod_logs.py", "test_hf_interop.py",
-                 "test_nan_and_preemption.py", "test_moe.py")
+LONGEST_FIRST = ("test_sweep_worker.py", "test_gcs_runs.py", "test_moe.py", "test_reliability.py", "test_coordcheck.py",
+                 "test_multiprocess.py", "test_hf_interop.py", "test_run_lock.py", "test_train.py",
+                 "test_compile_search.py", "test_context_parallel.py", "test_first_run.py", "test_kv_cache.py",
+                 "test_chunking.py", "test_finetune.py", "test_attention_backends.py", "test_nan_and_preemption.py",
+                 "test_pod_logs.py", "test_sweep.py", "test_training_recipe.py", "test_model.py", "test_compile.py",
+                 "test_encoder_decoder_training.py", "test_data_end_to_end.py", "test_run_record.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -15,10 +15,11 @@ from pretrax.train.loop import train
     ([], ["xla", "ring"]),  # keys and values gathered, or passed around the ring
     (["model.positions=alibi", "model.attention_window=12"], ["ring"]),
     (["model.kind=encoder_decoder", "model.positions=relative", "data.objective=span_corruption",
-      "data.seq_len=64"], ["ring"])], ids=["rope", "alibi-window", "encoder-decoder"])
+      "data.seq_len=64", "model.n_layers=1"], ["ring"])], ids=["rope", "alibi-window", "encoder-decoder"])
 def test_a_split_sequence_gives_the_unsplit_losses(tiny_cfg, tmp_path, extra, backends):
     """(The gathering path is one sharding constraint on keys and values, the same with a bias or a window;
-    the ring computes those itself, so it is the one run with them.)"""
+    the ring computes those itself, so it is the one run with them. The encoder-decoder has one layer a side:
+    each of its three attentions, bidirectional, causal and cross, once.)"""
     curves = {}
     meshes = {"data": ["mesh.data=8"]}
     meshes.update({backend: ["mesh.data=2", "mesh.context=4", f"model.attention={backend}"] for backend in backends})

@@ -44,7 +44,7 @@ class _OnFirstUse:
         self._name = name
 
     def __getattr__(self, attr: str):
-        if attr.startswith("__"):  # pytest's collection asks objects for __test__ and the like
+        if attr.startswith("_"):  # pytest's collection asks objects for __test__, _fixture_function_marker...
             raise AttributeError(attr)
         return getattr(importlib.import_module(self._name), attr)
 
