@@ -213,20 +213,27 @@ def test_of_racing_workers_exactly_one_claims_a_point_and_one_takes_over_a_relea
 
 
 CLAIM_IN_A_PROCESS = """
-import sys, time
+import sys
+from pretrax import storage
 from pretrax.sweeps.claims import Claims
-start = float(sys.argv[2])
-time.sleep(max(0.0, start - time.time()))
-print("won" if Claims(sys.argv[1], 60).try_claim("d_model=64", 1) else "lost", flush=True)
+claims = Claims(sys.argv[1], 60)
+storage.exists(sys.argv[1])  # gcsfs imported and connected: what is left is the claim itself
+print("ready", flush=True)
+sys.stdin.readline()  # the go, written to every process at once
+print("won" if claims.try_claim("d_model=64", 1) else "lost", flush=True)
 """
 
 
 @pytest.mark.slow
 def test_of_racing_processes_exactly_one_claims_a_point_on_gcs(gcs):
     sweep_dir = gcs.make_bucket() + "/s"
-    start = time.time() + 8  # every process has imported gcsfs by then
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIM_IN_A_PROCESS, sweep_dir, str(start)], env=child_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIM_IN_A_PROCESS, sweep_dir], env=child_env(),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    assert [p.stdout.readline() for p in procs] == ["ready\n"] * 6, [p.stderr.read() for p in procs if p.poll()]
+    for p in procs:  # all six are waiting on their stdin: they claim within microseconds of each other
+        p.stdin.write("go\n")
+        p.stdin.flush()
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, outs
     assert sorted(o for o, _ in outs) == ["lost\n"] * 5 + ["won\n"]
