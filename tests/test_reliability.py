@@ -17,7 +17,7 @@ import time
 
 import jax
 import pytest
-from conftest import TINY
+from conftest import TINY, cli_in_process
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from pretrax import config as config_lib
@@ -208,8 +208,7 @@ def test_damaged_checkpoint_is_reported_listed_and_skipped(reference, tmp_path, 
     _damage(newest, how)
     damaged = snapshot(newest)
 
-    argv, kwargs = cli("checkpoints", run, "--json")
-    listed = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120, **kwargs)
+    listed = cli_in_process("checkpoints", run, "--json", capfd=capfd)
     assert listed.returncode == 1, listed.stderr  # 1: a complete checkpoint does not verify
     rows = {r["step"]: r for r in json.loads(listed.stdout)}
     assert rows[30]["verifies"] and rows[35]["verifies"] and rows[35]["bytes"] > 0

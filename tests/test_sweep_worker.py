@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from conftest import TINY, cpu_xla_flags
+from conftest import TINY, cli_in_process, cpu_xla_flags
 from gcs_fixture import PRETRAX, child_env, gcs  # noqa: F401  (gcs: the fixture; imported before gcsfs loads)
 
 from pretrax import storage
@@ -433,7 +433,6 @@ def test_a_two_process_worker_and_a_one_process_worker_share_a_sweep_in_a_bucket
         assert f"{name}: training in" in logs[0] and "on 8 cpu device(s), 2 process(es)" in logs[0]
     assert "[worker" not in logs[1]  # process 1 follows process 0's decisions silently
 
-    collected = subprocess.run([PRETRAX, "sweep", sweep, "--collect"], env=child_env(), capture_output=True,
-                               text=True, timeout=300)
+    collected = cli_in_process("sweep", sweep, "--collect")
     assert collected.returncode == 0 and "(4 ok, 0 not finished)" in collected.stdout, collected.stderr[-2000:]
     assert [r["eval_loss"] for r in read_csv(sweep_dir + "/results.csv")] == [r["eval_loss"] for r in rows]
