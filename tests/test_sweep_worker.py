@@ -230,7 +230,13 @@ def test_of_racing_processes_exactly_one_claims_a_point_on_gcs(gcs):
     procs = [subprocess.Popen([sys.executable, "-c", CLAIM_IN_A_PROCESS, sweep_dir], env=child_env(),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(6)]
-    assert [p.stdout.readline() for p in procs] == ["ready\n"] * 6, [p.stderr.read() for p in procs if p.poll()]
+    watchdog = threading.Timer(120, lambda: [p.kill() for p in procs])  # a hung start ends in EOF, not a hang
+    watchdog.start()
+    try:
+        ready = [p.stdout.readline() for p in procs]
+    finally:
+        watchdog.cancel()
+    assert ready == ["ready\n"] * 6, [p.stderr.read() for p in procs if p.poll() is not None]
     for p in procs:  # all six are waiting on their stdin: they claim within microseconds of each other
         p.stdin.write("go\n")
         p.stdin.flush()
