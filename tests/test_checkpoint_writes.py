@@ -16,8 +16,9 @@ from pretrax.train import checkpoint
 
 
 def test_registering_the_array_handler_logs_nothing(caplog):
-    """The module registers its handler on import; registering it again must not log Orbax's override warning."""
-    with caplog.at_level(logging.DEBUG):
+    """The module registers its handler on import; registering it again must not log Orbax's override warning.
+    (The absl logger's own level is lowered too: a `pretrax` command run earlier in this process raised it.)"""
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="absl"):
         checkpoint._register_array_handler()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
