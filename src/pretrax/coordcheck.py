@@ -34,7 +34,7 @@ from pretrax.data.pipeline import make_train_iterator
 from pretrax.data.tokenizer import config_tokenizer
 from pretrax.errors import ConfigError
 from pretrax.plan import make_plan
-from pretrax.train.state import build_model
+from pretrax.train.state import state_from_key
 from pretrax.train.step import logits_of, make_train_step, to_global
 
 KINDS = ("sp", "mup")
@@ -114,7 +114,7 @@ def _one_width(cfg: Config, tokenizer, batches: list[dict], steps: int, seeds: l
     probe = jax.jit(lambda params, batch: layer_coords(nnx.merge(setup.graphdef, params), batch))
     # the seed is an argument, so all seeds share one compile; rbg keys compile about twice as fast as threefry
     # on CPU (same distributions, other draws than `pretrax train` makes for the same seed)
-    init = jax.jit(lambda key: _state(setup, key), out_shardings=setup.state_shardings)
+    init = jax.jit(lambda key: state_from_key(setup, key), out_shardings=setup.state_shardings)
     probe_batch = to_global(setup, batches[0])
     runs = []
     for seed in seeds:
@@ -125,13 +125,6 @@ def _one_width(cfg: Config, tokenizer, batches: list[dict], steps: int, seeds: l
             coords.append(probe(state["params"], probe_batch))
         runs.append(jax.device_get(coords))
     return [{k: float(np.mean([r[t][k] for r in runs])) for k in runs[0][t]} for t in range(steps + 1)]
-
-
-def _state(setup, key: jax.Array) -> dict:
-    """A fresh train state (as train.state.init_state lays it out) from a traced key."""
-    params = nnx.state(build_model(setup.cfg, setup.vocab_size, key), nnx.Param)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": setup.tx.init(params),
-            "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
 
 
 def coordcheck(cfg: Config, widths: list[int], steps: int, *, seeds: int = 1, log=None) -> CoordCheck:

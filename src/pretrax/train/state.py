@@ -51,7 +51,7 @@ class TrainSetup:
 
     def abstract_state(self) -> dict:
         """ShapeDtypeStructs of the whole state, with their target shardings (used to restore)."""
-        shapes = jax.eval_shape(lambda: _init(self, 0))
+        shapes = jax.eval_shape(lambda: state_from_key(self, jax.random.key(0)))
         return jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, self.state_shardings
         )
@@ -88,8 +88,8 @@ def check_attention(cfg: Config, platform: str) -> None:
         splash.block_sizes(*family_of(m).attention_lengths(cfg.data))
 
 
-def _init(setup: TrainSetup, seed: jax.Array) -> dict:
-    key = jax.random.key(seed)  # the same key jax.random.key(int) and nnx.Rngs(int) make: the same draws
+def state_from_key(setup: TrainSetup, key: jax.Array) -> dict:
+    """A fresh state's arrays, drawn from a (traced) key; jax.random.key(seed) gives what nnx.Rngs(seed) draws."""
     model = build_model(setup.cfg, setup.vocab_size, key)
     params = nnx.state(model, nnx.Param)
     return {
@@ -104,7 +104,7 @@ def init_state(setup: TrainSetup, seed: int) -> dict:
     """A fresh state, every array created directly in its sharded place. The seed is an argument of the
     program, not a constant in it: runs that differ only in their seed (a sweep over seeds) share one
     compile, here and in a persistent compilation cache."""
-    init = jax.jit(lambda s: _init(setup, s), out_shardings=setup.state_shardings)
+    init = jax.jit(lambda s: state_from_key(setup, jax.random.key(s)), out_shardings=setup.state_shardings)
     return init(np.uint32(seed % 2**32))  # what jax.random.key(seed) keeps of any int (64-bit off)
 
 
