@@ -298,3 +298,13 @@ def test_checkpoint_dir_that_cannot_be_made_fails_before_the_first_step(tmp_path
     with pytest.raises(CheckpointError, match=r"checkpoint dir .*checkpoints is a file"):
         train(load(run, *LONG), progress=False)
     assert not (run / "metrics.jsonl").exists()  # stopped before training, not at the first save
+
+
+@pytest.mark.parametrize("text", [
+    "UNKNOWN: Error writing local file \"/r/checkpoints/40/d/x\": File too large [os_error_code='27']",
+    # the layout that once named the cause "true}'] (errno 27)": a spec payload between the message and the tag
+    "UNKNOWN: Error writing local file \"/r/checkpoints/40/d/x\" [tensorstore_spec='{\"driver\":\"file\","
+    "\"recheck_cached_data\":true}'] [os_error_code='27']",
+])
+def test_a_tensorstore_os_error_is_named_by_its_errno(text):
+    assert ckpt._reason(ValueError(text)) == "File too large (errno 27)"

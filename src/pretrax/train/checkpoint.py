@@ -189,9 +189,12 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror} ({e.filename})" if e.filename else e.strerror
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    os_error = re.search(r"([^:]+) \[os_error_code='(\d+)'\]", text)  # TensorStore's wording of an OS error
+    # TensorStore tags an OS error [os_error_code='N'], sometimes after other [key='...'] payloads (a spec
+    # ending in "true}'"): the errno names the cause, the text before the tag need not
+    os_error = re.search(r"\[os_error_code='(\d+)'\]", text)
     if os_error:
-        return f"{os_error.group(1).strip()} (errno {os_error.group(2)})"
+        code = int(os_error.group(1))
+        return f"{os.strerror(code)} (errno {code})"
     return text[:300]
 
 
