@@ -11,6 +11,7 @@ import pytest
 
 from pretrax.config import SourceSection
 from pretrax.data.corpus import Corpus, is_heldout
+from pretrax.data.file_source import named_files
 from pretrax.data.sources import FileCorpus, load_source
 from pretrax.data.tfds_prepare import prepare
 from pretrax.errors import DataError
@@ -43,7 +44,7 @@ def test_text_one_document_per_file_sorted_and_deduplicated(tmp_path):
     src = SourceSection(source="text", paths=(b, str(tmp_path / "*.txt"), a))
     texts, corpus = load_all(src)
     assert texts == ["alpha\n\nstill alpha\n", "beta\n"]
-    assert corpus.names == (a, b)
+    assert corpus.names == ("a.txt", "b.txt")  # named relative to the folder the paths name
     assert corpus.stats.empty == 1
 
 
@@ -51,7 +52,7 @@ def test_text_blank_line_blocks_with_offsets(tmp_path):
     p = write(tmp_path / "t.txt", "\n\nfirst para\nline two\n\n\n  \nsecond\r\n\r\nthird, no newline")
     texts, corpus = load_all(SourceSection(source="text", paths=(p,), text_split="blank_lines"))
     assert texts == ["first para\nline two", "second", "third, no newline"]
-    assert corpus.names == (f"{p}#0", f"{p}#1", f"{p}#2")
+    assert corpus.names == ("t.txt#0", "t.txt#1", "t.txt#2")
 
 
 def test_globs_recursive_and_sorted(tmp_path):
@@ -100,7 +101,7 @@ def test_jsonl_bad_lines_skipped_counted_and_logged(tmp_path, caplog):
     assert texts == ["first", "second \u00e9 \U0001f600", "lone ? surrogate"]
     s = corpus.stats
     assert (s.malformed, s.missing_field, s.not_string, s.empty, s.invalid_utf8) == (3, 1, 2, 1, 1)
-    assert corpus.names == (f"{p}#1", f"{p}#9", f"{p}#10")
+    assert corpus.names == ("data.jsonl#1", "data.jsonl#9", "data.jsonl#10")
     msgs = [r.getMessage() for r in caplog.records]
     assert f"jsonl: 3 malformed lines, 1 line without a 'text' field, 2 lines whose 'text' is not a string, " \
            f"1 empty document skipped in {p}" in msgs
@@ -137,6 +138,36 @@ def test_heldout_is_disjoint_deterministic_and_by_name(tmp_path):
     clone = pickle.loads(pickle.dumps(train))
     assert docs(clone) == docs(train2)
     assert isinstance(train, Corpus) and isinstance(train, FileCorpus)
+
+
+def test_the_split_and_fingerprint_do_not_depend_on_where_the_data_is_or_the_working_directory(tmp_path, monkeypatch):
+    for i in range(40):
+        write(tmp_path / "mnt" / "data" / "sub" / f"{i}.txt", f"document {i}")
+        write(tmp_path / "mnt" / "data" / f"top{i}.jsonl", json.dumps({"text": f"record {i}"}) + "\n")
+
+    def split_of(text_glob, jsonl_glob):
+        out = []
+        for source, pattern in (("text", text_glob), ("jsonl", jsonl_glob)):
+            train, heldout = load_source(SourceSection(source=source, paths=(pattern,)), 20.0)
+            out.append((train.names, heldout.names, train.fingerprint, docs(heldout)))
+        return out
+
+    absolute = split_of(str(tmp_path / "mnt" / "data" / "**" / "*.txt"), str(tmp_path / "mnt/data/top*.jsonl"))
+    assert all(held for _, held, _, _ in absolute) and all(train for train, _, _, _ in absolute)
+    assert absolute[0][0][0] == "sub/0.txt" and absolute[1][1][0].endswith(".jsonl#1")
+    monkeypatch.chdir(tmp_path / "mnt")
+    assert split_of("data/**/*.txt", "./data/top*.jsonl") == absolute  # relative paths, another cwd
+    os.rename(tmp_path / "mnt", tmp_path / "elsewhere")  # the same data mounted at another path
+    monkeypatch.chdir(tmp_path)
+    assert split_of("elsewhere/data/**/*.txt", str(tmp_path / "elsewhere/data/top*.jsonl")) == absolute
+
+
+def test_files_whose_names_would_collide_are_named_by_the_folders_that_tell_them_apart(tmp_path):
+    a = write(tmp_path / "one" / "x.txt", "from one")
+    b = write(tmp_path / "two" / "x.txt", "from two")
+    c = write(tmp_path / "two" / "y.txt", "why")
+    texts, corpus = load_all(SourceSection(source="text", paths=(b, a, c)))
+    assert corpus.names == ("one/x.txt", "two/x.txt", "y.txt") and texts == ["from one", "from two", "why"]
 
 
 def test_stdlib_source_is_the_existing_split():
@@ -189,7 +220,9 @@ def prepared(tmp_path_factory):
 
 def local_documents(prepared, heldout_percent):
     """What the same files give through the text/jsonl sources, in tfds_prepare's order."""
-    corpus = FileCorpus.scan(sorted(prepared["inputs"]), [p.endswith(".jsonl") for p in sorted(prepared["inputs"])])
+    files, keys = named_files([str(prepared["root"] / "in" / "*")], "input")  # as prepare named them
+    assert files == sorted(prepared["inputs"])
+    corpus = FileCorpus.scan(files, [p.endswith(".jsonl") for p in files], keys=keys)
     names = [corpus.name(i) for i in range(len(corpus))]
     train = [corpus[i] for i, n in enumerate(names) if not is_heldout(n, heldout_percent)]
     held = [corpus[i] for i, n in enumerate(names) if is_heldout(n, heldout_percent)]

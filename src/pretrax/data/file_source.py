@@ -5,10 +5,13 @@ byte length) per document; a document's bytes are read on demand. Bad records
 (malformed JSON, a missing or non-string text field, empty documents) are left
 out of the index and counted; invalid UTF-8 bytes are replaced with U+FFFD and
 counted. One warning line per file summarises them. Documents are named
-``path`` (text, one per file), ``path#k`` (text, k-th blank-line block, from 0)
-or ``path#n`` (jsonl, line number n, from 1); the held-out split hashes these
-names (``corpus.is_heldout``), so a document stays on its side when others are
-added. A text document over PIECE_BYTES is indexed as consecutive pieces that
+``key`` (text, one per file), ``key#k`` (text, k-th blank-line block, from 0)
+or ``key#n`` (jsonl, line number n, from 1), where a file's key is its path
+relative to the folder its pattern names (``document_keys``): the held-out
+split hashes these names (``corpus.is_heldout``) and a saved iterator state
+holds their fingerprint, so a document stays on its side when others are added,
+and the split and a resume do not depend on the working directory or on where
+the data is mounted. A text document over PIECE_BYTES is indexed as consecutive pieces that
 share its name (so all stay on one side of the split) and are read one at a
 time: memory does not grow with a document's size. Bad input is reported at
 start-up as a one-line ``DataError``.
@@ -16,6 +19,7 @@ start-up as a one-line ``DataError``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import json
@@ -48,27 +52,54 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 def expand_paths(patterns: Sequence[str], what: str) -> list[str]:
     """Files named by paths or globs: sorted, deduplicated; DataError for anything that names no file."""
+    return named_files(patterns, what)[0]
+
+
+def named_files(patterns: Sequence[str], what: str) -> tuple[list[str], list[str]]:
+    """(files, keys): expand_paths's files and, per file, its name in the corpus (``document_keys``)."""
     if not patterns:
         raise DataError(f"{what} source needs data.paths: a list of files or globs, e.g. ['data/*.txt']")
-    files: set[str] = set()
+    roots: dict[str, str] = {}  # file -> the folder of the first pattern that names it
     for pattern in patterns:
         pattern = os.path.expanduser(str(pattern))
-        if _GLOB_CHARS.search(pattern):
+        match = _GLOB_CHARS.search(pattern)
+        if match:
             matched = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
             if not matched:
                 raise DataError(f"{what} source: glob {pattern!r} matches no files")
-            files.update(os.path.normpath(p) for p in matched)
         elif os.path.isdir(pattern):
             raise DataError(f"{what} source: {pattern!r} is a directory; name files or a glob such as "
                             f"{os.path.join(pattern, '*.txt')!r}")
         elif not os.path.isfile(pattern):
             raise DataError(f"{what} source: file {pattern!r} does not exist (give existing files or globs)")
         else:
-            files.add(os.path.normpath(pattern))
-    for path in files:
+            matched = [pattern]
+        root = os.path.dirname(pattern[: match.start()] if match else pattern)
+        for path in matched:
+            roots.setdefault(os.path.normpath(path), root)
+    for path in roots:
         if not os.access(path, os.R_OK):
             raise DataError(f"{what} source: file {path!r} is not readable")
-    return sorted(files)
+    files = sorted(roots)
+    return files, document_keys(files, [roots[f] for f in files])
+
+
+def document_keys(files: Sequence[str], roots: Sequence[str]) -> list[str]:
+    """Each file's name in the corpus: its path relative to the folder its pattern names (``roots``).
+
+    ``data/*.txt`` names ``data/a.txt`` "a.txt", from any working directory and wherever ``data`` is
+    mounted, so held-out documents and a saved iterator state do not move with the data. Files whose
+    keys collide (``a/x.txt`` and ``b/x.txt`` given by name) are named relative to the folder they
+    share instead; absolute paths are the last resort.
+    """
+    paths = [os.path.abspath(f) for f in files]
+    keys = [os.path.relpath(p, os.path.abspath(r)) for p, r in zip(paths, roots)]
+    for key in [k for k, n in collections.Counter(keys).items() if n > 1]:
+        same = [i for i, k in enumerate(keys) if k == key]
+        shared = os.path.commonpath([os.path.dirname(paths[i]) for i in same])
+        for i in same:
+            keys[i] = os.path.relpath(paths[i], shared)
+    return keys if len(set(keys)) == len(keys) else paths
 
 
 # ---------------------------------------------------------------- the file index
@@ -292,13 +323,15 @@ class FileCorpus(Corpus):
 
     Per document: which file, the byte offset and length, and an ordinal for its
     name (block number for text, line number for jsonl). Numpy arrays keep the
-    index small and the corpus cheap to pickle.
+    index small and the corpus cheap to pickle. ``keys`` name the files in
+    document names (``document_keys``; the paths themselves when not given).
     """
 
     def __init__(self, files: Sequence[str], jsonl: Sequence[bool], text_split: str, text_field: str,
                  file_idx: np.ndarray, ordinal: np.ndarray, offset: np.ndarray, length: np.ndarray,
-                 stats: FileStats | None = None):
+                 stats: FileStats | None = None, keys: Sequence[str] | None = None):
         self.files = tuple(files)
+        self.keys = tuple(keys) if keys is not None else self.files
         self.jsonl = tuple(bool(j) for j in jsonl)
         self.text_split = text_split
         self.text_field = text_field
@@ -310,7 +343,7 @@ class FileCorpus(Corpus):
 
     @classmethod
     def scan(cls, files: Sequence[str], jsonl: Sequence[bool], *, text_split: str = "file",
-             text_field: str = "text") -> "FileCorpus":
+             text_field: str = "text", keys: Sequence[str] | None = None) -> "FileCorpus":
         """Index the documents of these files; bad records are skipped, counted and logged per file."""
         if text_split not in ("file", "blank_lines"):
             raise DataError(f"data.text_split {text_split!r} is not valid; valid choices: file, blank_lines")
@@ -330,7 +363,7 @@ class FileCorpus(Corpus):
                     cols[1].append(ordinal)
                     cols[2].append(piece_offset)
                     cols[3].append(piece_length)
-        return cls(files, jsonl, text_split, text_field, *map(np.asarray, cols), stats=total)
+        return cls(files, jsonl, text_split, text_field, *map(np.asarray, cols), stats=total, keys=keys)
 
     def __len__(self) -> int:
         return len(self.file_idx)
@@ -338,8 +371,8 @@ class FileCorpus(Corpus):
     def name(self, index: int) -> str:
         f = int(self.file_idx[index])
         if not self.jsonl[f] and self.text_split == "file":
-            return self.files[f]
-        return f"{self.files[f]}#{int(self.ordinal[index])}"
+            return self.keys[f]
+        return f"{self.keys[f]}#{int(self.ordinal[index])}"
 
     @property
     def names(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -361,7 +394,7 @@ class FileCorpus(Corpus):
     def take(self, indices: Sequence[int]) -> "FileCorpus":
         idx = np.asarray(indices, np.int64)
         return FileCorpus(self.files, self.jsonl, self.text_split, self.text_field, self.file_idx[idx],
-                          self.ordinal[idx], self.offset[idx], self.length[idx], self.stats)
+                          self.ordinal[idx], self.offset[idx], self.length[idx], self.stats, self.keys)
 
     def subset(self, names: Sequence[str]) -> "FileCorpus":
         """The documents with these names, every piece of each, in corpus order."""
@@ -375,9 +408,9 @@ def is_jsonl_path(path: str) -> bool:
 
 def file_corpus(src: SourceSection) -> FileCorpus:
     """All documents of a text or jsonl source (before the held-out split)."""
-    files = expand_paths(src.paths, src.source)
+    files, keys = named_files(src.paths, src.source)
     corpus = FileCorpus.scan(files, [src.source == "jsonl"] * len(files), text_split=src.text_split,
-                             text_field=src.text_field)
+                             text_field=src.text_field, keys=keys)
     _require_documents(corpus, src.source, f"{len(files)} file(s) from {list(src.paths)}")
     return corpus
 

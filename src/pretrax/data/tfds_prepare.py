@@ -42,12 +42,11 @@ import os
 import re
 import shutil
 import tempfile
-import zlib
 from typing import Any, Literal, Sequence
 
 from pretrax import storage
-from pretrax.data.corpus import Corpus, is_heldout
-from pretrax.data.file_source import FileCorpus, expand_paths, is_jsonl_path
+from pretrax.data.corpus import Corpus, heldout_bucket, is_heldout
+from pretrax.data.file_source import FileCorpus, is_jsonl_path, named_files
 from pretrax.data.tfds_source import TOKENS_FEATURE, TOKENS_INFO
 from pretrax.errors import DataError
 
@@ -154,9 +153,9 @@ def prepare(
 
         tok = load_tokenizer(tokenizer)  # ConfigError (one line) for an unknown name or a bad model file
 
-    files = expand_paths(inputs, input_format if input_format != "auto" else "input")
+    files, keys = named_files(inputs, input_format if input_format != "auto" else "input")
     jsonl = [input_format == "jsonl" or (input_format == "auto" and is_jsonl_path(f)) for f in files]
-    corpus = FileCorpus.scan(files, jsonl, text_split=text_split, text_field=text_field)
+    corpus = FileCorpus.scan(files, jsonl, text_split=text_split, text_field=text_field, keys=keys)
     if len(corpus) == 0:
         s = corpus.stats
         raise DataError(f"no documents in {len(files)} input file(s) {list(inputs)} ({s.skipped} skipped: "
@@ -167,7 +166,7 @@ def prepare(
     if eval_percent > 0 and not any(held) and len(corpus) > 1:
         # few documents: the hash held out none (0.9^40 = 1.5% at 40 documents and 10%); an empty split
         # cannot be written, so hold out the one whose hash bucket is lowest (the next one the hash would take)
-        lowest = min(range(len(corpus)), key=lambda i: zlib.crc32(corpus.name(i).encode("utf-8")) % 10_000)
+        lowest = min(range(len(corpus)), key=lambda i: heldout_bucket(corpus.name(i)))
         held[lowest] = True
         log.warning("prepare: eval_percent=%s held out no document by hash; holding out %r", eval_percent,
                     corpus.name(lowest))
