@@ -14,6 +14,7 @@ from pretrax.train.checkpoint_verify import list_steps
 from pretrax.train.loop import resume_data, train
 from conftest import TINY
 from test_cli import snapshot
+from test_first_run import write_corpus
 
 TINY_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml")
 
@@ -90,6 +91,35 @@ def test_history_records_each_start_and_data_changes_are_refused_unless_allowed(
     data.close()
     with pytest.raises(DataError, match="global_batch"):  # without the allowance the saved state is refused
         make_train_iterator(bigger).set_state(saved_state)
+
+
+@pytest.mark.slow
+def test_a_resume_may_read_the_same_files_from_another_path_but_not_other_files(tiny_cfg, tmp_path, monkeypatch):
+    """A pod resumes with its data mounted elsewhere: data.paths changed, the documents (and their names) did not."""
+    first = write_corpus(tmp_path / "mnt" / "data")  # 17 stdlib modules; 10% holds out 2 of them
+    args = ("train.steps=6", "checkpoint.every=1", "data.source=text", "data.heldout_percent=10")
+    cfg = tiny_cfg(*args, f"data.paths=[{first}]")
+    train(cfg, stop_at=3, progress=False)
+    os.rename(tmp_path / "mnt", tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    moved = tiny_cfg(*args, "data.paths=[data/*.txt]")  # relative to another working directory
+    train(moved, stop_at=4, progress=False)
+    second = run_record.read(cfg.run.dir)[1]
+    assert second["resumed_from"] == 3 and second["allowed_data_change"] == [] and second["data_position"] is None
+    assert second["changed"] == {"data.paths": [[first], ["data/*.txt"]]}
+    uninterrupted = make_train_iterator(moved)
+    for _ in range(4):
+        next(uninterrupted)
+    assert _data_rows(cfg.run.dir, 4) == list(zip(uninterrupted.get_state()["doc"], uninterrupted.get_state()["offset"]))
+    uninterrupted.close()
+
+    os.makedirs("fewer")
+    for name in sorted(os.listdir("data"))[1:]:  # the same files but one
+        os.link(os.path.join("data", name), os.path.join("fewer", name))
+    before = snapshot(cfg.run.dir)
+    with pytest.raises(CheckpointError, match=r"data\.paths \(checkpoint \['data/\*\.txt'\], now \['fewer/\*\.txt'\]\)"):
+        train(tiny_cfg(*args, "data.paths=[fewer/*.txt]"), progress=False)
+    assert snapshot(cfg.run.dir) == before
 
 
 def _tiny_overrides(cfg):

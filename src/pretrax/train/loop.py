@@ -122,7 +122,9 @@ def _train(cfg: Config, run_dir: str, plan: RunPlan, stop_at: int | None,
     saved, data_change, position = None, {}, None
     if start is not None:
         saved = ckpt.saved_config(run_dir, start, cfg)
-        data_change = run_record.check_data_order(saved, cfg, start, allow=allow_data_change)
+        same_documents = (data_state or {}).get("corpus") == data.get_state().get("corpus")  # data.paths moved, not changed
+        data_change = run_record.check_data_order(saved, cfg, start, allow=allow_data_change,
+                                                  same_documents=same_documents)
         position = resume_data(data, data_state, data_change)
     else:
         start = 0

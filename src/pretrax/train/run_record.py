@@ -9,6 +9,7 @@ were trained.
 A resume that changes what the batches hold or their order (the data section, the seed,
 the global batch size) is refused, naming the keys, unless the user allows it
 (`pretrax train --allow-data-change`); the allowed change is then recorded in the history.
+Changed `paths` that name the same documents (the data mounted elsewhere) are no change.
 """
 
 from __future__ import annotations
@@ -54,19 +55,36 @@ def saved_section(section: str, raw: Any) -> Any:
     return merged
 
 
-def data_order_changes(saved: dict, cfg: Config) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (checkpoint's value, this run's)} for every change that alters the batches' content or order."""
+def data_order_changes(saved: dict, cfg: Config, *, same_documents: bool = False) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (checkpoint's value, this run's)} for every change that alters the batches' content or order.
+
+    same_documents: the training documents have the checkpoint's names, in its order (the corpus
+    fingerprint in its data state is this run's), so changed ``paths`` only say where the same files
+    are now (another mount, another working directory) and are no change.
+    """
     now = cfg.to_dict()
     before = {section: saved_section(section, saved.get(section)) for section in ("data", "run", "train")}
-    keys = [k for k in config_lib.diff(before["data"], now["data"], prefix="data.")
+    data_now = _without_paths(now["data"]) if same_documents else now["data"]
+    data_before = _without_paths(before["data"]) if same_documents else before["data"]
+    keys = [k for k in config_lib.diff(data_before, data_now, prefix="data.")
             if k not in DATA_RUNTIME_KEYS and not k.endswith(".data_dir")]
     keys += [k for k in DATA_ORDER_KEYS if get_dotted(before, k) != get_dotted(now, k)]
     return {k: (get_dotted(before, k), get_dotted(now, k)) for k in keys}
 
 
-def check_data_order(saved: dict, cfg: Config, step: int, *, allow: bool) -> dict[str, tuple[Any, Any]]:
+def _without_paths(data: dict) -> dict:
+    """The data section without the sources' ``paths`` (its own and each mixture item's)."""
+    out = {k: v for k, v in data.items() if k != "paths"}
+    if isinstance(out.get("mixture"), list):
+        out["mixture"] = [{k: v for k, v in m.items() if k != "paths"} if isinstance(m, dict) else m
+                          for m in out["mixture"]]
+    return out
+
+
+def check_data_order(saved: dict, cfg: Config, step: int, *, allow: bool,
+                     same_documents: bool = False) -> dict[str, tuple[Any, Any]]:
     """Refuse a resume that changes the data order or batch layout, unless allowed; returns the changes."""
-    changes = data_order_changes(saved, cfg)
+    changes = data_order_changes(saved, cfg, same_documents=same_documents)
     if changes and not allow:
         details = ", ".join(f"{k} (checkpoint {old!r}, now {new!r})" for k, (old, new) in changes.items())
         raise CheckpointError(
