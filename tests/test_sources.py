@@ -179,7 +179,7 @@ def test_stdlib_source_is_the_existing_split():
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("case", ["missing", "glob", "directory", "no_paths", "zero_docs"])
+@pytest.mark.parametrize("case", ["missing", "glob", "directory", "no_paths", "zero_docs", "bucket"])
 def test_bad_file_sources_fail_at_start_up_with_one_line(tmp_path, case):
     write(tmp_path / "empty.jsonl", "\n{bad\n")
     paths = {
@@ -188,13 +188,17 @@ def test_bad_file_sources_fail_at_start_up_with_one_line(tmp_path, case):
         "directory": (str(tmp_path),),
         "no_paths": (),
         "zero_docs": (str(tmp_path / "empty.jsonl"),),
+        "bucket": (str(tmp_path / "empty.jsonl"), "gs://my-bucket/text/*.jsonl"),
     }[case]
     with pytest.raises(DataError) as e:
         load_source(SourceSection(source="jsonl", paths=paths), 2.0)
     msg = str(e.value)
     assert "\n" not in msg
     expected = {"missing": "nope.txt", "glob": "*.parquet", "directory": "is a directory",
-                "no_paths": "data.paths", "zero_docs": "1 malformed"}[case]
+                "no_paths": "data.paths", "zero_docs": "1 malformed",
+                "bucket": "'gs://my-bucket/text/*.jsonl' is in object storage, and text and jsonl sources read local "
+                          "files; copy them to a disk, or make a tfds dataset every host reads from the bucket: "
+                          "pretrax data prepare"}[case]
     assert expected in msg
 
 

@@ -30,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pretrax import storage
 from pretrax.config import SourceSection
 from pretrax.data.corpus import Corpus
 from pretrax.errors import DataError
@@ -62,6 +63,10 @@ def named_files(patterns: Sequence[str], what: str) -> tuple[list[str], list[str
     roots: dict[str, str] = {}  # file -> the folder of the first pattern that names it
     for pattern in patterns:
         pattern = os.path.expanduser(str(pattern))
+        if storage.is_remote(pattern):  # read by byte offset, document by document: a local disk's job
+            raise DataError(f"{what} source: {pattern!r} is in object storage, and text and jsonl sources read "
+                            "local files; copy them to a disk, or make a tfds dataset every host reads from the "
+                            "bucket: pretrax data prepare LOCAL_FILES --name NAME --data-dir gs://BUCKET/tfds")
         match = _GLOB_CHARS.search(pattern)
         if match:
             matched = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
