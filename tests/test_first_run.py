@@ -56,7 +56,10 @@ def test_data_prepare_prints_a_train_command_that_evaluates_on_the_validation_sp
     docs = write_corpus(tmp_path / "my docs")
     monkeypatch.chdir(tmp_path)  # not the checkout: configs/tiny.yaml is not here
     assert main(["data", "prepare", docs, "--name", "first_run", "--data-dir", "my data/tfds"]) == 0  # 1% held out
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    path = tmp_path / "my data" / "tfds" / "first_run" / "1.0.0"
+    assert out.splitlines()[0] == f"prepared tfds dataset first_run:1.0.0 at {path}: 16 train and 1 validation documents"
+    assert len(out.splitlines()) == 2 and "\r" not in err  # no tfds notes naming its staging dir, no progress bars
     command = printed(out, "(evaluating on its validation split) with: ")
     argv = shlex.split(command)
     assert argv[:2] == ["pretrax", "train"] and "run.dir=runs/first_run" in argv

@@ -616,6 +616,20 @@ def cmd_tokenizer_train(args) -> int:
     return 0
 
 
+def _prepared_summary(result: dict) -> str:
+    """One line: where the dataset is, its splits' sizes, what was skipped or repaired."""
+    splits = " and ".join(f"{n:,} {split}" for split, n in result["splits"].items())
+    words = {"empty": "empty", "malformed": "malformed lines", "missing_field": "without the text field",
+             "not_string": "with a text that is not a string"}
+    left_out = [f"{n:,} {words.get(what, what)}" for what, n in result["skipped"].items() if n]
+    if result["invalid_utf8"]:
+        left_out.append(f"{result['invalid_utf8']:,} with invalid UTF-8 repaired")
+    notes = f" (skipped: {', '.join(left_out)})" if left_out else ""
+    tokens = f", token ids from tokenizer {result['tokenizer']}" if result["tokenizer"] is not None else ""
+    return (f"prepared tfds dataset {result['name']}:{result['version']} at {result['path']}: "
+            f"{splits} documents{tokens}{notes}")
+
+
 def cmd_data_prepare(args) -> int:
     from pretrax import storage
     from pretrax.data.tfds_prepare import prepare
@@ -624,7 +638,7 @@ def cmd_data_prepare(args) -> int:
     result = prepare(args.inputs, name=args.name, data_dir=args.data_dir, input_format=args.format,
                      text_field=args.text_field, text_split=args.text_split, eval_percent=args.eval_percent,
                      tokenizer=args.tokenizer, overwrite=args.overwrite)
-    print(f"prepared tfds dataset {args.name!r} in {args.data_dir}: {result}")
+    print(_prepared_summary(result))
     overrides = ["data.source=tfds", f"data.tfds_name={args.name}", f"data.data_dir={_absolute(args.data_dir)}"]
     if args.tokenizer:  # the stored ids are read only when data.tokenizer is the same tokenizer
         overrides.append(f"data.tokenizer={args.tokenizer if args.tokenizer == 'bytes' else _absolute(args.tokenizer)}")

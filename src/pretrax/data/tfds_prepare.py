@@ -36,6 +36,8 @@ half-written NAME/VERSION, and an existing one is never touched unless
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -200,8 +202,9 @@ def prepare(
     staging = tempfile.mkdtemp(prefix=f".prepare-{name}-", dir=None if remote else data_dir)
     try:
         builder = cls(data_dir=staging, file_format="array_record")
-        builder.download_and_prepare(download_dir=os.path.join(staging, "downloads"),
-                                     download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        with _tfds_quiet():
+            builder.download_and_prepare(download_dir=os.path.join(staging, "downloads"),
+                                         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
         built = os.path.join(staging, name, version)
         if not os.path.isfile(os.path.join(built, "dataset_info.json")):
             raise DataError(f"tfds did not write {name}:{version} (no dataset_info.json in {built!r})")
@@ -230,6 +233,30 @@ def prepare(
     log.info("prepared tfds dataset %s:%s at %s: %s", name, version, final,
              ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
     return summary
+
+
+@contextlib.contextmanager
+def _tfds_quiet():
+    """No tfds progress bars and no tfds notes on stdout while a dataset is built.
+
+    tfds prints "Downloading and preparing dataset ... to <the staging dir>" and "downloaded and
+    prepared to <the staging dir>" (a path that is renamed away a moment later) and redraws
+    progress bars with carriage returns, which a pod's log file keeps as noise. Its notes go to
+    this module's debug log instead; the summary is pretrax's own.
+    """
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    was_active = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    notes = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(notes):
+            yield
+    finally:
+        tfds.display_progress_bar(was_active)
+        if notes.getvalue().strip():
+            log.debug("tfds: %s", notes.getvalue().strip())
 
 
 def _move_into_place(built: str, final: str) -> None:
