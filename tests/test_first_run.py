@@ -91,7 +91,7 @@ def test_an_existing_dataset_names_overwrite_which_replaces_it(tmp_path, capsys)
     assert "already exists" in err and "--overwrite" in err
     assert main([*argv, "--eval-percent", "0", "--overwrite"]) == 0
     out = capsys.readouterr().out
-    assert "'splits': {'train': 17}" in out and "(evaluating on data.heldout_percent of train)" in out
+    assert "/again/1.0.0: 17 train documents\n" in out and "(evaluating on data.heldout_percent of train)" in out
     info = (tmp_path / "tfds" / "again" / "1.0.0" / "dataset_info.json").read_text()
     assert '"validation"' not in info  # replaced: the new dataset has no validation split
 
